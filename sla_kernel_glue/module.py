@@ -1,0 +1,127 @@
+"""SparseLinearAttention: the nn.Module that owns one attention layer's proj_l."""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import torch
+from torch import nn
+
+from .config import SLAConfig
+from .dispatch import sla_branches
+
+log = logging.getLogger(__name__)
+
+
+class SparseLinearAttention(nn.Module):
+    """Sparse-Linear Attention on (B, H, N, d) tensors.
+
+    Constructor compatible with the reference package; further settings (kl, linear_scope,
+    backend) by keyword, or pass a whole SLAConfig with ``from_config``. proj_l is a d -> d
+    linear layer, zero-initialised, kept in float32 whatever the model is cast to.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        topk: float,
+        feature_map: str = "softmax",
+        BLKQ: int = 64,  # noqa: N803 - the reference package's names
+        BLKK: int = 64,  # noqa: N803
+        use_bf16: bool = True,
+        tie_feature_map_qk: bool = True,
+        *,
+        kl: float = 0.0,
+        linear_scope: str = "marginal",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
+            raise ValueError(f"head_dim ({head_dim!r}) must be a positive integer")
+        self.config = SLAConfig(
+            topk=topk,
+            blkq=BLKQ,
+            blkk=BLKK,
+            feature_map=feature_map,
+            tie_feature_map_qk=tie_feature_map_qk,
+            kl=kl,
+            linear_scope=linear_scope,
+            backend=backend,
+        )
+        self.head_dim = head_dim
+        self.use_bf16 = bool(use_bf16)
+        self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
+        nn.init.zeros_(self.proj_l.weight)  # training starts as sparse-only attention
+        nn.init.zeros_(self.proj_l.bias)
+        # Calls per backend ("triton", "torch"); the injection layer adds its own counters.
+        self.backend_calls: collections.Counter[str] = collections.Counter()
+        self._warned_cast = False
+
+    @classmethod
+    def from_config(
+        cls, head_dim: int, config: SLAConfig | dict | str, *, use_bf16: bool = True
+    ) -> SparseLinearAttention:
+        c = SLAConfig.parse(config)
+        return cls(
+            head_dim,
+            c.topk,
+            c.feature_map,
+            c.blkq,
+            c.blkk,
+            use_bf16,
+            c.tie_feature_map_qk,
+            kl=c.kl,
+            linear_scope=c.linear_scope,
+            backend=c.backend,
+        )
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"head_dim={self.head_dim}, topk={c.topk}, blkq={c.blkq}, blkk={c.blkk}, "
+            f"feature_map={c.feature_map!r}, kl={c.kl}, linear_scope={c.linear_scope!r}, "
+            f"backend={c.backend!r}"
+        )
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        return_sparsity: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, float]:
+        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            raise ValueError(
+                "SparseLinearAttention is self-attention on (B, H, N, d) tensors of one shape; got "
+                f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+            )
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(f"head dim of q ({q.shape[-1]}) must equal head_dim ({self.head_dim})")
+        if not q.is_floating_point():
+            raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
+        outs, backend = sla_branches(q, k, v, config=self.config, use_bf16=self.use_bf16)
+        self.backend_calls[backend] += 1
+        # proj_l runs in float32 even under autocast; the sum is cast back to the input dtype.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out = outs.o_sparse.float() + self.proj_l(outs.o_linear.float())
+        out = out.to(q.dtype)
+        if return_sparsity:
+            return out, outs.density
+        return out
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        # model.to(torch.bfloat16) must not cast proj_l: keep its exact float32 values.
+        saved = {name: p.detach() for name, p in self.proj_l.named_parameters()}
+        result = super()._apply(fn, recurse)
+        restored = False
+        for name, p in self.proj_l.named_parameters():
+            if p.dtype != torch.float32:
+                p.data = saved[name].to(device=p.device)
+                if p.grad is not None:
+                    p.grad = p.grad.to(torch.float32)
+                restored = True
+        if restored and not self._warned_cast:
+            self._warned_cast = True
+            log.warning("SLA keeps proj_l in float32; the dtype cast was applied to the rest only")
+        return result

@@ -1,0 +1,166 @@
+"""Pure-PyTorch SLA: any device, any float dtype, differentiable by autograd.
+
+This is the oracle for the Triton kernels and the CPU training path. It computes the sparse
+branch (exact softmax attention over each query block's critical key blocks, gathered, so the
+work scales with topk) and the linear branch (phi(Q) H / (phi(Q) Z + eps) over the marginal
+blocks) in chunks of query blocks. Under autograd each chunk is checkpointed, so memory stays
+O(chunk * topk * N) per head rather than O(N^2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import SLAConfig
+from .feature_maps import LINEAR_EPS, feature_map
+from .router import Routing, n_blocks, route
+
+# Elements of the largest per-chunk score tensor (B * H * chunk rows * k * blkk); about 64 MiB fp32.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclasses.dataclass(frozen=True)
+class SLAOutputs:
+    """The two branches before proj_l: o_sparse + proj_l(o_linear) is SLA's output."""
+
+    o_sparse: torch.Tensor  # (B, H, N, d)
+    o_linear: torch.Tensor  # (B, H, N, d)
+    routing: Routing
+
+    @property
+    def density(self) -> float:
+        return self.routing.density
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, H, N, d) -> (B, H, T, block, d), zero padded."""
+    b, h, n, d = x.shape
+    t = n_blocks(n, block)
+    if t * block != n:
+        x = F.pad(x, (0, 0, 0, t * block - n))
+    return x.reshape(b, h, t, block, d)
+
+
+def _linear_states(phi_k: torch.Tensor, v: torch.Tensor, blkk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per key block h_j = phi(K_j)^T V_j (B, H, T_n, d, d) and z_j = colsum phi(K_j) (B, H, T_n, d).
+
+    Padding tokens are zero in phi_k (padded after phi), so they add nothing.
+    """
+    pk = _blocks(phi_k, blkk)
+    pv = _blocks(v, blkk)
+    h = torch.einsum("bhtnd,bhtne->bhtde", pk, pv)
+    z = pk.sum(dim=3)
+    return h, z
+
+
+def _chunk(
+    q: torch.Tensor,
+    phi_q: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    key_valid: torch.Tensor,
+    h: torch.Tensor,
+    z: torch.Tensor,
+    indices: torch.Tensor,
+    marginal: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk of c query blocks.
+
+    q, phi_q: (B, H, c, blkq, d); k_blocks, v_blocks: (B, H, T_n, blkk, d); key_valid: (T_n, blkk);
+    h: (B, H, T_n, d, d); z: (B, H, T_n, d); indices: (B, H, c, k); marginal: (B, H, c, T_n).
+    Returns o_sparse, o_linear, each (B, H, c, blkq, d).
+    """
+    b, hh, c, bq, d = q.shape
+    kc = indices.shape[-1]
+    bk = k_blocks.shape[3]
+    # Sparse branch: gather the critical key blocks of each row.
+    flat = indices.reshape(b, hh, c * kc)  # (B, H, c*k)
+    kg = torch.gather(k_blocks, 2, flat[..., None, None].expand(-1, -1, -1, bk, d))
+    vg = torch.gather(v_blocks, 2, flat[..., None, None].expand(-1, -1, -1, bk, d))
+    kg = kg.reshape(b, hh, c, kc * bk, d)  # (B, H, c, k*blkk, d)
+    vg = vg.reshape(b, hh, c, kc * bk, d)
+    valid = key_valid[indices].reshape(b, hh, c, 1, kc * bk)  # keys past N are padding
+    scores = (q @ kg.transpose(-1, -2)) * scale  # (B, H, c, blkq, k*blkk)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    o_sparse = torch.softmax(scores, dim=-1) @ vg  # (B, H, c, blkq, d)
+    # Linear branch: sum the per-block states over each row's marginal blocks.
+    m = marginal.to(h.dtype)
+    hm = torch.einsum("bhct,bhtde->bhcde", m, h)  # (B, H, c, d, d)
+    zm = torch.einsum("bhct,bhtd->bhcd", m, z)  # (B, H, c, d)
+    num = phi_q @ hm  # (B, H, c, blkq, d)
+    den = (phi_q * zm[:, :, :, None, :]).sum(-1, keepdim=True) + LINEAR_EPS
+    return o_sparse, num / den
+
+
+def sla_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    config: SLAConfig,
+    routing: Routing | None = None,
+    chunk_blocks: int | None = None,
+) -> SLAOutputs:
+    """SLA's two branches on (B, H, N, d) tensors, in the inputs' dtype.
+
+    routing: reuse a routing (else computed from q and k). chunk_blocks: query blocks per chunk
+    (default: sized to keep each chunk's scores near 64 MiB in float32).
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"SLA needs q, k, v of one shape (B, H, N, d); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, n, d = q.shape
+    if routing is None:
+        routing = route(q, k, config)
+    bq, bk = config.blkq, config.blkk
+    t_m, t_n = n_blocks(n, bq), n_blocks(n, bk)
+    scale = d**-0.5
+    phi = feature_map(config.feature_map)
+
+    phi_q = phi(q)
+    phi_k = phi(k)
+    hstate, zstate = _linear_states(phi_k, v, bk)
+    q_blocks = _blocks(q, bq)  # (B, H, T_m, blkq, d)
+    phi_q_blocks = _blocks(phi_q, bq)
+    k_blocks = _blocks(k, bk)
+    v_blocks = _blocks(v, bk)
+    key_valid = (torch.arange(t_n * bk, device=q.device) < n).reshape(t_n, bk)
+    marginal = routing.marginal(config.linear_scope)
+
+    if chunk_blocks is None:
+        per_block = max(1, b * h * bq * routing.n_critical * bk)
+        chunk_blocks = max(1, _CHUNK_ELEMENTS // per_block)
+    use_ckpt = torch.is_grad_enabled() and chunk_blocks < t_m and any(
+        t.requires_grad for t in (q, k, v)
+    )
+    outs_s, outs_l = [], []
+    for i0 in range(0, t_m, chunk_blocks):
+        i1 = min(t_m, i0 + chunk_blocks)
+        args = (
+            q_blocks[:, :, i0:i1],
+            phi_q_blocks[:, :, i0:i1],
+            k_blocks,
+            v_blocks,
+            key_valid,
+            hstate,
+            zstate,
+            routing.indices[:, :, i0:i1],
+            marginal[:, :, i0:i1],
+            scale,
+        )
+        if use_ckpt:
+            o_s, o_l = checkpoint(_chunk, *args, use_reentrant=False)
+        else:
+            o_s, o_l = _chunk(*args)
+        outs_s.append(o_s)
+        outs_l.append(o_l)
+    o_sparse = torch.cat(outs_s, dim=2).reshape(b, h, t_m * bq, d)[:, :, :n]
+    o_linear = torch.cat(outs_l, dim=2).reshape(b, h, t_m * bq, d)[:, :, :n]
+    return SLAOutputs(o_sparse=o_sparse, o_linear=o_linear, routing=routing)

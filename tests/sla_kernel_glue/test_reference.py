@@ -1,0 +1,138 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sla_kernel_glue import SLAConfig, SparseLinearAttention, route, sla_reference
+
+from .oracle import oracle_masks, oracle_sla
+
+
+def _qkv(shape, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=dtype) for _ in range(3)]
+
+
+SHAPES = [
+    # (B, H, N, d, blkq, blkk, topk)
+    (1, 2, 64, 16, 16, 16, 0.25),
+    (2, 1, 50, 8, 16, 8, 0.3),  # ragged N for both block sizes
+    (1, 1, 5, 4, 16, 16, 0.5),  # N smaller than one block
+    (1, 2, 96, 8, 32, 16, 0.1),  # topk below one block: k clamps to 1
+    (1, 1, 40, 8, 8, 8, 1.0),  # everything critical
+]
+
+
+@pytest.mark.parametrize("b,h,n,d,bq,bk,topk", SHAPES)
+@pytest.mark.parametrize("fmap", ["softmax", "elu", "relu"])
+def test_matches_dense_block_mask_oracle(b, h, n, d, bq, bk, topk, fmap):
+    q, k, v = _qkv((b, h, n, d))
+    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap)
+    out = sla_reference(q, k, v, config=cfg)
+    o_s, o_l = oracle_sla(q, k, v, topk, bq, bk, fmap)
+    torch.testing.assert_close(out.o_sparse, o_s, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.o_linear, o_l, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("scope", ["marginal", "all"])
+def test_negligible_blocks_and_linear_scope(scope):
+    q, k, v = _qkv((2, 2, 70, 8))
+    cfg = SLAConfig(topk=0.25, blkq=16, blkk=8, kl=0.3, linear_scope=scope)
+    out = sla_reference(q, k, v, config=cfg)
+    critical, negligible = oracle_masks(q, k, 0.25, 16, 8, 0.3)
+    assert torch.equal(out.routing.critical, critical)
+    assert torch.equal(out.routing.negligible, negligible)
+    assert negligible.any() and not (negligible & critical).any()
+    o_s, o_l = oracle_sla(q, k, v, 0.25, 16, 8, kl=0.3, linear_scope=scope)
+    torch.testing.assert_close(out.o_sparse, o_s)
+    torch.testing.assert_close(out.o_linear, o_l)
+
+
+def test_chunking_does_not_change_the_result():
+    q, k, v = _qkv((1, 2, 200, 8))
+    cfg = SLAConfig(topk=0.2, blkq=16, blkk=16)
+    whole = sla_reference(q, k, v, config=cfg, chunk_blocks=100)
+    pieces = sla_reference(q, k, v, config=cfg, chunk_blocks=3)
+    torch.testing.assert_close(whole.o_sparse, pieces.o_sparse, rtol=0, atol=1e-12)
+    torch.testing.assert_close(whole.o_linear, pieces.o_linear, rtol=0, atol=1e-12)
+
+
+def test_at_least_one_critical_block_and_no_nan():
+    q, k, v = _qkv((1, 1, 256, 8))
+    cfg = SLAConfig(topk=1e-6, blkq=64, blkk=64)
+    out = sla_reference(q, k, v, config=cfg)
+    assert out.routing.n_critical == 1 and out.density == 0.25
+    assert torch.isfinite(out.o_sparse).all() and torch.isfinite(out.o_linear).all()
+
+
+@pytest.mark.parametrize("n", [64, 77])
+def test_topk_one_with_zero_proj_l_equals_dense_sdpa(n):
+    q, k, v = _qkv((2, 3, n, 16))
+    sla = SparseLinearAttention(16, 1.0, BLKQ=16, BLKK=16, backend="torch").double()
+    out = sla(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_gradcheck_q_k_v_and_proj_l():
+    q, k, v = (t.requires_grad_() for t in _qkv((1, 2, 24, 4), seed=3))
+    sla = SparseLinearAttention(4, 0.34, BLKQ=8, BLKK=8, backend="torch")
+    sla.double()  # proj_l stays float32 by design; gradcheck needs float64 weights
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    cfg = sla.config
+    routing = route(q, k, cfg)  # fixed routing: the router is not differentiable
+
+    def fn(q, k, v, w, bias):
+        outs = sla_reference(q, k, v, config=cfg, routing=routing, chunk_blocks=1)
+        return outs.o_sparse + outs.o_linear @ w.T + bias
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, w, bias), eps=1e-6, atol=1e-5)
+
+
+def test_gradients_reach_proj_l_through_the_module():
+    q, k, v = (t.float().requires_grad_() for t in _qkv((1, 2, 40, 8)))
+    sla = SparseLinearAttention(8, 0.25, BLKQ=8, BLKK=8, backend="torch")
+    sla(q, k, v).square().sum().backward()
+    assert sla.proj_l.weight.grad is not None and sla.proj_l.weight.grad.abs().sum() > 0
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    q, k, v = _qkv((1, 2, 48, 8), dtype=torch.float32)
+    sla = SparseLinearAttention(8, 0.5, BLKQ=16, BLKK=16, backend="torch")
+    torch.nn.init.normal_(sla.proj_l.weight)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    out = sla(q, k, v)
+    assert out.dtype == dtype
+    assert sla.proj_l.weight.dtype == torch.float32
+    # Same (rounded) inputs in float32: the same routing, so only the final cast differs.
+    ref = sla(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), ref.to(dtype).float(), rtol=0, atol=0)
+
+
+def test_return_sparsity_and_shape_errors():
+    q, k, v = _qkv((1, 1, 128, 8), dtype=torch.float32)
+    sla = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, backend="torch")
+    out, density = sla(q, k, v, return_sparsity=True)
+    assert out.shape == q.shape and density == 2 / 8
+    with pytest.raises(ValueError, match="self-attention"):
+        sla(q, k[:, :, :64], v[:, :, :64])
+    with pytest.raises(ValueError, match=r"head dim of q \(8\) must equal head_dim \(4\)"):
+        SparseLinearAttention(4, 0.25)(q, k, v)
+
+
+def test_from_config_and_reference_constructor_agree():
+    a = SparseLinearAttention(64, 0.1, "elu", 128, 64, True, True)
+    b = SparseLinearAttention.from_config(64, "{'topk': 0.1, 'feature_map': 'elu', 'blkq': 128}")
+    assert a.config == b.config
+    assert torch.count_nonzero(a.proj_l.weight) == 0 and a.proj_l.weight.dtype == torch.float32
+
+
+def test_cast_to_bf16_keeps_proj_l_float32_exactly():
+    sla = SparseLinearAttention(8, 0.25)
+    torch.nn.init.normal_(sla.proj_l.weight)
+    before = sla.proj_l.weight.detach().clone()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), sla).to(torch.bfloat16)
+    assert model[0].weight.dtype == torch.bfloat16
+    assert sla.proj_l.weight.dtype == torch.float32
+    assert torch.equal(sla.proj_l.weight, before)
