@@ -1,0 +1,275 @@
+"""Put SLA into a model, one SLA module per self-attention layer, reversibly.
+
+    handle = apply_sla(model, {"topk": 0.1})      # or: with apply_sla(model, cfg) as handle: ...
+    handle.layers        # {"blocks.0.attn1": SparseLinearAttention, ...}
+    handle.remove()      # the model is exactly as before
+
+Each selected layer gets its own SparseLinearAttention registered as the submodule ``sla`` of
+the attention module (so its proj_l is ``<layer>.sla.proj_l.weight`` in the state_dict, and
+model.parameters(), optimizers, DDP and accelerate see it). Calls reach it through one
+mechanism, SDPA routing scoped to the layer (sdpa_routing.py), entered two ways:
+
+- diffusers attention modules: the layer's processor is wrapped (diffusers_processors.py);
+  diffusers cross-attention layers (``is_cross_attention``) get no SLA module but a counting
+  wrapper, so their dense calls show up in ``fallback_counts()``.
+- plain PyTorch modules that call torch.nn.functional.scaled_dot_product_attention: forward
+  pre/post hooks (the post hook runs even when forward raises) open and close the scope.
+
+Which layers: ``targets=None`` picks diffusers self-attention modules when the model has any,
+else the innermost modules whose class name contains "Attention". Or pass module paths, module
+classes, or a predicate ``(path, module) -> bool``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import SLAConfig
+from .diffusers_processors import (
+    diffusers_head_dim,
+    install_processor,
+    is_diffusers_attention,
+    restore_processor,
+)
+from .module import SparseLinearAttention
+from .sdpa_routing import LayerRoute, layer_scope
+
+log = logging.getLogger(__name__)
+
+SLA_ATTR = "sla"  # name of the SLA submodule on each injected attention module
+
+Targets = Iterable[str] | type | tuple[type, ...] | Callable[[str, nn.Module], bool] | None
+HeadDim = int | Callable[[str, nn.Module], int] | None
+
+_HEAD_DIM_ATTRS = ("head_dim", "dim_head", "d_head", "attention_head_dim")
+_WIDTH_ATTRS = ("embed_dim", "inner_dim", "hidden_size", "dim", "d_model")
+_HEADS_ATTRS = ("num_heads", "heads", "n_heads", "n_head", "num_attention_heads")
+
+
+class SLAHandle:
+    """What apply_sla put into a model; ``remove()`` (or leaving ``with``) takes it out again."""
+
+    def __init__(self, model: nn.Module, config: SLAConfig) -> None:
+        self.model = model
+        self.config = config
+        self.routes: dict[str, LayerRoute] = {}  # every wrapped layer, SLA or dense-only
+        self._undo: list[Callable[[], None]] = []
+        self._logged: set[str] = set()
+        self.removed = False
+
+    @property
+    def layers(self) -> dict[str, SparseLinearAttention]:
+        """SLA modules by the module path of their attention layer."""
+        return {path: r.sla for path, r in self.routes.items() if r.sla is not None}
+
+    def fallback_counts(self) -> dict[str, dict[str, int]]:
+        """Dense calls per layer path and reason (only layers and reasons that occurred)."""
+        return {p: dict(r.fallbacks) for p, r in self.routes.items() if r.fallbacks}
+
+    def total_fallbacks(self) -> int:
+        """All dense calls of wrapped layers, every reason together."""
+        return sum(sum(r.fallbacks.values()) for r in self.routes.values())
+
+    def sla_calls(self) -> int:
+        """Attention calls computed by SLA since injection (or the last reset_counts)."""
+        return sum(r.sla_calls for r in self.routes.values())
+
+    def reset_counts(self) -> None:
+        """Zero the SLA-call and fallback counters (not the once-per-reason log memory)."""
+        for r in self.routes.values():
+            r.fallbacks.clear()
+            r.sla_calls = 0
+
+    def layer_dtypes(self) -> dict[str, torch.dtype]:
+        """Attention compute dtype per SLA layer: q/k/v dtype of its latest SLA call, or, before
+        any call, the dtype of the attention module's own floating-point parameters."""
+        modules = dict(self.model.named_modules())
+        return {
+            path: r.last_dtype or _own_param_dtype(modules[path])
+            for path, r in self.routes.items()
+            if r.sla is not None
+        }
+
+    def remove(self) -> None:
+        """Restore the model exactly: processors, hooks, and no ``sla`` submodules left."""
+        if self.removed:
+            return
+        self.removed = True
+        errors = []
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except RuntimeError as exc:  # keep restoring the other layers, then report
+                errors.append(str(exc))
+        self._undo.clear()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def __enter__(self) -> SLAHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else f"{len(self.layers)} SLA layers"
+        return f"SLAHandle({state}, config={self.config})"
+
+
+def apply_sla(
+    model: nn.Module,
+    config: SLAConfig | Mapping[str, Any] | str,
+    *,
+    targets: Targets = None,
+    head_dim: HeadDim = None,
+) -> SLAHandle:
+    """Give every selected self-attention layer of ``model`` its own SparseLinearAttention.
+
+    config: an SLAConfig or anything SLAConfig.parse takes. targets: module paths, module
+    classes, or a predicate (path, module) -> bool; None picks diffusers self-attention modules,
+    else the innermost modules whose class name contains "Attention". head_dim: for plain modules
+    whose head dim cannot be read from their attributes (an int, or (path, module) -> int).
+    The SLA modules are created on the device of each layer's parameters, proj_l in float32.
+    """
+    cfg = SLAConfig.parse(config)
+    modules = dict(model.named_modules())
+    selected = _select(model, modules, targets)
+    if not selected:
+        raise ValueError(
+            f"apply_sla found no attention layers in {type(model).__name__} (targets={targets!r}); "
+            "pass targets= module paths, classes or a predicate"
+        )
+    handle = SLAHandle(model, cfg)
+    try:
+        for path in selected:
+            _inject_layer(handle, path, modules[path], cfg, head_dim)
+        for path, module in modules.items():  # diffusers cross-attention: dense, but counted
+            if path not in handle.routes and is_diffusers_attention(module) and _is_cross(module):
+                _wrap_dense_layer(handle, path, module)
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+def _select(model: nn.Module, modules: dict[str, nn.Module], targets: Targets) -> list[str]:
+    if targets is None:
+        found = [p for p, m in modules.items() if is_diffusers_attention(m) and not _is_cross(m)]
+        if found:
+            return found
+        named = {p for p, m in modules.items() if "Attention" in type(m).__name__ and p}
+        # innermost only: a wrapper "Attention" around another one would never call SDPA itself
+        return [p for p in named if not any(q.startswith(p + ".") for q in named)]
+    if isinstance(targets, type) or (
+        isinstance(targets, tuple) and targets and all(isinstance(t, type) for t in targets)
+    ):
+        return [p for p, m in modules.items() if isinstance(m, targets) and p]
+    if callable(targets):
+        return [p for p, m in modules.items() if p and targets(p, m)]
+    if isinstance(targets, str):
+        raise ValueError(f"targets ({targets!r}) must be a list of module paths, not one string")
+    paths = list(targets)
+    for p in paths:
+        if not isinstance(p, str) or p not in modules or not p:
+            raise ValueError(
+                f"target {p!r} is not a submodule path of {type(model).__name__} "
+                "(paths look like 'blocks.0.attn1')"
+            )
+    return paths
+
+
+def _is_cross(module: nn.Module) -> bool:
+    return bool(getattr(module, "is_cross_attention", False))
+
+
+def _inject_layer(handle: SLAHandle, path: str, module: nn.Module, cfg: SLAConfig, head_dim: HeadDim) -> None:
+    if hasattr(module, SLA_ATTR):
+        raise ValueError(
+            f"layer {path!r} already has an attribute {SLA_ATTR!r}; SLA is injected once per layer"
+        )
+    if is_diffusers_attention(module) and _is_cross(module):
+        raise ValueError(f"layer {path!r} is cross-attention; SLA replaces self-attention only")
+    d = _head_dim(path, module, head_dim)
+    sla = SparseLinearAttention.from_config(d, cfg)
+    param = next(iter(module.parameters()), None)
+    if param is not None:
+        sla.to(param.device)
+    route = LayerRoute(path, sla, logged=handle._logged)
+    module.add_module(SLA_ATTR, sla)
+    handle._undo.append(lambda: _delete_submodule(module, path))
+    handle.routes[path] = route
+    if is_diffusers_attention(module):
+        original = install_processor(module, route)
+        handle._undo.append(lambda: restore_processor(module, original, path))
+    else:
+        _add_scope_hooks(handle, module, route)
+
+
+def _wrap_dense_layer(handle: SLAHandle, path: str, module: nn.Module) -> None:
+    route = LayerRoute(path, None, logged=handle._logged)
+    original = install_processor(module, route)
+    handle.routes[path] = route
+    handle._undo.append(lambda: restore_processor(module, original, path))
+
+
+def _add_scope_hooks(handle: SLAHandle, module: nn.Module, route: LayerRoute) -> None:
+    scopes: list[Any] = []  # a stack: the same module may run re-entrantly
+
+    def enter(_module: nn.Module, _args: Any) -> None:
+        scope = layer_scope(route)
+        scope.__enter__()
+        scopes.append(scope)
+
+    def leave(_module: nn.Module, _args: Any, output: Any) -> None:
+        # always_call=True: runs when forward raised too, so the scope always closes
+        scopes.pop().__exit__(None, None, None)
+
+    pre = module.register_forward_pre_hook(enter)
+    post = module.register_forward_hook(leave, always_call=True)
+    handle._undo.append(post.remove)
+    handle._undo.append(pre.remove)
+
+
+def _delete_submodule(module: nn.Module, path: str) -> None:
+    if module._modules.get(SLA_ATTR) is None:
+        raise RuntimeError(f"layer {path!r}: the {SLA_ATTR!r} submodule was removed by someone else")
+    delattr(module, SLA_ATTR)
+
+
+def _head_dim(path: str, module: nn.Module, head_dim: HeadDim) -> int:
+    if head_dim is not None:
+        d = head_dim(path, module) if callable(head_dim) else head_dim
+    elif is_diffusers_attention(module):
+        d = diffusers_head_dim(module)
+    else:
+        d = _plain_head_dim(module)
+    if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
+        raise ValueError(
+            f"head dim of layer {path!r} ({type(module).__name__}) is {d!r}; pass head_dim= "
+            "(an int or a function (path, module) -> int)"
+        )
+    return d
+
+
+def _plain_head_dim(module: nn.Module) -> int | None:
+    for name in _HEAD_DIM_ATTRS:
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    width = next((getattr(module, n) for n in _WIDTH_ATTRS if isinstance(getattr(module, n, None), int)), None)
+    heads = next((getattr(module, n) for n in _HEADS_ATTRS if isinstance(getattr(module, n, None), int)), None)
+    if width and heads and width % heads == 0:
+        return width // heads
+    return None
+
+
+def _own_param_dtype(module: nn.Module) -> torch.dtype:
+    for name, p in module.named_parameters():
+        if not name.startswith(SLA_ATTR + ".") and p.is_floating_point():
+            return p.dtype
+    return torch.float32

@@ -1,0 +1,200 @@
+"""Route torch's scaled_dot_product_attention to one layer's SLA module, only inside that layer.
+
+The one mechanism behind both ways into a model (diffusers processors and plain modules): while
+an injected layer runs, ``layer_scope(route)`` makes ``route`` the active layer of the current
+thread/context (a ContextVar) and keeps ``torch.nn.functional.scaled_dot_product_attention``
+pointed at a router. The router sends a call to the active layer's SLA module when SLA can
+compute it, and to torch's own SDPA otherwise (counted per layer and reason, logged once).
+
+- Scoped, not process-wide: the router is installed when the first scope opens and torch's
+  function is put back when the last one closes (a reference count under a lock), in ``finally``.
+- Threads: another thread that calls SDPA while a scope is open sees no active layer in its own
+  context and gets torch's dense SDPA; so does a bare call outside any scope.
+- Re-entrant: scopes nest (an injected layer inside another); the innermost layer is active.
+- Keyword arguments: diffusers calls SDPA as ``query=, key=, value=, attn_mask=, dropout_p=,
+  is_causal=, scale=, enable_gqa=``; the router takes every argument by position or by name.
+- Scale: SLA computes softmax(q k^T / sqrt(d)). A call with another ``scale`` stays dense
+  (reason "scale"); ``scale=None`` or 1/sqrt(d) goes to SLA.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional
+
+from .module import SparseLinearAttention
+
+log = logging.getLogger(__name__)
+
+# Why a call stayed dense. Each one is counted per layer and logged once per handle.
+FALLBACK_REASONS = (
+    "cross_attention",  # query and key lengths differ, or a diffusers cross-attention layer
+    "mask",  # attn_mask given
+    "causal",  # is_causal=True
+    "dropout",  # dropout_p > 0
+    "gqa",  # fewer key/value heads than query heads
+    "scale",  # a softmax scale other than 1/sqrt(d)
+    "shape",  # not (B, H, N, d), batch sizes differ, or the value head dim differs
+    "head_dim",  # head dim differs from the layer's SLA module
+    "no_sdpa_call",  # the layer ran without calling torch SDPA (e.g. another attention backend)
+)
+
+
+@dataclasses.dataclass(eq=False)
+class LayerRoute:
+    """One injected layer: its SLA module (None for a counted dense-only layer) and counters."""
+
+    path: str
+    sla: SparseLinearAttention | None
+    fallbacks: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    sla_calls: int = 0
+    # dtype of q/k/v in this layer's latest SLA call (the attention compute dtype), None before.
+    last_dtype: torch.dtype | None = None
+    logged: set[str] | None = None  # reasons already logged, shared by all routes of one handle
+
+    def count_fallback(self, reason: str) -> None:
+        """Count one dense call for ``reason`` and log it the first time the handle sees it."""
+        self.fallbacks[reason] += 1
+        if self.logged is not None and reason not in self.logged:
+            self.logged.add(reason)
+            log.warning(
+                "SLA: dense attention in layer %s (reason %r); further %r fallbacks are counted "
+                "per layer in handle.fallback_counts(), not logged",
+                self.path,
+                reason,
+                reason,
+            )
+
+
+@dataclasses.dataclass(eq=False)
+class _Frame:
+    route: LayerRoute
+    sdpa_calls: int = 0
+
+
+_active: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar("sla_active_layer", default=None)
+_lock = threading.Lock()
+_installed = 0  # open scopes, all threads together
+_torch_sdpa = functional.scaled_dot_product_attention  # torch's own function, captured at import
+
+
+def torch_sdpa():
+    """torch's own scaled_dot_product_attention (never the router)."""
+    return _torch_sdpa
+
+
+def routing_installed() -> bool:
+    """True while some layer scope is open and the router stands in for torch's SDPA."""
+    return functional.scaled_dot_product_attention is _router
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        if _installed == 0:
+            if functional.scaled_dot_product_attention is not _torch_sdpa:
+                raise RuntimeError(
+                    "torch.nn.functional.scaled_dot_product_attention is already replaced by "
+                    f"{functional.scaled_dot_product_attention!r}; SLA routing needs torch's own function"
+                )
+            functional.scaled_dot_product_attention = _router
+        _installed += 1
+
+
+def _uninstall() -> None:
+    global _installed
+    with _lock:
+        _installed -= 1
+        if _installed == 0:
+            functional.scaled_dot_product_attention = _torch_sdpa
+
+
+@contextlib.contextmanager
+def layer_scope(route: LayerRoute) -> Iterator[None]:
+    """Make ``route`` the active layer while the block runs; count a run with no SDPA call."""
+    _install()
+    frame = _Frame(route)
+    token = _active.set(frame)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _active.reset(token)
+        _uninstall()
+        if ok and frame.sdpa_calls == 0:
+            route.count_fallback("no_sdpa_call")
+
+
+def dense_reason(
+    route: LayerRoute,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+) -> str | None:
+    """Why SLA cannot compute this call (a FALLBACK_REASONS entry), or None when it can."""
+    if route.sla is None:
+        return "cross_attention"
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        return "shape"
+    if key.shape[-2] != query.shape[-2] or value.shape[-2] != query.shape[-2]:
+        return "cross_attention"
+    if attn_mask is not None:
+        return "mask"
+    if is_causal:
+        return "causal"
+    if dropout_p > 0.0:
+        return "dropout"
+    if key.shape[1] != query.shape[1] or value.shape[1] != query.shape[1]:
+        return "gqa"
+    if key.shape[0] != query.shape[0] or value.shape[0] != query.shape[0]:
+        return "shape"
+    if key.shape[-1] != query.shape[-1] or value.shape[-1] != query.shape[-1]:
+        return "shape"
+    if query.shape[-1] != route.sla.head_dim:
+        return "head_dim"
+    if scale is not None and not math.isclose(scale, query.shape[-1] ** -0.5, rel_tol=1e-6):
+        return "scale"
+    return None
+
+
+def _router(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    frame = _active.get()
+    args = (query, key, value)
+    kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    if enable_gqa:
+        kwargs["enable_gqa"] = True  # only passed when set: older torch lacks the argument
+    if frame is None:  # another thread, or a call outside any injected layer: dense
+        return _torch_sdpa(*args, **kwargs)
+    frame.sdpa_calls += 1
+    route = frame.route
+    reason = dense_reason(route, query, key, value, attn_mask, dropout_p, is_causal, scale)
+    if reason is not None:
+        route.count_fallback(reason)
+        return _torch_sdpa(*args, **kwargs)
+    assert route.sla is not None  # dense_reason returns "cross_attention" for dense-only layers
+    route.sla_calls += 1
+    route.last_dtype = query.dtype
+    return route.sla(query, key, value)
