@@ -1,0 +1,101 @@
+"""SLA's Triton kernels as torch.library custom ops with autograd, so torch.compile sees one op.
+
+sla_kernel_glue::sla_fwd takes (B*H, N, D) q, k, v in the compute dtype and the critical block
+indices (B*H, T_m, k) int32, and returns o_sparse, o_linear plus what the backward needs;
+sla_kernel_glue::sla_bwd returns dq, dk, dv. Gradients flow to q, k, v only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .triton_bwd import sla_backward
+from .triton_fwd import sla_forward
+
+_FWD_OUTPUTS = 8  # o_s, o_l, lse, den, phi(K), H hi, H lo, Z
+
+
+@torch.library.custom_op("sla_kernel_glue::sla_fwd", mutates_args=())
+def sla_fwd_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    blkq: int,
+    blkk: int,
+    fmap: int,
+    linear_mode: int,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return sla_forward(q, k, v, indices, blkq, blkk, fmap, linear_mode, eps)
+
+
+@sla_fwd_op.register_fake
+def _(q, k, v, indices, blkq, blkk, fmap, linear_mode, eps):
+    bh, n, d = q.shape
+    stats = q.new_empty((bh, n), dtype=torch.float32)
+    return (
+        torch.empty_like(q),
+        torch.empty_like(q),
+        stats,
+        torch.empty_like(stats),
+        torch.empty_like(k),
+        q.new_empty((bh, d, d)),
+        q.new_empty((bh, d, d)),
+        q.new_empty((bh, d), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("sla_kernel_glue::sla_bwd", mutates_args=())
+def sla_bwd_op(
+    do_s: Tensor,
+    do_l: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o_s: Tensor,
+    o_l: Tensor,
+    lse: Tensor,
+    den: Tensor,
+    phik: Tensor,
+    h_hi: Tensor,
+    h_lo: Tensor,
+    ztot: Tensor,
+    indices: Tensor,
+    blkq: int,
+    blkk: int,
+    fmap: int,
+    linear_mode: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return sla_backward(
+        do_s, do_l, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices,
+        blkq, blkk, fmap, linear_mode,
+    )
+
+
+@sla_bwd_op.register_fake
+def _(do_s, do_l, q, k, v, *rest):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, indices, blkq, blkk, fmap, linear_mode, _eps = inputs
+    o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = output
+    ctx.save_for_backward(q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices)
+    ctx.settings = (blkq, blkk, fmap, linear_mode)
+
+
+def _backward(ctx, do_s, do_l, *unused_grads):
+    q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices = ctx.saved_tensors
+    if do_s is None:
+        do_s = torch.zeros_like(o_s)
+    if do_l is None:
+        do_l = torch.zeros_like(o_l)
+    dq, dk, dv = sla_bwd_op(
+        do_s, do_l, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, *ctx.settings
+    )
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+torch.library.register_autograd("sla_kernel_glue::sla_fwd", _backward, setup_context=_setup_context)
