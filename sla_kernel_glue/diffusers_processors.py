@@ -93,7 +93,12 @@ def is_diffusers_attention(module: nn.Module) -> bool:
 def diffusers_head_dim(module: nn.Module) -> int | None:
     """Head dim of a diffusers attention module (inner_dim // heads), or None if not known."""
     inner_dim, heads = getattr(module, "inner_dim", None), getattr(module, "heads", None)
-    if isinstance(inner_dim, int) and isinstance(heads, int) and heads > 0 and inner_dim % heads == 0:
+    if (
+        isinstance(inner_dim, int)
+        and isinstance(heads, int)
+        and heads > 0
+        and inner_dim % heads == 0
+    ):
         return inner_dim // heads
     return None
 

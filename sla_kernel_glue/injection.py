@@ -23,6 +23,7 @@ classes, or a predicate ``(path, module) -> bool``.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,9 @@ SLA_ATTR = "sla"  # name of the SLA submodule on each injected attention module
 Targets = Iterable[str] | type | tuple[type, ...] | Callable[[str, nn.Module], bool] | None
 HeadDim = int | Callable[[str, nn.Module], int] | None
 
+# model -> its live handle; not an attribute on the model, so remove() leaves nothing behind.
+_handles: weakref.WeakKeyDictionary[nn.Module, SLAHandle] = weakref.WeakKeyDictionary()
+
 _HEAD_DIM_ATTRS = ("head_dim", "dim_head", "d_head", "attention_head_dim")
 _WIDTH_ATTRS = ("embed_dim", "inner_dim", "hidden_size", "dim", "d_model")
 _HEADS_ATTRS = ("num_heads", "heads", "n_heads", "n_head", "num_attention_heads")
@@ -55,12 +59,21 @@ class SLAHandle:
     """What apply_sla put into a model; ``remove()`` (or leaving ``with``) takes it out again."""
 
     def __init__(self, model: nn.Module, config: SLAConfig) -> None:
-        self.model = model
+        # weak: the registry maps model -> handle, and a strong ref back would keep models alive
+        self._model = weakref.ref(model)
         self.config = config
         self.routes: dict[str, LayerRoute] = {}  # every wrapped layer, SLA or dense-only
         self._undo: list[Callable[[], None]] = []
         self._logged: set[str] = set()
         self.removed = False
+
+    @property
+    def model(self) -> nn.Module:
+        """The model SLA was put into (unwrapped from DDP/compile)."""
+        model = self._model()
+        if model is None:
+            raise ValueError("the model of this SLAHandle no longer exists")
+        return model
 
     @property
     def layers(self) -> dict[str, SparseLinearAttention]:
@@ -107,6 +120,9 @@ class SLAHandle:
             except RuntimeError as exc:  # keep restoring the other layers, then report
                 errors.append(str(exc))
         self._undo.clear()
+        model = self._model()
+        if model is not None and _handles.get(model) is self:
+            del _handles[model]
         if errors:
             raise RuntimeError("; ".join(errors))
 
@@ -137,6 +153,11 @@ def apply_sla(
     The SLA modules are created on the device of each layer's parameters, proj_l in float32.
     """
     cfg = SLAConfig.parse(config)
+    if unwrap_model(model) in _handles:
+        raise ValueError(
+            f"{type(model).__name__} already has SLA injected; remove() that handle first"
+        )
+    model = unwrap_model(model)
     modules = dict(model.named_modules())
     selected = _select(model, modules, targets)
     if not selected:
@@ -154,6 +175,33 @@ def apply_sla(
     except BaseException:
         handle.remove()
         raise
+    _handles[model] = handle
+    return handle
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel/DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def get_handle(model_or_handle: nn.Module | SLAHandle) -> SLAHandle:
+    """The live SLAHandle of a model (unwrapping DDP/compile), or the handle itself."""
+    if isinstance(model_or_handle, SLAHandle):
+        handle = model_or_handle
+    else:
+        handle = _handles.get(unwrap_model(model_or_handle))
+        if handle is None:
+            raise ValueError(
+                f"{type(model_or_handle).__name__} has no SLA injected; call apply_sla(model, config) first"
+            )
+    if handle.removed:
+        raise ValueError("this SLAHandle was removed; its model no longer has SLA layers")
     return handle
 
 
@@ -187,7 +235,9 @@ def _is_cross(module: nn.Module) -> bool:
     return bool(getattr(module, "is_cross_attention", False))
 
 
-def _inject_layer(handle: SLAHandle, path: str, module: nn.Module, cfg: SLAConfig, head_dim: HeadDim) -> None:
+def _inject_layer(
+    handle: SLAHandle, path: str, module: nn.Module, cfg: SLAConfig, head_dim: HeadDim
+) -> None:
     if hasattr(module, SLA_ATTR):
         raise ValueError(
             f"layer {path!r} already has an attribute {SLA_ATTR!r}; SLA is injected once per layer"
@@ -237,7 +287,9 @@ def _add_scope_hooks(handle: SLAHandle, module: nn.Module, route: LayerRoute) ->
 
 def _delete_submodule(module: nn.Module, path: str) -> None:
     if module._modules.get(SLA_ATTR) is None:
-        raise RuntimeError(f"layer {path!r}: the {SLA_ATTR!r} submodule was removed by someone else")
+        raise RuntimeError(
+            f"layer {path!r}: the {SLA_ATTR!r} submodule was removed by someone else"
+        )
     delattr(module, SLA_ATTR)
 
 
@@ -261,8 +313,14 @@ def _plain_head_dim(module: nn.Module) -> int | None:
         value = getattr(module, name, None)
         if isinstance(value, int):
             return value
-    width = next((getattr(module, n) for n in _WIDTH_ATTRS if isinstance(getattr(module, n, None), int)), None)
-    heads = next((getattr(module, n) for n in _HEADS_ATTRS if isinstance(getattr(module, n, None), int)), None)
+    width = next(
+        (getattr(module, n) for n in _WIDTH_ATTRS if isinstance(getattr(module, n, None), int)),
+        None,
+    )
+    heads = next(
+        (getattr(module, n) for n in _HEADS_ATTRS if isinstance(getattr(module, n, None), int)),
+        None,
+    )
     if width and heads and width % heads == 0:
         return width // heads
     return None

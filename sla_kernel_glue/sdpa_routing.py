@@ -81,7 +81,9 @@ class _Frame:
     sdpa_calls: int = 0
 
 
-_active: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar("sla_active_layer", default=None)
+_active: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
+    "sla_active_layer", default=None
+)
 _lock = threading.Lock()
 _installed = 0  # open scopes, all threads together
 _torch_sdpa = functional.scaled_dot_product_attention  # torch's own function, captured at import
