@@ -1,0 +1,107 @@
+"""Checkpoint directories: accelerate state + sla_attention.pt + trial.json, and resuming them.
+
+    <workdir>/checkpoint_NNNNNN/
+      accelerate state (model incl. SLA proj_l, optimizer, RNG), written by every rank
+      sla_attention.pt   (rank 0; absent for the full-attention control)
+      trial.json         (rank 0: step, SLA config or null, metrics, base model id, train config)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from sla_kernel_glue import SLAConfig
+
+TRIAL_FILE = "trial.json"
+SLA_FILE = "sla_attention.pt"
+
+
+def checkpoint_dir(workdir: Path, step: int) -> Path:
+    return Path(workdir) / f"checkpoint_{step:06d}"
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    handle: Any,
+    directory: Path,
+    *,
+    step: int,
+    sla: SLAConfig | None,
+    metrics: dict[str, float],
+    base_model: str,
+    train: dict[str, Any],
+) -> Path:
+    """Write one checkpoint directory; every rank must call this (save_state is collective)."""
+    directory = Path(directory)
+    if accelerator.is_main_process and directory.exists():
+        shutil.rmtree(directory)  # a stale one from an interrupted earlier run of this trial
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(directory))
+    if accelerator.is_main_process:
+        if handle is not None:
+            from sla_kernel_glue import save_sla_state
+
+            save_sla_state(handle, directory)
+        trial = {
+            "step": step,
+            "sla": sla.to_dict() if sla is not None else None,
+            "metrics": metrics,
+            "base_model": base_model,
+            "train": train,
+        }
+        tmp = directory / (TRIAL_FILE + ".tmp")
+        tmp.write_text(json.dumps(trial, indent=2, sort_keys=True, default=str))
+        tmp.replace(directory / TRIAL_FILE)  # trial.json appears last: its presence marks completion
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def read_trial(directory: Path) -> dict[str, Any]:
+    """trial.json of a checkpoint directory, checked for the keys resume needs."""
+    directory = Path(directory)
+    path = directory / TRIAL_FILE
+    if not directory.is_dir():
+        raise ValueError(f"resume_from ({str(directory)!r}) is not a checkpoint directory (it does not exist)")
+    if not path.is_file():
+        raise ValueError(
+            f"resume_from ({str(directory)!r}) has no {TRIAL_FILE}: not a complete checkpoint directory"
+        )
+    try:
+        trial = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    step = trial.get("step") if isinstance(trial, dict) else None
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: 'step' ({step!r}) must be a non-negative integer")
+    return trial
+
+
+def load_checkpoint(
+    accelerator: Accelerator, handle: Any, directory: Path, *, sla: SLAConfig | None, base_model: str
+) -> int:
+    """Restore a prepared run from a checkpoint directory; returns the step to continue from.
+
+    Call after accelerator.prepare. The SLA settings and the base model must match the run's.
+    """
+    directory = Path(directory)
+    trial = read_trial(directory)
+    saved_sla = trial.get("sla")
+    running = sla.to_dict() if sla is not None else None
+    problems = []
+    if saved_sla != running:
+        problems.append(f"its SLA config {saved_sla} differs from this run's {running}")
+    if trial.get("base_model") != base_model:
+        problems.append(f"its base model {trial.get('base_model')!r} differs from this run's {base_model!r}")
+    if problems:
+        raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
+    accelerator.load_state(str(directory))
+    if handle is not None:
+        from sla_kernel_glue import load_sla_state
+
+        load_sla_state(handle, directory)
+    return trial["step"]

@@ -1,0 +1,288 @@
+"""One trial: fine-tune the full-attention base with SLA (or dense, the control) under accelerate.
+
+Reads top to bottom: construct (validate) -> setup (one method per component) -> train (a flat
+loop) -> cleanup. `run_trial` is the entry point; Ray, MLflow and printing live in the callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import set_seed
+
+from orchestrator.data import StepSampler, build_datasets, collate
+from orchestrator.models.wan_presets import PRESETS, ModelShape
+from sla_kernel_glue import SLAConfig
+
+from . import evaluate as ev
+from .base_model import load_base_model
+from .callbacks import Callback, PrintCallback
+from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .flow_matching import class_prompts, flow_loss, sample_timesteps
+
+LOCAL_TEXT_LEN = 64  # prompt length for a local model directory (presets name their own)
+
+
+class TrialRecipe:
+    """Fine-tunes one model with one SLA config (None: the full-attention control)."""
+
+    # ---- construct -------------------------------------------------------------------------
+    def __init__(
+        self,
+        train: TrainConfig,
+        sla: SLAConfig | None,
+        workdir: Path,
+        *,
+        callback: Callback | None = None,
+        resume_from: Path | None = None,
+    ) -> None:
+        if not isinstance(train, TrainConfig):
+            raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
+        self.sla = None if sla is None else SLAConfig.parse(sla)
+        if self.sla is None and not train.train_base:
+            raise ValueError("train_base (False) with sla None trains nothing: enable one of them")
+        self.train_cfg = train
+        self.workdir = Path(workdir)
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        self.callback = callback
+        cuda = torch.cuda.is_available()
+        self.mixed_precision = ("bf16" if cuda else "no") if train.mixed_precision == "auto" else train.mixed_precision
+        self.handle: Any = None
+        self.start_step = 0
+
+    # ---- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._setup_accelerator()
+        self._setup_data()
+        self._setup_model()
+        self._setup_reference()
+        self._setup_sla()
+        self._setup_optimizer()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._setup_resume()
+
+    def _setup_accelerator(self) -> None:
+        cfg = self.train_cfg
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+        set_seed(cfg.seed)
+        if self.callback is None:
+            self.callback = PrintCallback(cfg.steps, is_main=self.accelerator.is_main_process)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def _setup_data(self) -> None:
+        cfg, data = self.train_cfg, self.train_cfg.data
+        preset = PRESETS.get(cfg.model)
+        frames = data.frames or (preset.frames if preset else 0)  # 0: unused (a folder's clips)
+        size = data.size or (preset.size if preset else 0)
+        self.clip_shape = (frames, size)
+        self.channels = preset.in_channels if preset else _local_in_channels(cfg.model)
+        self.train_set, self.val_set = build_datasets(
+            data.source, channels=self.channels, frames=frames, size=size,
+            num_train=data.num_train, num_val=data.num_val, seed=cfg.seed,
+        )
+        self.sampler = StepSampler(
+            len(self.train_set), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+            world_size=self.accelerator.num_processes, seed=cfg.seed,
+        )
+
+    def _setup_model(self) -> None:
+        cfg, acc = self.train_cfg, self.accelerator
+        log = print if acc.is_main_process else (lambda _msg: None)
+        model, self.base_id = load_base_model(
+            cfg, device=acc.device, mixed_precision=self.mixed_precision, clip_shape=self.clip_shape, log=log
+        )
+        self.model = model.to(acc.device)
+        self.shape = ModelShape.of(model)
+        _, f, h, w = self.train_set[0][0].shape
+        self.tokens = self.shape.tokens(f, h, w)
+        text_len = PRESETS[cfg.model].text_len if cfg.model in PRESETS else LOCAL_TEXT_LEN
+        self.prompts = class_prompts(text_len, self.shape.text_dim)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+
+    def _setup_reference(self) -> None:
+        """The full-attention base on the fixed val batch: its loss and its samples, computed once."""
+        cfg = self.train_cfg
+        self.val = ev.make_val_batch(self.val_set, self.prompts, seed=cfg.seed, device=self.accelerator.device)
+        self.model.eval()
+        common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
+        self.base_val_loss = ev.val_loss(self.model, self.val, **common)
+        self.base_samples = ev.samples(self.model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common)
+        self.model.train()
+
+    def _setup_sla(self) -> None:
+        if self.sla is not None:  # before prepare: DDP and the optimizer must see every proj_l
+            from sla_kernel_glue import apply_sla
+
+            self.handle = apply_sla(self.model, self.sla)
+        if not self.train_cfg.train_base:
+            sla_params = {id(p) for layer in self.handle.layers.values() for p in layer.parameters()}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in sla_params)
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.train_cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _setup_resume(self) -> None:
+        if self.resume_from is not None:
+            self.start_step = load_checkpoint(
+                self.accelerator, self.handle, self.resume_from, sla=self.sla, base_model=self.base_id
+            )
+
+    # ---- train -----------------------------------------------------------------------------
+    def train(self) -> dict[str, float]:
+        cfg, acc = self.train_cfg, self.accelerator
+        metrics: dict[str, float] = {}
+        if self.start_step == 0:
+            metrics = self.evaluate()
+            self.callback.on_metrics(0, metrics)
+        losses: list[torch.Tensor] = []
+        window_start, window_steps = self._now(), 0
+        for step in range(self.start_step, cfg.steps):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr(step)
+            step_losses = []
+            for micro in range(cfg.grad_accum):
+                with acc.accumulate(self.model):
+                    clips, context, noise, t = self._micro_batch(step, micro)
+                    loss = flow_loss(self.model, clips, noise, t, context)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_losses.append(loss.detach())
+            losses.append(torch.stack(step_losses).mean())
+            window_steps += 1
+            done = step + 1
+            log_now = done % cfg.log_every == 0 or done == cfg.steps
+            eval_now = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
+            ckpt_now = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+            if not (log_now or eval_now or ckpt_now):
+                continue
+            step_s = (self._now() - window_start) / window_steps
+            metrics = {**metrics, **self._train_metrics(losses, step_s)}
+            if eval_now or ckpt_now:
+                metrics.update(self.evaluate())
+            if ckpt_now:
+                directory = save_checkpoint(
+                    acc, self.handle, checkpoint_dir(self.workdir, done), step=done, sla=self.sla,
+                    metrics=metrics, base_model=self.base_id, train=cfg.to_dict(),
+                )
+                self.callback.on_checkpoint(done, directory, dict(metrics))
+            else:
+                self.callback.on_metrics(done, dict(metrics))
+            losses, window_start, window_steps = [], self._now(), 0
+        return metrics
+
+    def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
+        """Clips, context, noise and timesteps: a pure function of (seed, step, micro, rank)."""
+        cfg, acc = self.train_cfg, self.accelerator
+        clips, labels = collate(self.train_set, self.sampler.indices(step, micro, acc.process_index))
+        seed = np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(clips.shape, generator=generator)
+        t = sample_timesteps(clips.shape[0], generator=generator, sampling=cfg.timestep_sampling, shift=cfg.timestep_shift)
+        device = acc.device
+        return clips.to(device), self.prompts[labels].to(device), noise.to(device), t.to(device)
+
+    def _lr(self, step: int) -> float:
+        cfg = self.train_cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cfg.lr
+
+    def _now(self) -> float:
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.perf_counter()
+
+    def _global_batch(self) -> int:
+        return self.train_cfg.batch_size * self.train_cfg.grad_accum * self.accelerator.num_processes
+
+    def _train_metrics(self, losses: list[torch.Tensor], step_s: float) -> dict[str, float]:
+        loss = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
+        return {
+            "train/loss": float(loss),
+            "train/lr": float(self.optimizer.param_groups[0]["lr"]),
+            "perf/step_s": step_s,
+            "perf/tokens_per_s": self._global_batch() * self.tokens / step_s,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Quality against the full-attention base on the fixed val batch, FLOPs, fallbacks."""
+        cfg = self.train_cfg
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
+        loss = ev.val_loss(model, self.val, **common)
+        layers = self.handle.layers if self.handle is not None else {}
+        rel_err = ev.attention_rel_err(model, layers, self.val, **common)
+        samples = ev.samples(model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common)
+        model.train()
+        fallbacks = self.handle.fallback_counts() if self.handle is not None else {}
+        return {
+            "val/loss": loss,
+            "val/loss_gap": loss - self.base_val_loss,
+            "val/attn_rel_err": rel_err,
+            "val/sample_psnr": ev.psnr(samples, self.base_samples),
+            **ev.step_flops(self.shape, batch=self._global_batch(), tokens=self.tokens, sla=self.sla, n_params=self.n_params),
+            "sla/fallback_calls": float(self.handle.total_fallbacks() if self.handle is not None else 0),
+            "sla/self_attn_fallback_calls": float(
+                sum(n for per in fallbacks.values() for reason, n in per.items() if reason != "cross_attention")
+            ),
+        }
+
+    # ---- cleanup ---------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        acc = getattr(self, "accelerator", None)
+        if acc is None:
+            return
+        acc.wait_for_everyone()
+        acc.end_training()
+        acc.free_memory()
+        # Let the next trial in this process pick its own mixed precision (private API, no public reset).
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+
+
+def _local_in_channels(path: str) -> int:
+    import json
+
+    return int(json.loads((Path(path).expanduser() / "config.json").read_text())["in_channels"])
+
+
+def run_trial(
+    train: TrainConfig,
+    sla: SLAConfig | None,
+    workdir: Path,
+    *,
+    callback: Callback | None = None,
+    resume_from: Path | None = None,
+) -> dict[str, float]:
+    """Run one trial to completion and return its final metrics.
+
+    sla None is the full-attention control. Checkpoints go to workdir/checkpoint_NNNNNN; resume
+    from one with resume_from. The callback gets metrics and checkpoints on every rank
+    (default: progress lines on the main process).
+    """
+    recipe = TrialRecipe(train, sla, workdir, callback=callback, resume_from=resume_from)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.cleanup()
