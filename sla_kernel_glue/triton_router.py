@@ -47,6 +47,7 @@ def block_counts(n: int, block: int, device: torch.device) -> torch.Tensor:
     return counts
 
 
+@torch.compiler.disable  # eager under torch.compile: one graph break, the fused op stays in the graph
 def route_triton(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> Routing:
     """router.route for (B, H, N, D) q and k (any float dtype; D a power of two)."""
     b, h, n, d = q.shape

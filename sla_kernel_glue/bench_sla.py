@@ -1,0 +1,195 @@
+"""Benchmark and real-size check of SLA's Triton kernels against torch SDPA (cuDNN and flash).
+
+    python -m sla_kernel_glue.bench_sla --out results/          # checks, then timings
+    python -m sla_kernel_glue.bench_sla --skip-check --n 8192   # timings only
+
+Checks: forward and gradients of sla_triton (float32 inputs, bf16 compute) against the float64
+reference, next to the error of the reference run in bf16 (the tolerance rule of style.md), and
+whether the Triton router picks the same blocks as router.route. Timings: triton.testing.do_bench
+medians of forward and forward+backward, and the peak memory of one forward+backward.
+Not on the training path: a script beside the kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .config import SLAConfig
+from .reference import sla_reference
+from .router import route
+from .triton_kernels import sla_triton
+from .triton_router import route_triton
+
+CHECK_CASES = [
+    # (B, H, N, d, blkq, blkk, topk, feature_map, linear_scope)
+    (1, 4, 4133, 128, 64, 64, 0.05, "softmax", "marginal"),
+    (1, 4, 4133, 128, 128, 64, 0.2, "softmax", "marginal"),
+    (1, 4, 2048, 64, 64, 64, 0.1, "elu", "marginal"),
+    (1, 4, 2000, 32, 64, 32, 0.1, "relu", "all"),
+    (1, 2, 1000, 128, 64, 64, 1.0, "softmax", "marginal"),
+]
+
+
+def _qkv(b, h, n, d, dtype, requires_grad=False, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [
+        torch.randn((b, h, n, d), generator=g, device="cuda", dtype=dtype).requires_grad_(requires_grad)
+        for _ in range(3)
+    ]
+
+
+def _branches_and_grads(fn, q, k, v, g_s, g_l):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    torch.autograd.backward([out.o_sparse, out.o_linear], [g_s.to(q.dtype), g_l.to(q.dtype)])
+    return [out.o_sparse, out.o_linear, q.grad, k.grad, v.grad]
+
+
+def check_case(case) -> dict:
+    """Max abs errors vs the float64 reference: Triton (bf16) and the reference in bf16."""
+    b, h, n, d, bq, bk, topk, fmap, scope = case
+    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap, linear_scope=scope)
+    q, k, v = _qkv(b, h, n, d, torch.float32, seed=1)
+    g_s, g_l = _qkv(b, h, n, d, torch.float32, seed=2)[:2]
+    routing = route(q, k, cfg)
+    exact = _branches_and_grads(
+        lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l
+    )
+    same = _branches_and_grads(
+        lambda *a: sla_reference(*(t.bfloat16() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l
+    )
+    kern = _branches_and_grads(lambda *a: sla_triton(*a, config=cfg, use_bf16=True), q, k, v, g_s, g_l)
+    names = ["o_sparse", "o_linear", "dq", "dk", "dv"]
+    result = {"case": list(case)}
+    for name, e, s, t in zip(names, exact, same, kern):
+        err_t = (t.double() - e).abs().max().item()
+        err_s = (s.double() - e).abs().max().item()
+        result[name] = {"triton": err_t, "ref_bf16": err_s, "scale": e.abs().max().item()}
+    result["ok"] = all(
+        result[nm]["triton"] <= 2 * result[nm]["ref_bf16"] + 1e-3 * result[nm]["scale"] for nm in names
+    )
+    return result
+
+
+def check_router(n: int) -> dict:
+    b, h, d = 2, 16, 128
+    q, k, _ = _qkv(b, h, n, d, torch.bfloat16, seed=3)
+    out = {}
+    for topk in (0.05, 0.2):
+        cfg = SLAConfig(topk=topk)
+        a, r = route(q, k, cfg), route_triton(q, k, cfg)
+        out[str(topk)] = {
+            "rows_equal_fraction": (a.indices == r.indices).all(-1).float().mean().item(),
+            "ms_route": triton.testing.do_bench(lambda: route(q, k, cfg), return_mode="median"),
+            "ms_route_triton": triton.testing.do_bench(lambda: route_triton(q, k, cfg), return_mode="median"),
+        }
+    return out
+
+
+def _peak_mib(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> list[dict]:
+    q, k, v = _qkv(b, h, n, d, torch.bfloat16, requires_grad=True, seed=4)
+    g = torch.randn_like(q)
+    rows = []
+
+    def timed(name, topk, fwd, fwd_bwd):
+        fwd()  # compile and autotune outside the timing
+        fwd_bwd()
+        row = {
+            "N": n, "impl": name, "topk": topk,
+            "fwd_ms": triton.testing.do_bench(fwd, warmup=50, rep=300, return_mode="median"),
+            "fwd_bwd_ms": triton.testing.do_bench(
+                fwd_bwd, warmup=50, rep=300, grad_to_none=[q, k, v], return_mode="median"
+            ),
+            "peak_mib": _peak_mib(fwd_bwd),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+
+    for name, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+        def fwd(backend=backend):
+            with sdpa_kernel(backend), torch.no_grad():
+                return F.scaled_dot_product_attention(q, k, v)
+
+        def fwd_bwd(backend=backend):
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v).backward(g)
+
+        timed(name, 1.0, fwd, fwd_bwd)
+
+    for topk, blkq in [(t, bq) for bq in blkqs for t in topks]:
+        cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64)
+
+        def fwd(cfg=cfg):
+            with torch.no_grad():
+                return sla_triton(q, k, v, config=cfg)
+
+        def fwd_bwd(cfg=cfg):
+            out = sla_triton(q, k, v, config=cfg)
+            torch.autograd.backward([out.o_sparse, out.o_linear], [g, g])
+
+        timed(f"sla_triton_q{blkq}", topk, fwd, fwd_bwd)
+        rows[-1]["router_ms"] = triton.testing.do_bench(
+            lambda cfg=cfg: route_triton(q, k, cfg), return_mode="median"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--blkq", type=int, nargs="+", default=[64])
+    parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_sla needs a CUDA GPU", file=sys.stderr)
+        return 2
+    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                     "triton": triton.__version__, "argv": sys.argv}
+    print(json.dumps(results), flush=True)
+    if not args.skip_check:
+        results["checks"] = []
+        for case in CHECK_CASES:
+            r = check_case(case)
+            print(json.dumps(r), flush=True)
+            results["checks"].append(r)
+        results["router"] = check_router(max(args.n))
+        print(json.dumps(results["router"]), flush=True)
+    results["timings"] = [row for n in args.n for row in bench_n(n, args.topk, args.blkq)]
+    for row in results["timings"]:
+        dense = next(r for r in results["timings"] if r["N"] == row["N"] and r["impl"] == "sdpa_cudnn")
+        row["speedup_fwd_vs_cudnn"] = dense["fwd_ms"] / row["fwd_ms"]
+        row["speedup_fwd_bwd_vs_cudnn"] = dense["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+    print("| N | impl | topk | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["timings"]:
+        print(f"| {r['N']} | {r['impl']} | {r['topk']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.2f} | "
+              f"{r['speedup_fwd_vs_cudnn']:.2f} | {r['speedup_fwd_bwd_vs_cudnn']:.2f} | {r['peak_mib']:.0f} |")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    ok = all(c["ok"] for c in results.get("checks", []))
+    return 0 if ok and not math.isnan(sum(r["fwd_ms"] for r in results["timings"])) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
