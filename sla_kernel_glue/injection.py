@@ -63,6 +63,7 @@ class SLAHandle:
         self._model = weakref.ref(model)
         self.config = config
         self.routes: dict[str, LayerRoute] = {}  # every wrapped layer, SLA or dense-only
+        self._attention: dict[str, nn.Module] = {}  # the attention module of each SLA layer
         self._undo: list[Callable[[], None]] = []
         self._logged: set[str] = set()
         self.removed = False
@@ -101,9 +102,8 @@ class SLAHandle:
     def layer_dtypes(self) -> dict[str, torch.dtype]:
         """Attention compute dtype per SLA layer: q/k/v dtype of its latest SLA call, or, before
         any call, the dtype of the attention module's own floating-point parameters."""
-        modules = dict(self.model.named_modules())
         return {
-            path: r.last_dtype or _own_param_dtype(modules[path])
+            path: r.last_dtype or _own_param_dtype(self._attention[path])
             for path, r in self.routes.items()
             if r.sla is not None
         }
@@ -253,6 +253,7 @@ def _inject_layer(
     module.add_module(SLA_ATTR, sla)
     handle._undo.append(lambda: _delete_submodule(module, path))
     handle.routes[path] = route
+    handle._attention[path] = module
     if is_diffusers_attention(module):
         original = install_processor(module, route)
         handle._undo.append(lambda: restore_processor(module, original, path))
