@@ -23,6 +23,7 @@ classes, or a predicate ``(path, module) -> bool``.
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -269,16 +270,26 @@ def _wrap_dense_layer(handle: SLAHandle, path: str, module: nn.Module) -> None:
 
 
 def _add_scope_hooks(handle: SLAHandle, module: nn.Module, route: LayerRoute) -> None:
-    scopes: list[Any] = []  # a stack: the same module may run re-entrantly
+    # per thread, a stack: the same module may run in several threads, and re-entrantly
+    local = threading.local()
 
-    def enter(_module: nn.Module, _args: Any) -> None:
+    def enter(module: nn.Module, _args: Any) -> None:
+        if module._modules.get(SLA_ATTR) is not route.sla:
+            # a deep copy shares these hook functions, which would route to the original's SLA
+            raise RuntimeError(
+                f"layer {route.path!r}: its {SLA_ATTR!r} module is not the one apply_sla "
+                "registered (a copy of an SLA model?); copy before apply_sla or after remove()"
+            )
         scope = layer_scope(route)
         scope.__enter__()
-        scopes.append(scope)
+        local.__dict__.setdefault("scopes", []).append(scope)
 
     def leave(_module: nn.Module, _args: Any, output: Any) -> None:
-        # always_call=True: runs when forward raised too, so the scope always closes
-        scopes.pop().__exit__(None, None, None)
+        # always_call=True: runs when forward raised too, so the scope always closes; the stack
+        # is empty when a pre-hook raised before ours opened a scope
+        scopes = local.__dict__.get("scopes")
+        if scopes:
+            scopes.pop().__exit__(None, None, None)
 
     pre = module.register_forward_pre_hook(enter)
     post = module.register_forward_hook(leave, always_call=True)

@@ -237,3 +237,13 @@ def test_targets_by_class_or_predicate_and_head_dim_errors():
         assert handle.layers["mlp"].head_dim == 32
     with pytest.raises(ValueError, match="found no attention layers"):
         apply_sla(nn.Linear(2, 2), SPARSE)
+
+
+def test_a_deep_copy_with_sla_in_it_is_refused_not_silently_shared():
+    import copy
+
+    net = make_net()
+    with apply_sla(net, SPARSE):
+        clone = copy.deepcopy(net)
+        with pytest.raises(RuntimeError, match="a copy of an SLA model"):
+            clone(x_input())
