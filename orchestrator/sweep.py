@@ -1,0 +1,242 @@
+"""Run or resume a sweep: Ray (local or joined), Tuner(...).fit(), then the report and MLflow.
+
+A sweep directory (storage.results_dir/<name>-<time>) is Tune's experiment directory and also
+holds spec.yaml, sweep.json (MLflow ids), trials.json (the driver's record of every trial),
+results.csv, pareto.png and train/<trial id>/checkpoint_* (the Ray Train runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator import search_space
+from orchestrator.mlflow_log import SweepRecorder, flat_params
+from orchestrator.report import TrialRow, best_row, format_table, plot_pareto, write_csv
+from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
+from orchestrator.spec_recipe import build_train_config
+from orchestrator.sweep_cluster import connect, max_concurrent
+from orchestrator.sweep_progress import SweepProgress, load_rows
+from orchestrator.tune_trainable import TrialSettings, sweep_trial, trial_sla
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep left behind."""
+
+    sweep_dir: Path
+    rows: list[TrialRow]
+    best: TrialRow | None
+    complete: bool
+    tracking_uri: str
+    parent_run_id: str
+    timings: dict[str, float]
+
+
+def run_sweep(spec: ExperimentSpec, *, address: str | None = None, verbose: bool = False) -> SweepOutcome:
+    """Run every trial of `spec` and report; returns when Tune is done or interrupted."""
+    t0 = time.monotonic()
+    prepare_base_model(spec)
+    t_base = time.monotonic()
+    sweep_dir = _new_sweep_dir(spec)
+    spec_file = sweep_dir / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.source, sort_keys=False))
+    recorder = SweepRecorder(spec.storage.tracking_uri, spec.name)
+    parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
+    meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
+            "experiment_id": recorder.experiment_id, "parent_run_id": parent}  # fmt: skip
+    (sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=1))
+    print(f"[sla-sweep] sweep {sweep_dir}")
+    print(f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})")
+    with connect(address, spec, log_to_driver=verbose) as cluster:
+        t_ray = time.monotonic()
+        from ray import tune
+
+        settings = trial_settings(spec, sweep_dir)
+        metric, mode = search_space.tune_metric(spec)
+        tuner = tune.Tuner(
+            _trainable(settings),
+            param_space=search_space.param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=search_space.search_alg(spec),
+                scheduler=search_space.scheduler(spec),
+                num_samples=search_space.num_samples(spec),
+                max_concurrent_trials=max_concurrent(spec, cluster),
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_dir.name,
+                storage_path=str(sweep_dir.parent),
+                callbacks=[_progress(spec, sweep_dir, parent, settings)],
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+        t_fit = time.monotonic()
+    timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base, "fit_s": t_fit - t_ray}
+    return finish(spec, sweep_dir, timings, t0)
+
+
+def resume_sweep(sweep_dir: Path, *, address: str | None = None, verbose: bool = False) -> SweepOutcome:
+    """Finish an interrupted sweep: unfinished and errored trials run again, finished ones don't."""
+    t0 = time.monotonic()
+    sweep_dir = Path(sweep_dir).resolve()
+    spec, meta = read_sweep(sweep_dir)
+    print(f"[sla-sweep] resuming {sweep_dir}")
+    with connect(address, spec, log_to_driver=verbose):
+        t_ray = time.monotonic()
+        from ray import tune
+
+        tuner = tune.Tuner.restore(
+            str(sweep_dir),
+            _trainable(trial_settings(spec, sweep_dir)),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        tuner.fit()
+        t_fit = time.monotonic()
+    return finish(spec, sweep_dir, {"ray_start_s": t_ray - t0, "fit_s": t_fit - t_ray}, t0)
+
+
+def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0: float) -> SweepOutcome:
+    """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights."""
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = list(load_rows(sweep_dir).values())
+    complete = bool(rows) and all(r.status in ("TERMINATED", "ERROR") for r in rows)
+    best = best_row(rows, spec.metric, spec.mode)
+    csv_path = write_csv(rows, sweep_dir / "results.csv")
+    plot_path = plot_pareto(rows, sweep_dir / "pareto.png", spec.metric, spec.mode)
+    print(format_table(rows, spec.metric, spec.mode))
+    recorder = SweepRecorder(meta["tracking_uri"], spec.name)
+    recorder.attach_parent(meta["parent_run_id"])
+    if best is not None and best.run_id:
+        weights = Path(best.checkpoint or "") / "sla_attention.pt"
+        if best.checkpoint and weights.is_file():
+            recorder.log_artifact(best.run_id, weights, "best_checkpoint")
+        recorder.set_tags(meta["parent_run_id"], {"best_trial": best.trial_id, "best_run_id": best.run_id})
+    timings["total_s"] = time.monotonic() - t0
+    (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    status = "FINISHED" if complete and not any(r.status == "ERROR" for r in rows) else (
+        "KILLED" if not complete else "FAILED")  # fmt: skip
+    recorder.finish_parent([csv_path, plot_path], status=status)
+    print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}")
+    if not complete:
+        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}")
+    elif best is not None:
+        print(f"[sla-sweep] best: {best.trial_id} ({best.label}) checkpoint {best.checkpoint}")
+    print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
+    return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
+                        meta["parent_run_id"], timings)  # fmt: skip
+
+
+def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
+    """The spec and MLflow ids a sweep directory was started with."""
+    for name in ("spec.yaml", "sweep.json", "tuner.pkl"):
+        if not (sweep_dir / name).is_file():
+            raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
+    raw = yaml.safe_load((sweep_dir / "spec.yaml").read_text())
+    spec = parse_spec(raw, source=str(sweep_dir / "spec.yaml"))
+    return spec, json.loads((sweep_dir / "sweep.json").read_text())
+
+
+def find_sweep(spec: ExperimentSpec) -> Path:
+    """The most recent sweep directory of this spec's name."""
+    base = spec.storage.results_dir
+    found = sorted(p for p in base.glob(f"{spec.name}-*") if (p / "sweep.json").is_file())
+    if not found:
+        raise SpecError(spec.name, [f"no sweep named {spec.name!r} under {base}"])
+    return found[-1]
+
+
+def trial_settings(spec: ExperimentSpec, sweep_dir: Path) -> TrialSettings:
+    r = spec.resources
+    return TrialSettings(
+        train=dict(spec.train),
+        fixed_sla=spec.fixed_sla,
+        workers_per_trial=r.workers_per_trial,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        num_to_keep=spec.checkpoint.num_to_keep,
+        max_failures=spec.failure.max_failures,
+        train_storage=str(sweep_dir / "train"),
+        worker_env={"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))},
+    )
+
+
+def prepare_base_model(spec: ExperimentSpec) -> None:
+    """Pre-train (or find cached) the full-attention base once, before any trial starts."""
+    import torch
+
+    from orchestrator.models.wan_presets import PRESETS
+    from orchestrator.recipe.base_model import load_base_model
+
+    train = build_train_config(spec.train)
+    gpu = spec.resources.gpus_per_worker > 0
+    if train.model not in PRESETS or train.base_steps == 0:
+        return  # a local model directory or a seeded init: nothing to pre-train
+    if gpu and not torch.cuda.is_available():
+        return  # the workers' precision differs from this machine's: the first trial trains it
+    mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if gpu else "no")
+    preset = PRESETS[train.model]
+    shape = (train.data.frames or preset.frames, train.data.size or preset.size)
+    device = torch.device("cuda" if gpu else "cpu")
+    load_base_model(train, device=device, mixed_precision=mixed, clip_shape=shape,
+                    log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
+
+
+def _trainable(settings: TrialSettings):
+    from ray import tune
+
+    # The trial's Tune actor only waits on its TorchTrainer: no CPUs of its own (a bundle may not
+    # be empty, hence the token memory request); the Train workers hold the trial's resources.
+    fn = tune.with_parameters(sweep_trial, settings=settings)
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+
+
+def _progress(spec: ExperimentSpec, sweep_dir: Path, parent: str, settings: TrialSettings):
+    from sla_kernel_glue import SLAConfig
+
+    train_params = dataclasses.asdict(build_train_config(spec.train))
+    return SweepProgress(
+        sweep_dir, spec.storage.tracking_uri, spec.name, parent,
+        functools.partial(trial_sla, settings), train_params,
+        [f.name for f in dataclasses.fields(SLAConfig)],
+    )  # fmt: skip
+
+
+def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
+    space = {p.field: (p.values[0] if p.kind == "fixed" else {p.kind: list(p.values)}) for p in spec.sla}
+    return {
+        **flat_params("sla", space),
+        "control": spec.control,
+        "search.algorithm": spec.search.algorithm,
+        "search.num_samples": spec.search.num_samples,
+        "scheduler": spec.scheduler.name,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        **flat_params("resources", dataclasses.asdict(spec.resources)),
+    }
+
+
+def _new_sweep_dir(spec: ExperimentSpec) -> Path:
+    base = spec.storage.results_dir
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(100):
+        path = base / (f"{spec.name}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new sweep directory under {base}")
+
+
+__all__ = ["SweepOutcome", "run_sweep", "resume_sweep", "read_sweep", "find_sweep"]

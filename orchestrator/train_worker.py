@@ -1,0 +1,55 @@
+"""What runs on each Ray Train worker of a trial: the training recipe, reporting through Ray.
+
+Ray Train has set up torch.distributed before this runs, so the recipe's Accelerator() joins
+that process group. Every rank calls ray.train.report the same number of times (it is a barrier);
+every rank hands its own checkpoint directory, and Ray merges them into one checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+
+from orchestrator.spec_recipe import build_train_config
+from sla_kernel_glue import SLAConfig
+
+
+class RayReportCallback:
+    """The recipe's callback protocol (on_metrics / on_checkpoint) -> ray.train.report."""
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        ray.train.report({**_numeric(metrics), "step": int(step)})
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+        ray.train.report({**_numeric(metrics), "step": int(step)}, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None}."""
+    from orchestrator.recipe import run_trial
+
+    train = build_train_config(config["train"])
+    sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            run_trial(train, sla, Path(workdir), callback=RayReportCallback())
+            return
+        # A restarted worker (failure_config) or a resumed sweep continues from the last checkpoint.
+        with checkpoint.as_directory() as resume_dir:
+            run_trial(
+                train, sla, Path(workdir), callback=RayReportCallback(), resume_from=Path(resume_dir)
+            )
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

@@ -1,0 +1,69 @@
+"""The Tune function trainable: one Tune trial = one Ray Train TorchTrainer run of the recipe.
+
+The trial's own Tune actor only launches and waits (no CPUs of its own); the Train workers hold
+the trial's CPUs/GPUs. Worker reports reach Tune through TuneReportCallback, with the persisted
+checkpoint's path under "checkpoint_path". The Train run is named after the Tune trial id and
+stored under the sweep directory, so rerunning a trial (resume, retry) continues from its last
+checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator.train_worker import train_loop_per_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares (from the ExperimentSpec), passed by tune.with_parameters."""
+
+    train: dict[str, Any]
+    fixed_sla: dict[str, Any]
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    num_to_keep: int
+    max_failures: int
+    train_storage: str  # absolute: Ray changes the working directory of trials and workers
+    worker_env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def trial_sla(settings: TrialSettings, trial: dict[str, Any]) -> dict[str, Any] | None:
+    """The SLA settings for a trial config ({"sla": ..., "control": ...}); None = full attention."""
+    if trial.get("control") or trial.get("sla") is None:
+        return None
+    return {**settings.fixed_sla, **trial["sla"]}
+
+
+def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune function trainable: build the TorchTrainer for this trial and run it to the end."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker:
+        resources["GPU"] = settings.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": settings.train, "sla": trial_sla(settings, config["trial"])},
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers_per_trial,
+            use_gpu=settings.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=trial_id,
+            storage_path=str(Path(settings.train_storage).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.num_to_keep),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": dict(settings.worker_env)} if settings.worker_env else None,
+        ),
+    )
+    trainer.fit()
