@@ -91,7 +91,10 @@ class SLAHandle:
         return sum(sum(r.fallbacks.values()) for r in self.routes.values())
 
     def sla_calls(self) -> int:
-        """Attention calls computed by SLA since injection (or the last reset_counts)."""
+        """Attention calls computed by SLA since injection (or the last reset_counts).
+
+        Counters count calls as they happen: under activation checkpointing the recomputed
+        forward counts again."""
         return sum(r.sla_calls for r in self.routes.values())
 
     def reset_counts(self) -> None:

@@ -89,11 +89,6 @@ _installed = 0  # open scopes, all threads together
 _torch_sdpa = functional.scaled_dot_product_attention  # torch's own function, captured at import
 
 
-def torch_sdpa():
-    """torch's own scaled_dot_product_attention (never the router)."""
-    return _torch_sdpa
-
-
 def routing_installed() -> bool:
     """True while some layer scope is open and the router stands in for torch's SDPA."""
     return functional.scaled_dot_product_attention is _router

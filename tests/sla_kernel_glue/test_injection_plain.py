@@ -247,3 +247,25 @@ def test_a_deep_copy_with_sla_in_it_is_refused_not_silently_shared():
         clone = copy.deepcopy(net)
         with pytest.raises(RuntimeError, match="a copy of an SLA model"):
             clone(x_input())
+
+
+def test_ddp_sees_the_sla_parameters_and_state_unwraps_it(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sla_kernel_glue import load_sla_state, save_sla_state
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        net = make_net()
+        handle = apply_sla(net, SPARSE)
+        ddp = DistributedDataParallel(net)
+        ddp_params = {id(p) for p in ddp.parameters()}
+        assert all(id(s.proj_l.weight) in ddp_params for s in handle.layers.values())
+        ddp(x_input()).square().mean().backward()
+        assert all(s.proj_l.weight.grad.abs().sum() > 0 for s in handle.layers.values())
+        path = save_sla_state(ddp, tmp_path / "ckpt")  # keys are the unwrapped module paths
+        assert sorted(torch.load(path, weights_only=True)["layers"]) == ["blocks.0", "blocks.1"]
+        assert load_sla_state(ddp, tmp_path / "ckpt") is True
+    finally:
+        dist.destroy_process_group()
