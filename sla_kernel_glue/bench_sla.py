@@ -95,6 +95,32 @@ def check_router(n: int) -> dict:
     return out
 
 
+def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
+    """Median ms of each stage of one forward+backward, to see where the time goes."""
+    from .triton_bwd import column_lists, sla_backward
+    from .triton_fwd import LINEAR_MARGINAL, linear_totals, sla_forward
+
+    cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64)
+    q, k, v = (t.reshape(b * h, n, d) for t in _qkv(b, h, n, d, torch.bfloat16, seed=5))
+    do = torch.randn_like(q)
+    idx = route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg).indices
+    idx = idx.reshape(b * h, -1, idx.shape[-1]).to(torch.int32).contiguous()
+    fwd = lambda: sla_forward(q, k, v, idx, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
+    o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = fwd()
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # noqa: E731
+    out = {
+        "router": bench(lambda: route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg)),
+        "linear_totals": bench(lambda: linear_totals(k, v, 64, 0)),
+        "forward_op": bench(fwd),
+        "column_lists": bench(lambda: column_lists(idx, n // 64)),
+        "backward_op": bench(lambda: sla_backward(
+            do, do, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, idx, blkq, 64, 0, LINEAR_MARGINAL
+        )),
+    }
+    out.update({"N": n, "topk": topk, "blkq": blkq})
+    return out
+
+
 def _peak_mib(fn) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -110,16 +136,20 @@ def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> l
     rows = []
 
     def timed(name, topk, fwd, fwd_bwd):
-        fwd()  # compile and autotune outside the timing
-        fwd_bwd()
-        row = {
-            "N": n, "impl": name, "topk": topk,
-            "fwd_ms": triton.testing.do_bench(fwd, warmup=50, rep=300, return_mode="median"),
-            "fwd_bwd_ms": triton.testing.do_bench(
-                fwd_bwd, warmup=50, rep=300, grad_to_none=[q, k, v], return_mode="median"
-            ),
-            "peak_mib": _peak_mib(fwd_bwd),
-        }
+        try:
+            fwd()  # compile and autotune outside the timing
+            fwd_bwd()
+            row = {
+                "N": n, "impl": name, "topk": topk,
+                "fwd_ms": triton.testing.do_bench(fwd, warmup=50, rep=300, return_mode="median"),
+                "fwd_bwd_ms": triton.testing.do_bench(
+                    fwd_bwd, warmup=50, rep=300, grad_to_none=[q, k, v], return_mode="median"
+                ),
+                "peak_mib": _peak_mib(fwd_bwd),
+            }
+        except Exception as exc:  # recorded in the results as this row's error
+            row = {"N": n, "impl": name, "topk": topk, "fwd_ms": math.nan, "fwd_bwd_ms": math.nan,
+                   "peak_mib": math.nan, "error": f"{type(exc).__name__}: {exc}"[:500]}
         print(json.dumps(row), flush=True)
         rows.append(row)
 
@@ -169,12 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_check:
         results["checks"] = []
         for case in CHECK_CASES:
-            r = check_case(case)
+            try:
+                r = check_case(case)
+            except Exception as exc:  # recorded as a failed check; the timings still run
+                r = {"case": list(case), "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
             print(json.dumps(r), flush=True)
             results["checks"].append(r)
         results["router"] = check_router(max(args.n))
         print(json.dumps(results["router"]), flush=True)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "checks.json").write_text(json.dumps(results, indent=1))
     results["timings"] = [row for n in args.n for row in bench_n(n, args.topk, args.blkq)]
+    results["stages"] = [stage_times(max(args.n), t, bq) for bq in args.blkq for t in (0.05, 0.2)]
+    for r in results["stages"]:
+        print(json.dumps(r), flush=True)
     for row in results["timings"]:
         dense = next(r for r in results["timings"] if r["N"] == row["N"] and r["impl"] == "sdpa_cudnn")
         row["speedup_fwd_vs_cudnn"] = dense["fwd_ms"] / row["fwd_ms"]

@@ -58,7 +58,7 @@ def _bwd_prologue_kernel(
 
 
 @triton.autotune(
-    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3)]),
+    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
     key=["D", "BQ", "BK", "LINEAR", "FMAP"],
 )
 @triton.jit
@@ -115,14 +115,14 @@ def _sla_bwd_dq_kernel(
 
 
 @triton.autotune(
-    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3)]),
+    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
     key=["D", "BQ", "BK", "LINEAR", "FMAP"],
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
     Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLIDX, COLCNT, DHHI, DHLO, DZTOT, DK, DV,
     N, T_M, T_N, qk_scale, sm_scale,
-    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, BQS: tl.constexpr,
+    D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr,
 ):
     j = tl.program_id(0)
@@ -143,29 +143,28 @@ def _sla_bwd_dkdv_kernel(
     cnt = tl.load(COLCNT + col)
     for t in range(0, cnt):
         i = tl.load(COLIDX + col * T_M + t)
-        for r0 in tl.static_range(0, BQ, BQS):  # sub-tiles keep shared memory in bounds at BQ 128
-            offs_m = i * BQ + r0 + tl.arange(0, BQS)
-            qvalid = offs_m < N
-            row_ptr = base + offs_m[:, None] * D + offs_d[None, :]
-            q = tl.load(Q + row_ptr, mask=qvalid[:, None], other=0.0)
-            do_s = tl.load(DOS + row_ptr, mask=qvalid[:, None], other=0.0)
-            lse = tl.load(LSE + bh * N + offs_m, mask=qvalid, other=0.0)
-            d_s = tl.load(DS + bh * N + offs_m, mask=qvalid, other=0.0)
-            st = tl.dot(k, tl.trans(q)) * qk_scale
-            pt = tl.exp2(st - lse[None, :])
-            pt = tl.where(kvalid[:, None] & qvalid[None, :], pt, 0.0)
-            dv += tl.dot(pt.to(v.dtype), do_s)
-            dpt = tl.dot(v, tl.trans(do_s))
-            dst = pt * (dpt - d_s[None, :])
-            dk += tl.dot(dst.to(q.dtype), q)
-            if LINEAR == 1:
-                qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
-                do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
-                d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
-                at = tl.dot(pk, tl.trans(qt))
-                dv -= tl.dot(at.to(v.dtype), do_l)
-                gt = tl.dot(v, tl.trans(do_l)) - d_l[None, :]
-                dpk -= tl.dot(gt.to(v.dtype), qt)
+        offs_m = i * BQ + tl.arange(0, BQ)
+        qvalid = offs_m < N
+        row_ptr = base + offs_m[:, None] * D + offs_d[None, :]
+        q = tl.load(Q + row_ptr, mask=qvalid[:, None], other=0.0)
+        do_s = tl.load(DOS + row_ptr, mask=qvalid[:, None], other=0.0)
+        lse = tl.load(LSE + bh * N + offs_m, mask=qvalid, other=0.0)
+        d_s = tl.load(DS + bh * N + offs_m, mask=qvalid, other=0.0)
+        st = tl.dot(k, tl.trans(q)) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        pt = tl.where(kvalid[:, None] & qvalid[None, :], pt, 0.0)
+        dv += tl.dot(pt.to(v.dtype), do_s)
+        dpt = tl.dot(v, tl.trans(do_s))
+        dst = pt * (dpt - d_s[None, :])
+        dk += tl.dot(dst.to(q.dtype), q)
+        if LINEAR == 1:
+            qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
+            do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
+            d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
+            at = tl.dot(pk, tl.trans(qt))
+            dv -= tl.dot(at.to(v.dtype), do_l)
+            gt = tl.dot(v, tl.trans(do_l)) - d_l[None, :]
+            dpk -= tl.dot(gt.to(v.dtype), qt)
     dk = dk * sm_scale
     if LINEAR != 0:
         hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
@@ -247,12 +246,18 @@ def sla_backward(
         D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
     )
     col_idx, col_cnt = column_lists(indices, t_n)
+    bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
+    if blkq > bq_sub:
+        ratio = blkq // bq_sub
+        sub = torch.arange(ratio, dtype=torch.int32, device=q.device)
+        col_idx = (col_idx[..., None] * ratio + sub).flatten(2).contiguous()  # (B*H, T_n, T_m*ratio)
+        col_cnt = col_cnt * ratio
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     _sla_bwd_dkdv_kernel[(t_n, bh)](
         q, k, v, phik, qt, do_s, do_l, lse, d_s, d_l, col_idx, col_cnt, dh_hi, dh_lo, dztot, dk, dv,
-        n, t_m, t_n, qk_scale, sm_scale,
-        D=d, BQ=blkq, BK=blkk, BQS=min(blkq, 64), LINEAR=linear_mode, FMAP=fmap,
+        n, col_idx.shape[-1], t_n, qk_scale, sm_scale,
+        D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
     )
     return dq, dk, dv
 

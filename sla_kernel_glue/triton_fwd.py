@@ -86,7 +86,7 @@ def _linear_totals_kernel(
 
 
 @triton.autotune(
-    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3)]),
+    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
     key=["D", "BQ", "BK", "LINEAR", "FMAP"],
 )
 @triton.jit

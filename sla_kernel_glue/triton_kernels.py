@@ -31,8 +31,6 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
     """Why the Triton kernels cannot run SLA on q's shape, dtype and device with config; else None."""
-    if not q.is_cuda and not (INTERPRET and q.device.type == "cpu"):
-        return f"device {q.device.type} is not CUDA (CPU only under TRITON_INTERPRET=1)"
     if q.dim() != 4:
         return f"q must be (B, H, N, d), got {q.dim()} dimensions"
     if q.dtype not in DTYPES:
@@ -48,6 +46,8 @@ def unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
             return f"{name} {value} is not one of {', '.join(map(str, BLOCK_SIZES))}"
     if config.kl > 0:
         return f"kl {config.kl} > 0 (negligible blocks) is implemented only in the reference"
+    if not q.is_cuda and not (INTERPRET and q.device.type == "cpu"):
+        return f"device {q.device.type} is not CUDA (CPU only under TRITON_INTERPRET=1)"
     return None
 
 

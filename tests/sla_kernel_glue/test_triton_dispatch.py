@@ -1,0 +1,55 @@
+"""unsupported_reason messages and how dispatch treats them: 'triton' raises, 'auto' falls back."""
+
+import pytest
+import torch
+
+from sla_kernel_glue import SLAConfig, SparseLinearAttention
+
+pytest.importorskip("triton")
+
+
+def _reason(shape, dtype=torch.float32, **cfg):
+    from sla_kernel_glue.triton_kernels import unsupported_reason
+
+    return unsupported_reason(torch.empty(shape, dtype=dtype), SLAConfig(**cfg))
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,cfg,expected",
+    [
+        ((1, 1, 64, 48), torch.float32, {}, "head dim 48 is not one of 16, 32, 64, 128"),
+        ((1, 1, 64, 256), torch.float32, {}, "head dim 256 is not one of"),
+        ((1, 1, 64, 64), torch.float64, {}, "dtype torch.float64 is not one of"),
+        ((1, 1, 64, 64), torch.float32, {"blkq": 96}, "blkq 96 is not one of 16, 32, 64, 128"),
+        ((1, 1, 64, 64), torch.float32, {"blkk": 8}, "blkk 8 is not one of"),
+        ((1, 1, 64, 64), torch.float32, {"kl": 0.1}, "kl 0.1 > 0 (negligible blocks)"),
+        ((1, 64, 64), torch.float32, {}, "q must be (B, H, N, d), got 3 dimensions"),
+    ],
+)
+def test_unsupported_reason_names_the_value(shape, dtype, cfg, expected):
+    assert expected in _reason(shape, dtype, **cfg)
+
+
+def test_cpu_without_interpreter_is_unsupported():
+    reason = _reason((1, 1, 64, 64))
+    assert reason is not None and "not CUDA" in reason
+
+
+def test_backend_triton_raises_and_auto_falls_back_counted():
+    q, k, v = torch.randn(3, 1, 2, 40, 48)
+    strict = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="triton")
+    with pytest.raises(ValueError, match="SLA backend 'triton' cannot run this call"):
+        strict(q, k, v)
+    auto = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="auto")
+    out = auto(q, k, v)
+    assert auto.backend_calls == {"torch": 1}
+    ref = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="torch")(q, k, v)
+    torch.testing.assert_close(out, ref)
+
+
+def test_sla_triton_raises_on_unsupported_call():
+    from sla_kernel_glue.triton_kernels import sla_triton
+
+    q = torch.randn(1, 1, 32, 48)
+    with pytest.raises(ValueError, match="SLA Triton kernels cannot run this call: head dim 48"):
+        sla_triton(q, q, q, config=SLAConfig())

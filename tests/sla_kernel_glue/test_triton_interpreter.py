@@ -1,0 +1,68 @@
+"""SLA's Triton kernels on CPU under the Triton interpreter, against the float64 reference.
+
+The kernels run in a subprocess (triton_interp_cases.py) because TRITON_INTERPRET=1 must be set
+before triton is imported. Tolerance (style.md): the kernel's max error against float64 is at most
+twice the error of the reference computed in the same precision (float16), plus a floor of
+2^-9 of the output's scale (a few float16 rounding steps: the kernel stores float16). Where the
+float16 reference itself is not finite (no marginal block: its linear-branch gradient divides by
+eps^2 and overflows float16), the floor alone is the bound.
+"""
+
+import math
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .triton_interp_cases import CASES, NAMES
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module")
+def interp_results():
+    script = Path(__file__).with_name("triton_interp_cases.py")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_reference_within_tolerance(interp_results, case):
+    r = interp_results[case]
+    assert r["same_blocks"], "Triton router chose other blocks than router.route"
+    assert set(r["dtypes"]) == {"torch.float16"}
+    for name in NAMES:
+        e = r[name]
+        assert e["finite"], f"{case} {name} has non-finite values"
+        same = e["ref_fp16"] if math.isfinite(e["ref_fp16"]) else 0.0
+        bound = 2 * same + 2**-9 * e["scale"]
+        assert e["kernel"] <= bound, f"{case} {name}: error {e['kernel']:.3g} > bound {bound:.3g}"
+
+
+def test_all_critical_gives_zero_linear_branch(interp_results):
+    # No marginal block: o_linear must be exactly 0, not (total - total) / eps.
+    r = interp_results["all_critical"]["o_linear"]
+    assert r["scale"] == 0.0 and r["kernel"] == 0.0
+
+
+def test_interpreter_refuses_bf16_compute():
+    code = (
+        "import os; os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import torch\n"
+        "from sla_kernel_glue import SLAConfig\n"
+        "from sla_kernel_glue.triton_kernels import sla_triton\n"
+        "q = torch.randn(1, 1, 32, 16)\n"
+        "try:\n"
+        "    sla_triton(q, q, q, config=SLAConfig(blkq=16, blkk=16), use_bf16=True)\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "bfloat16 matmuls are wrong under TRITON_INTERPRET=1" in proc.stdout, proc.stderr[-2000:]
