@@ -1,0 +1,143 @@
+"""`sla-sweep infer` on the best trial of a real smoke sweep: samples on disk, not noise, SLA
+active (the handle's counters), logged to the trial's MLflow run; and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from safetensors.torch import load_file
+
+from orchestrator.infer import main as infer_main
+from orchestrator.infer import run_infer
+from orchestrator.infer_target import resolve_target
+from orchestrator.report import best_row
+from orchestrator.samples import TENSOR_FILE
+
+pytestmark = pytest.mark.slow
+
+NUM_SAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def inferred(smoke_sweep, tmp_path_factory):
+    """infer on the smoke sweep directory: its best SLA trial, with SLA on, on the CPU."""
+    _, outcome = smoke_sweep
+    out = tmp_path_factory.mktemp("infer") / "best"
+    result = run_infer(
+        str(outcome.sweep_dir), out=out, num_samples=NUM_SAMPLES, seed=0, device="cpu"
+    )
+    return outcome, result
+
+
+def neighbour_correlation(x: torch.Tensor) -> float:
+    """Correlation of horizontally adjacent pixels: about 0 for white noise, > 0 for images."""
+    a, b = x[..., :-1].flatten().double(), x[..., 1:].flatten().double()
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+def test_infer_picks_the_best_sla_trial(inferred, smoke_sweep):
+    spec, outcome = smoke_sweep
+    _, result = inferred
+    want = best_row([r for r in outcome.rows if r.sla is not None], spec.metric, spec.mode)
+    assert result.summary["trial"] == want.trial_id
+    assert result.summary["sla"]["topk"] == want.sla["topk"]
+    assert result.summary["source"]["step"] == spec.train["steps"]  # the last checkpoint
+
+
+def test_samples_are_png_grids_and_gifs(inferred):
+    _, result = inferred
+    summary = json.loads((result.out_dir / "samples.json").read_text())
+    frames = summary["generation"]["frames"]
+    assert summary["classes"] == [0, 1, 2]
+    for i in range(NUM_SAMPLES):
+        png = result.out_dir / f"clip{i:02d}_class{i}.png"
+        gif = result.out_dir / f"clip{i:02d}_class{i}.gif"
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width > image.height  # frames side by side
+        with Image.open(gif) as image:
+            assert image.format == "GIF" and image.n_frames == frames
+
+
+def test_samples_differ_from_noise(inferred):
+    _, result = inferred
+    tensors = load_file(str(result.out_dir / TENSOR_FILE))
+    clips, noise = tensors["clips"], tensors["noise"]
+    assert clips.shape == noise.shape and torch.isfinite(clips).all()
+    # the digits data is a dark canvas with a bright digit: far less spread than unit noise
+    assert clips.std() < 0.75 * noise.std()
+    assert clips.mean() < noise.mean() - 0.2
+    assert neighbour_correlation(clips) > neighbour_correlation(noise) + 0.1
+
+
+def test_sla_was_active(inferred):
+    _, result = inferred
+    assert result.attention == "sla"
+    assert result.sla_calls > 0
+    assert result.fallbacks, "Wan's cross-attention should be counted as dense fallbacks"
+    reasons = {reason for per_layer in result.fallbacks.values() for reason in per_layer}
+    assert reasons == {"cross_attention"}
+    assert all(path.endswith("attn2") for path in result.fallbacks)
+
+
+def test_samples_logged_to_the_trial_run(inferred):
+    outcome, result = inferred
+    best = next(r for r in outcome.rows if r.trial_id == result.summary["trial"])
+    assert result.run_id == best.run_id
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    logged = {a.path for a in client.list_artifacts(best.run_id, "samples/sla-seed0")}
+    assert "samples/sla-seed0/clip00_class0.gif" in logged
+    assert "samples/sla-seed0/samples.json" in logged
+
+
+def test_same_seed_same_samples_other_seed_differs(inferred, tmp_path):
+    outcome, result = inferred
+    again = run_infer(str(outcome.sweep_dir), out=tmp_path / "again", num_samples=NUM_SAMPLES,
+                      seed=0, device="cpu", log_to_mlflow=False)  # fmt: skip
+    other = run_infer(str(outcome.sweep_dir), out=tmp_path / "other", num_samples=NUM_SAMPLES,
+                      seed=1, device="cpu", log_to_mlflow=False)  # fmt: skip
+    first = load_file(str(result.out_dir / TENSOR_FILE))["clips"]
+    assert torch.equal(load_file(str(again.out_dir / TENSOR_FILE))["clips"], first)
+    assert not torch.equal(load_file(str(other.out_dir / TENSOR_FILE))["clips"], first)
+
+
+def test_run_id_and_checkpoint_resolve_to_the_same_trial(inferred):
+    outcome, result = inferred
+    by_dir = resolve_target(str(outcome.sweep_dir))
+    by_run = resolve_target(result.run_id, tracking_uri=outcome.tracking_uri)
+    by_parent = resolve_target(outcome.parent_run_id, tracking_uri=outcome.tracking_uri)
+    by_checkpoint = resolve_target(str(by_dir.directory))
+    assert by_run.directory == by_dir.directory == by_parent.directory == by_checkpoint.directory
+    assert by_checkpoint.run_id == by_dir.run_id == result.run_id
+
+
+def test_dense_attention_warns_loudly(inferred, tmp_path, capsys):
+    outcome, result = inferred
+    dense = run_infer(str(outcome.sweep_dir), out=tmp_path / "dense", num_samples=NUM_SAMPLES,
+                      seed=0, device="cpu", attention="dense", log_to_mlflow=False)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "quality WILL DROP" in err
+    assert dense.sla_calls == 0
+    sla_clips = load_file(str(result.out_dir / TENSOR_FILE))["clips"]
+    assert not torch.equal(load_file(str(dense.out_dir / TENSOR_FILE))["clips"], sla_clips)
+
+
+def test_control_checkpoint_without_sla_file_is_refused(inferred, tmp_path, capsys):
+    outcome, _ = inferred
+    control = next(r for r in outcome.rows if r.sla is None)
+    code = infer_main([str(outcome.sweep_dir), "--trial", control.trial_id, "--out",
+                       str(tmp_path / "x"), "--device", "cpu", "--no-mlflow"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "no sla_attention.pt" in err and "--attention dense" in err
+    assert not (tmp_path / "x").exists()
+    # with --attention dense the control runs (full attention, no warning: it never had SLA)
+    code = infer_main([str(outcome.sweep_dir), "--trial", control.trial_id, "--out",
+                       str(tmp_path / "x"), "--device", "cpu", "--no-mlflow", "--attention", "dense"])  # fmt: skip
+    assert code == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert (tmp_path / "x" / "clip00_class0.gif").is_file()

@@ -1,0 +1,123 @@
+"""The MLflow UI (`sla-sweep ui`) on the smoke sweep's real store, opened in headless Chromium:
+the experiment, the parent and child runs, their sla.* params and val/* metrics are on the pages.
+
+The pages' DOM is dumped with Chromium's own --dump-dom after a virtual-time budget (MLflow's UI
+is a JavaScript app); a screenshot of the runs comparison is kept under $ARTIFACT_DIR (or the
+test's tmp_path) and its path printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.ui import UIServer, resolve_store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(), reason="needs Debian's chromium (/usr/bin/chromium)"
+    ),
+]
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+           *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def dump_dom(profile: Path, url: str) -> str:
+    return chromium(profile, "--dump-dom", url).stdout
+
+
+@pytest.fixture(scope="module")
+def ui(smoke_sweep, tmp_path_factory):
+    _, outcome = smoke_sweep
+    logs = tmp_path_factory.mktemp("ui")
+    with UIServer(resolve_store(str(outcome.sweep_dir)), log_path=logs / "server.log") as server:
+        yield outcome, server
+
+
+def test_server_listens_on_loopback_and_serves_the_store(ui):
+    outcome, server = ui
+    assert server.url.startswith("http://127.0.0.1:")
+    query = urllib.parse.urlencode({"experiment_name": "smoke"})
+    with urllib.request.urlopen(
+        f"{server.url}/api/2.0/mlflow/experiments/get-by-name?{query}"
+    ) as r:
+        experiment = json.load(r)["experiment"]
+    assert experiment["experiment_id"] == server.store.experiment_id
+
+
+def test_pages_show_experiment_runs_params_and_metrics(ui, smoke_sweep, tmp_path):
+    spec, outcome = smoke_sweep
+    _, server = ui
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    children = {r.trial_id: client.get_run(r.run_id) for r in outcome.rows}
+    profile = tmp_path / "chromium-profile"
+
+    runs_page = dump_dom(profile, server.runs_url)
+    assert spec.name in runs_page
+    assert parent.info.run_name in runs_page
+
+    ids = [outcome.parent_run_id, *(run.info.run_id for run in children.values())]
+    compare = server.page(
+        "compare-runs?runs=" + urllib.parse.quote(json.dumps(ids))
+        + "&experiments=" + urllib.parse.quote(json.dumps([server.store.experiment_id]))
+    )  # fmt: skip
+    page = dump_dom(profile, compare)
+    for run in children.values():
+        assert run.info.run_name in page, run.info.run_name
+    assert "sla.topk" in page and "train.steps" in page
+    assert "val/loss" in page and "flops/attention_ratio" in page
+
+    best = children[outcome.best.trial_id]
+    run_page = dump_dom(
+        profile, server.page(f"experiments/{server.store.experiment_id}/runs/{best.info.run_id}")
+    )
+    assert best.info.run_name in run_page
+    sla_params = [k for k in best.data.params if k.startswith("sla.")]
+    val_metrics = [k for k in best.data.metrics if k.startswith("val/")]
+    assert sla_params and val_metrics
+    for key in sla_params + val_metrics:
+        assert key in run_page, key
+
+    parent_page = dump_dom(
+        profile,
+        server.page(f"experiments/{server.store.experiment_id}/runs/{outcome.parent_run_id}"),
+    )
+    description = parent.data.tags.get("mlflow.note.content", "")
+    assert outcome.best.trial_id in description  # the sweep summary names the best trial
+    assert outcome.best.trial_id in parent_page
+
+    artifacts = Path(os.environ.get("ARTIFACT_DIR", tmp_path)).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "mlflow-ui-compare-runs.png"
+    chromium(profile, f"--screenshot={shot}", "--window-size=1600,1000", compare)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    print(f"screenshot of the MLflow runs comparison: {shot}")
+
+
+def test_stop_ends_the_server_process_group(smoke_sweep, tmp_path):
+    _, outcome = smoke_sweep
+    server = UIServer(
+        resolve_store(str(outcome.sweep_dir)), log_path=tmp_path / "server.log"
+    ).start()
+    pid = server.proc.pid
+    server.stop()
+    assert server.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # nothing of the group is left
