@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 TRIAL_TAG = "sla_sweep.trial_id"
 SWEEP_TAG = "sla_sweep.sweep_dir"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+NOTE_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
 
 
 class SweepRecorder:
@@ -99,6 +101,40 @@ class SweepRecorder:
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), 90):
             self.client.log_batch(run_id, params=items[i : i + 90])
+
+
+def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: Path) -> str:
+    """The parent run's description: what was swept, the best trial, a table, how to compare."""
+    from orchestrator.report import best_row, short_label, varying_keys
+
+    keys = varying_keys(rows)
+    sla_rows = [r for r in rows if r.sla is not None]
+    lines = [
+        f"**SLA sweep `{name}`**: {len(sla_rows)} SLA trials"
+        + (" + the full-attention control" if len(sla_rows) < len(rows) else "")
+        + f", ranked by `{metric}` ({mode}).",
+        "",
+    ]
+    if best is None:
+        lines.append(f"**No finished trial reports `{metric}` yet.**")
+    else:
+        shown = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in NOTE_METRICS if m in best.metrics)
+        lines.append(f"**Best trial: {best.trial_id}** ({best.label}): {shown}")
+        best_sla = best_row(sla_rows, metric, mode)
+        if best.sla is None and best_sla is not None:
+            lines.append(f"Best SLA trial: {best_sla.trial_id} ({best_sla.label})")
+    lines += ["", "| trial | config | " + " | ".join(NOTE_METRICS) + " | status |",
+              "|---" * (len(NOTE_METRICS) + 3) + "|"]  # fmt: skip
+    for r in rows:
+        values = " | ".join(f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in NOTE_METRICS)
+        lines.append(f"| {r.trial_id} | {short_label(r, keys)} | {values} | {r.status} |")
+    lines += [
+        "",
+        "Quality against FLOPs: select the child runs, Compare, Scatter Plot with x = "
+        "`flops/attention_ratio`, y = `val/loss` (or `val/sample_psnr`).",
+        f"Samples from the best SLA trial: `sla-sweep infer {sweep_dir}`",
+    ]
+    return "\n".join(lines)
 
 
 def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:

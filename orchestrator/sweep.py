@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from orchestrator import search_space
-from orchestrator.mlflow_log import SweepRecorder, flat_params
+from orchestrator.mlflow_log import NOTE_TAG, SweepRecorder, flat_params, sweep_note
 from orchestrator.report import TrialRow, best_row, format_table, plot_pareto, write_csv
 from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
 from orchestrator.spec_recipe import build_train_config
@@ -121,6 +121,8 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
         if best.checkpoint and weights.is_file():
             recorder.log_artifact(best.run_id, weights, "best_checkpoint")
         recorder.set_tags(meta["parent_run_id"], {"best_trial": best.trial_id, "best_run_id": best.run_id})
+    note = sweep_note(spec.name, rows, spec.metric, spec.mode, best, sweep_dir)
+    recorder.set_tags(meta["parent_run_id"], {NOTE_TAG: note})  # the parent run's description
     timings["total_s"] = time.monotonic() - t0
     (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=1))
     status = "FINISHED" if complete and not any(r.status == "ERROR" for r in rows) else (
