@@ -157,6 +157,9 @@ def apply_sla(
     The SLA modules are created on the device of each layer's parameters, proj_l in float32.
     """
     cfg = SLAConfig.parse(config)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        # DDP fixed its parameter list when it was built: new SLA weights would not be synced
+        raise ValueError("apply_sla needs the model before DistributedDataParallel wraps it")
     if unwrap_model(model) in _handles:
         raise ValueError(
             f"{type(model).__name__} already has SLA injected; remove() that handle first"

@@ -267,5 +267,8 @@ def test_ddp_sees_the_sla_parameters_and_state_unwraps_it(tmp_path):
         path = save_sla_state(ddp, tmp_path / "ckpt")  # keys are the unwrapped module paths
         assert sorted(torch.load(path, weights_only=True)["layers"]) == ["blocks.0", "blocks.1"]
         assert load_sla_state(ddp, tmp_path / "ckpt") is True
+        handle.remove()
+        with pytest.raises(ValueError, match="before DistributedDataParallel wraps it"):
+            apply_sla(ddp, SPARSE)
     finally:
         dist.destroy_process_group()

@@ -170,3 +170,19 @@ def test_injecting_twice_is_refused_and_targets_are_checked():
     # a failed injection leaves nothing behind
     assert not any(hasattr(m, "sla") for m in model.modules())
     assert not any(isinstance(getattr(m, "processor", None), SLAProcessor) for m in model.modules())
+
+
+def test_diffusers_attention_class_with_its_sdpa_processor_is_routed_too():
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Attention(query_dim=32, heads=2, dim_head=16)).eval()
+    x = torch.randn(1, 32, 32)
+    dense = model(x)
+    with apply_sla(model, DENSE_EQUIVALENT) as handle:
+        out = model(x)
+        assert list(handle.layers) == ["0"] and handle.sla_calls() == 1
+        assert handle.total_fallbacks() == 0
+        model[0](x, encoder_hidden_states=torch.randn(1, 5, 32))
+        assert handle.fallback_counts() == {"0": {"cross_attention": 1}}
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
