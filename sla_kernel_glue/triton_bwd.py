@@ -120,8 +120,8 @@ def _sla_bwd_dq_kernel(
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
-    Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLIDX, COLCNT, DHHI, DHLO, DZTOT, DK, DV,
-    N, T_M, T_N, qk_scale, sm_scale,
+    Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT, DHHI, DHLO, DZTOT, DK, DV,
+    N, L, T_N, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr,
 ):
@@ -140,9 +140,10 @@ def _sla_bwd_dkdv_kernel(
     dv = tl.zeros((BK, D), dtype=tl.float32)
     dpk = tl.zeros((BK, D), dtype=tl.float32)
     col = bh * T_N + j
+    start = tl.load(COLSTART + col)
     cnt = tl.load(COLCNT + col)
     for t in range(0, cnt):
-        i = tl.load(COLIDX + col * T_M + t)
+        i = tl.load(COLROWS + bh * L + start + t)
         offs_m = i * BQ + tl.arange(0, BQ)
         qvalid = offs_m < N
         row_ptr = base + offs_m[:, None] * D + offs_d[None, :]
@@ -179,22 +180,29 @@ def _sla_bwd_dkdv_kernel(
     tl.store(DV + col_ptr, dv.to(DV.dtype.element_ty), mask=kvalid[:, None])
 
 
-def column_lists(indices: torch.Tensor, t_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each key block, the query blocks that chose it: (B*H, T_n, T_m) int32 ascending, counts.
+def column_lists(
+    indices: torch.Tensor, t_n: int, ratio: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each key block, the query blocks that chose it, in CSR form per head.
 
-    indices: (B*H, T_m, k) critical key blocks per row. Built by a cumsum and a scatter, O(T_m T_n).
+    indices: (B*H, T_m, k) critical key blocks per query block. Returns rows (B*H, T_m*k*ratio)
+    int32, grouped by key block and ascending within each, and start, count (B*H, T_n) int32.
+    ratio > 1 splits each query block into ratio slices (rows are then slice numbers).
+    Memory O(T_m k), by one sort per head.
     """
-    bh, t_m, _ = indices.shape
-    crit = torch.zeros((bh, t_m, t_n), dtype=torch.bool, device=indices.device)
-    crit.scatter_(-1, indices.long(), True)
-    crit_t = crit.transpose(1, 2)  # (B*H, T_n, T_m)
-    pos = crit_t.to(torch.int32).cumsum(-1, dtype=torch.int32) - 1
-    pos = torch.where(crit_t, pos, t_m).long()  # non-chosen rows go to a spare last column
-    rows = torch.arange(t_m, dtype=torch.int32, device=indices.device).expand(bh, t_n, t_m)
-    out = torch.zeros((bh, t_n, t_m + 1), dtype=torch.int32, device=indices.device)
-    out.scatter_(-1, pos, rows)
-    counts = crit_t.sum(-1, dtype=torch.int32)
-    return out[..., :t_m].contiguous(), counts.contiguous()
+    bh, t_m, kc = indices.shape
+    flat = indices.reshape(bh, t_m * kc).long()
+    row_of = torch.arange(t_m, device=indices.device).repeat_interleave(kc)  # (T_m*k,)
+    keys = (flat * t_m + row_of).sort(dim=-1).values  # by key block, then query block
+    rows = (keys % t_m).to(torch.int32)
+    counts = torch.zeros((bh, t_n), dtype=torch.int32, device=indices.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.int32))
+    if ratio > 1:
+        sub = torch.arange(ratio, dtype=torch.int32, device=indices.device)
+        rows = (rows[..., None] * ratio + sub).flatten(1)
+        counts = counts * ratio
+    starts = counts.cumsum(-1, dtype=torch.int32) - counts
+    return rows.contiguous(), starts.contiguous(), counts.contiguous()
 
 
 def sla_backward(
@@ -239,25 +247,22 @@ def sla_backward(
     dztot = zpart.sum(dim=1)
     sm_scale = d**-0.5
     qk_scale = sm_scale * 1.4426950408889634
+    bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
+    col_rows, col_start, col_cnt = column_lists(indices, t_n, blkq // bq_sub)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    _sla_bwd_dkdv_kernel[(t_n, bh)](
+        q, k, v, phik, qt, do_s, do_l, lse, d_s, d_l, col_rows, col_start, col_cnt,
+        dh_hi, dh_lo, dztot, dk, dv,
+        n, col_rows.shape[-1], t_n, qk_scale, sm_scale,
+        D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
+    )
+    del qt, col_rows, col_start, col_cnt  # dq after dK/dV: qt's memory is free again (peak memory)
     dq = torch.empty_like(q)
     _sla_bwd_dq_kernel[(t_m, bh)](
         q, k, v, phik, do_s, do_l, lse, d_s, d_l, den, indices, h_hi, h_lo, ztot, dq,
         n, t_m, kc, qk_scale, sm_scale,
         D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
-    )
-    col_idx, col_cnt = column_lists(indices, t_n)
-    bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
-    if blkq > bq_sub:
-        ratio = blkq // bq_sub
-        sub = torch.arange(ratio, dtype=torch.int32, device=q.device)
-        col_idx = (col_idx[..., None] * ratio + sub).flatten(2).contiguous()  # (B*H, T_n, T_m*ratio)
-        col_cnt = col_cnt * ratio
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    _sla_bwd_dkdv_kernel[(t_n, bh)](
-        q, k, v, phik, qt, do_s, do_l, lse, d_s, d_l, col_idx, col_cnt, dh_hi, dh_lo, dztot, dk, dv,
-        n, col_idx.shape[-1], t_n, qk_scale, sm_scale,
-        D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
     )
     return dq, dk, dv
 

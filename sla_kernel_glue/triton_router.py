@@ -62,7 +62,7 @@ def route_triton(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> Routing
         scores = (pq @ pk.transpose(-1, -2)).reshape(b, h, pq.shape[1], pk.shape[1])
         t_n = scores.shape[-1]
         kc = config.critical_blocks(t_n)
-        indices, _ = scores.topk(kc, dim=-1).indices.sort(dim=-1)
+        indices, _ = scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)
         critical = torch.zeros(scores.shape, dtype=torch.bool, device=q.device)
         critical.scatter_(-1, indices, True)
         negligible = torch.zeros_like(critical)
