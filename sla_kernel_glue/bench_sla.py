@@ -27,7 +27,7 @@ from .config import SLAConfig
 from .reference import sla_reference
 from .router import route
 from .triton_kernels import sla_triton
-from .triton_router import route_triton
+from .triton_router import block_sums, route_triton
 
 CHECK_CASES = [
     # (B, H, N, d, blkq, blkk, topk, feature_map, linear_scope)
@@ -108,7 +108,11 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     fwd = lambda: sla_forward(q, k, v, idx, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
     o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = fwd()
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # noqa: E731
+    scores = torch.randn((b, h, n // blkq, n // 64), device="cuda")
+    kc = cfg.critical_blocks(n // 64)
     out = {
+        "router_pooling": bench(lambda: block_sums(k, 64)),
+        "router_topk_sort": bench(lambda: scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)),
         "router": bench(lambda: route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg)),
         "linear_totals": bench(lambda: linear_totals(k, v, 64, 0)),
         "forward_op": bench(fwd),
@@ -130,7 +134,9 @@ def _peak_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> list[dict]:
+def bench_n(
+    n: int, topks: list[float], blkqs: list[int], scopes: list[str], b=2, h=16, d=128
+) -> list[dict]:
     q, k, v = _qkv(b, h, n, d, torch.bfloat16, requires_grad=True, seed=4)
     g = torch.randn_like(q)
     rows = []
@@ -141,9 +147,9 @@ def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> l
             fwd_bwd()
             row = {
                 "N": n, "impl": name, "topk": topk,
-                "fwd_ms": triton.testing.do_bench(fwd, warmup=50, rep=300, return_mode="median"),
+                "fwd_ms": triton.testing.do_bench(fwd, warmup=25, rep=150, return_mode="median"),
                 "fwd_bwd_ms": triton.testing.do_bench(
-                    fwd_bwd, warmup=50, rep=300, grad_to_none=[q, k, v], return_mode="median"
+                    fwd_bwd, warmup=25, rep=150, grad_to_none=[q, k, v], return_mode="median"
                 ),
                 "peak_mib": _peak_mib(fwd_bwd),
             }
@@ -164,8 +170,8 @@ def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> l
 
         timed(name, 1.0, fwd, fwd_bwd)
 
-    for topk, blkq in [(t, bq) for bq in blkqs for t in topks]:
-        cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64)
+    for scope, blkq, topk in [(sc, bq, t) for sc in scopes for bq in blkqs for t in topks]:
+        cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64, linear_scope=scope)
 
         def fwd(cfg=cfg):
             with torch.no_grad():
@@ -175,10 +181,7 @@ def bench_n(n: int, topks: list[float], blkqs: list[int], b=2, h=16, d=128) -> l
             out = sla_triton(q, k, v, config=cfg)
             torch.autograd.backward([out.o_sparse, out.o_linear], [g, g])
 
-        timed(f"sla_triton_q{blkq}", topk, fwd, fwd_bwd)
-        rows[-1]["router_ms"] = triton.testing.do_bench(
-            lambda cfg=cfg: route_triton(q, k, cfg), return_mode="median"
-        )
+        timed(f"sla_{scope}_q{blkq}", topk, fwd, fwd_bwd)
     return rows
 
 
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--blkq", type=int, nargs="+", default=[64])
+    parser.add_argument("--scope", nargs="+", default=["marginal", "all"], choices=["marginal", "all"])
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
@@ -210,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "checks.json").write_text(json.dumps(results, indent=1))
-    results["timings"] = [row for n in args.n for row in bench_n(n, args.topk, args.blkq)]
-    results["stages"] = [stage_times(max(args.n), t, bq) for bq in args.blkq for t in (0.05, 0.2)]
+    results["timings"] = [row for n in args.n for row in bench_n(n, args.topk, args.blkq, args.scope)]
+    results["stages"] = [stage_times(max(args.n), 0.05, bq) for bq in args.blkq]
     for r in results["stages"]:
         print(json.dumps(r), flush=True)
     for row in results["timings"]:
