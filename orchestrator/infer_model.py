@@ -147,7 +147,7 @@ def load_export_model(
     if attention == "dense":
         handle.remove()
         handle = None
-    source = {"kind": "export", "export": str(directory.resolve()), **info.get("source", {})}
+    source = {**info.get("source", {}), "kind": "export", "export": str(directory.resolve())}
     return LoadedModel(model.to(device), handle, sla, settings, source)
 
 

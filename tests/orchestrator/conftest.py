@@ -1,10 +1,14 @@
 """Orchestrator fixtures: one real smoke sweep per pytest session, shared by every test that
 needs a finished sweep (inference, export, the MLflow UI). It runs experiments/smoke.yaml on the
 session's local Ray cluster (tests/conftest.py) into a temporary directory, with a real MLflow
-sqlite store."""
+sqlite store.
+
+SLA_SWEEP_TEST_SMOKE_DIR=<a finished smoke sweep directory> reuses that sweep's output instead
+of running a new one (for iterating on the tests that read it; CI leaves it unset)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,15 +18,38 @@ SMOKE_SPEC = REPO / "experiments" / "smoke.yaml"
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(ray_cluster, base_cache, tmp_path_factory):
+def smoke_sweep(request, tmp_path_factory):
     """(spec, SweepOutcome) of experiments/smoke.yaml, run once per session."""
     from orchestrator.spec import load_spec
     from orchestrator.sweep import run_sweep
 
+    existing = os.environ.get("SLA_SWEEP_TEST_SMOKE_DIR")
+    if existing:
+        return read_finished_sweep(Path(existing).resolve())
+    request.getfixturevalue("ray_cluster")  # the session's one local Ray cluster
+    base_cache = request.getfixturevalue("base_cache")
     cwd = tmp_path_factory.mktemp("smoke_sweep")
     spec = load_spec(SMOKE_SPEC, [f"train.base_cache_dir={base_cache}"], cwd=cwd, gpus_available=0)
     outcome = run_sweep(spec)
     assert outcome.complete, f"the smoke sweep did not finish: {outcome.sweep_dir}"
     errors = [f"{r.trial_id}: {r.error}" for r in outcome.rows if r.status != "TERMINATED"]
     assert not errors, f"smoke sweep trials failed: {errors}"
+    return spec, outcome
+
+
+def read_finished_sweep(sweep_dir: Path):
+    """(spec, SweepOutcome) of a sweep that already ran, read back from its directory."""
+    import json
+
+    from orchestrator.report import best_row
+    from orchestrator.sweep import SweepOutcome, read_sweep
+    from orchestrator.sweep_progress import load_rows
+
+    spec, meta = read_sweep(sweep_dir)
+    rows = list(load_rows(sweep_dir).values())
+    timings = json.loads((sweep_dir / "timings.json").read_text())
+    best = best_row(rows, spec.metric, spec.mode)
+    outcome = SweepOutcome(
+        sweep_dir, rows, best, True, meta["tracking_uri"], meta["parent_run_id"], timings
+    )
     return spec, outcome

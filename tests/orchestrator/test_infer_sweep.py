@@ -33,10 +33,9 @@ def inferred(smoke_sweep, tmp_path_factory):
     return outcome, result
 
 
-def neighbour_correlation(x: torch.Tensor) -> float:
-    """Correlation of horizontally adjacent pixels: about 0 for white noise, > 0 for images."""
-    a, b = x[..., :-1].flatten().double(), x[..., 1:].flatten().double()
-    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two equally shaped tensors."""
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
 
 
 def test_infer_picks_the_best_sla_trial(inferred, smoke_sweep):
@@ -67,10 +66,12 @@ def test_samples_differ_from_noise(inferred):
     tensors = load_file(str(result.out_dir / TENSOR_FILE))
     clips, noise = tensors["clips"], tensors["noise"]
     assert clips.shape == noise.shape and torch.isfinite(clips).all()
-    # the digits data is a dark canvas with a bright digit: far less spread than unit noise
-    assert clips.std() < 0.75 * noise.std()
-    assert clips.mean() < noise.mean() - 0.2
-    assert neighbour_correlation(clips) > neighbour_correlation(noise) + 0.1
+    assert not torch.equal(clips, noise)
+    # The smoke model is trained for a handful of steps, so its samples are far from clean digits,
+    # but they carry the data's structure that noise lacks: the digits data is a dark canvas
+    # (mostly -1) and every channel holds the same frames, so channels are strongly correlated.
+    assert clips.mean() < noise.mean() - 0.3
+    assert correlation(clips[:, 0], clips[:, 1]) > correlation(noise[:, 0], noise[:, 1]) + 0.1
 
 
 def test_sla_was_active(inferred):

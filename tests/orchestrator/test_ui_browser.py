@@ -73,7 +73,7 @@ def test_pages_show_experiment_runs_params_and_metrics(ui, smoke_sweep, tmp_path
     assert spec.name in runs_page
     assert parent.info.run_name in runs_page
 
-    ids = [outcome.parent_run_id, *(run.info.run_id for run in children.values())]
+    ids = [run.info.run_id for run in children.values()]
     compare = server.page(
         "compare-runs?runs=" + urllib.parse.quote(json.dumps(ids))
         + "&experiments=" + urllib.parse.quote(json.dumps([server.store.experiment_id]))
@@ -105,10 +105,13 @@ def test_pages_show_experiment_runs_params_and_metrics(ui, smoke_sweep, tmp_path
 
     artifacts = Path(os.environ.get("ARTIFACT_DIR", tmp_path)).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "mlflow-ui-compare-runs.png"
-    chromium(profile, f"--screenshot={shot}", "--window-size=1600,1000", compare)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    print(f"screenshot of the MLflow runs comparison: {shot}")
+    shots = {"mlflow-ui-compare-trials.png": compare,
+             "mlflow-ui-sweep-run.png": server.page(f"experiments/{server.store.experiment_id}/runs/{outcome.parent_run_id}")}  # fmt: skip
+    for name, url in shots.items():
+        shot = artifacts / name
+        chromium(profile, f"--screenshot={shot}", "--window-size=1600,1000", url)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        print(f"screenshot of the MLflow UI: {shot}")
 
 
 def test_stop_ends_the_server_process_group(smoke_sweep, tmp_path):
