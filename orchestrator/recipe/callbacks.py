@@ -75,7 +75,10 @@ class PrintCallback:
 
 
 class RecordingCallback:
-    """Keeps every call in memory (for tests and for programmatic callers)."""
+    """Keeps every call in memory (for tests and for programmatic callers).
+
+    `metrics` lists every report, checkpoint steps included; `checkpoints` only the latter.
+    """
 
     def __init__(self) -> None:
         self.metrics: list[tuple[int, dict[str, float]]] = []
@@ -85,6 +88,7 @@ class RecordingCallback:
         self.metrics.append((step, dict(metrics)))
 
     def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float]) -> None:
+        self.metrics.append((step, dict(metrics)))
         self.checkpoints.append((step, Path(directory), dict(metrics)))
 
     def series(self, name: str) -> list[tuple[int, float]]:

@@ -19,7 +19,6 @@ from torch.utils.data import Dataset
 
 from orchestrator.models.wan_presets import ModelShape
 from sla_kernel_glue import SLAConfig, attention_flops
-from sla_kernel_glue.sdpa_routing import torch_sdpa
 
 from .flow_matching import euler_sample, flow_loss
 
@@ -97,8 +96,8 @@ class AttentionErrorProbe:
     """While active, records ||SLA(q, k, v) - SDPA(q, k, v)|| / ||SDPA(q, k, v)|| per SLA layer.
 
     Forward hooks on the SLA modules see each layer's actual q, k, v (B, H, N, d) and SLA output;
-    the dense reference is torch's own SDPA (not the SLA router, which is active inside the
-    layer), in float32.
+    the dense reference is the aten SDPA op in float32, called through torch.ops so that the SLA
+    router (which stands in for torch.nn.functional's SDPA inside the layer) cannot catch it.
     """
 
     def __init__(self, layers: dict[str, nn.Module]) -> None:
@@ -121,7 +120,7 @@ class AttentionErrorProbe:
             q, k, v = (a.float() for a in args[:3])
             out = (output[0] if isinstance(output, tuple) else output).float()
             with torch.autocast(device_type=q.device.type, enabled=False):
-                dense = torch_sdpa()(q, k, v)
+                dense = torch.ops.aten.scaled_dot_product_attention(q, k, v)
             self.errors[path].append(float((out - dense).norm() / dense.norm().clamp_min(1e-12)))
 
         return record
