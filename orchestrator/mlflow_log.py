@@ -27,7 +27,11 @@ class SweepRecorder:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (
-            exp.experiment_id if exp is not None else self.client.create_experiment(experiment_name)
+            exp.experiment_id
+            if exp is not None
+            else self.client.create_experiment(
+                experiment_name, artifact_location=artifact_location(tracking_uri)
+            )
         )
         self.parent_run_id: str | None = None
         self._child: dict[str, str] = {}
@@ -101,6 +105,15 @@ class SweepRecorder:
         items = [Param(k, _param_str(v)) for k, v in params.items()]
         for i in range(0, len(items), 90):
             self.client.log_batch(run_id, params=items[i : i + 90])
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside it (<db dir>/mlartifacts), not into whatever working
+    directory the driver has; other stores (a server) choose their own (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    return (db.parent / "mlartifacts").resolve().as_uri()
 
 
 def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: Path) -> str:

@@ -4,6 +4,7 @@ active (the handle's counters), logged to the trial's MLflow run; and its refusa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,6 +93,9 @@ def test_samples_logged_to_the_trial_run(inferred):
     logged = {a.path for a in client.list_artifacts(best.run_id, "samples/sla-seed0")}
     assert "samples/sla-seed0/clip00_class0.gif" in logged
     assert "samples/sla-seed0/samples.json" in logged
+    # the artifacts lie beside the sqlite store, not in the test process's working directory
+    store_dir = Path(outcome.tracking_uri[len("sqlite:///") :]).parent
+    assert client.get_run(best.run_id).info.artifact_uri.startswith(store_dir.as_uri())
 
 
 def test_same_seed_same_samples_other_seed_differs(inferred, tmp_path):
