@@ -23,10 +23,8 @@ from pathlib import Path
 import yaml
 
 from orchestrator.infer_model import INFERENCE_FILE, InferenceError
-from orchestrator.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 from orchestrator.recipe.checkpoint import TRIAL_FILE
 from orchestrator.report import TrialRow, best_row
-from orchestrator.sweep_progress import load_rows
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_TRACKING_URI = "sqlite:///{cwd}/sla_runs/mlflow.db"  # the spec's default storage
@@ -146,6 +144,14 @@ def _with_trial(checkpoint: Path) -> Target:
     return Target("checkpoint", checkpoint)
 
 
+def load_rows(sweep_dir: Path) -> dict[str, TrialRow]:
+    """trials.json of a sweep directory (read here without importing Ray or MLflow)."""
+    path = sweep_dir / "trials.json"
+    if not path.is_file():
+        return {}
+    return {d["trial_id"]: TrialRow.from_json(d) for d in json.loads(path.read_text())}
+
+
 def default_tracking_uri() -> str:
     """--tracking-uri's default: $MLFLOW_TRACKING_URI, else ./sla_runs/mlflow.db."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI.format(cwd=Path.cwd())
@@ -155,6 +161,8 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
     """A trial's child run -> its checkpoint; a sweep's parent run -> its best (or --trial) trial."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from orchestrator.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
