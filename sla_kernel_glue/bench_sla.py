@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -42,7 +42,9 @@ CHECK_CASES = [
 def _qkv(b, h, n, d, dtype, requires_grad=False, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     return [
-        torch.randn((b, h, n, d), generator=g, device="cuda", dtype=dtype).requires_grad_(requires_grad)
+        torch.randn((b, h, n, d), generator=g, device="cuda", dtype=dtype).requires_grad_(
+            requires_grad
+        )
         for _ in range(3)
     ]
 
@@ -62,20 +64,33 @@ def check_case(case) -> dict:
     g_s, g_l = _qkv(b, h, n, d, torch.float32, seed=2)[:2]
     routing = route(q, k, cfg)
     exact = _branches_and_grads(
-        lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l
+        lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing),
+        q,
+        k,
+        v,
+        g_s,
+        g_l,
     )
     same = _branches_and_grads(
-        lambda *a: sla_reference(*(t.bfloat16() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l
+        lambda *a: sla_reference(*(t.bfloat16() for t in a), config=cfg, routing=routing),
+        q,
+        k,
+        v,
+        g_s,
+        g_l,
     )
-    kern = _branches_and_grads(lambda *a: sla_triton(*a, config=cfg, use_bf16=True), q, k, v, g_s, g_l)
+    kern = _branches_and_grads(
+        lambda *a: sla_triton(*a, config=cfg, use_bf16=True), q, k, v, g_s, g_l
+    )
     names = ["o_sparse", "o_linear", "dq", "dk", "dv"]
     result = {"case": list(case)}
-    for name, e, s, t in zip(names, exact, same, kern):
+    for name, e, s, t in zip(names, exact, same, kern, strict=True):
         err_t = (t.double() - e).abs().max().item()
         err_s = (s.double() - e).abs().max().item()
         result[name] = {"triton": err_t, "ref_bf16": err_s, "scale": e.abs().max().item()}
     result["ok"] = all(
-        result[nm]["triton"] <= 2 * result[nm]["ref_bf16"] + 1e-3 * result[nm]["scale"] for nm in names
+        result[nm]["triton"] <= 2 * result[nm]["ref_bf16"] + 1e-3 * result[nm]["scale"]
+        for nm in names
     )
     return result
 
@@ -89,8 +104,12 @@ def check_router(n: int) -> dict:
         a, r = route(q, k, cfg), route_triton(q, k, cfg)
         out[str(topk)] = {
             "rows_equal_fraction": (a.indices == r.indices).all(-1).float().mean().item(),
-            "ms_route": triton.testing.do_bench(lambda: route(q, k, cfg), return_mode="median"),
-            "ms_route_triton": triton.testing.do_bench(lambda: route_triton(q, k, cfg), return_mode="median"),
+            "ms_route": triton.testing.do_bench(
+                lambda cfg=cfg: route(q, k, cfg), return_mode="median"
+            ),
+            "ms_route_triton": triton.testing.do_bench(
+                lambda cfg=cfg: route_triton(q, k, cfg), return_mode="median"
+            ),
         }
     return out
 
@@ -112,14 +131,35 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     kc = cfg.critical_blocks(n // 64)
     out = {
         "router_pooling": bench(lambda: block_sums(k, 64)),
-        "router_topk_sort": bench(lambda: scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)),
+        "router_topk_sort": bench(
+            lambda: scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)
+        ),
         "router": bench(lambda: route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg)),
         "linear_totals": bench(lambda: linear_totals(k, v, 64, 0)),
         "forward_op": bench(fwd),
         "column_lists": bench(lambda: column_lists(idx, n // 64)),
-        "backward_op": bench(lambda: sla_backward(
-            do, do, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, idx, blkq, 64, 0, LINEAR_MARGINAL
-        )),
+        "backward_op": bench(
+            lambda: sla_backward(
+                do,
+                do,
+                q,
+                k,
+                v,
+                o_s,
+                o_l,
+                lse,
+                den,
+                phik,
+                h_hi,
+                h_lo,
+                ztot,
+                idx,
+                blkq,
+                64,
+                0,
+                LINEAR_MARGINAL,
+            )
+        ),
     }
     out.update({"N": n, "topk": topk, "blkq": blkq})
     return out
@@ -146,7 +186,9 @@ def bench_n(
             fwd()  # compile and autotune outside the timing
             fwd_bwd()
             row = {
-                "N": n, "impl": name, "topk": topk,
+                "N": n,
+                "impl": name,
+                "topk": topk,
                 "fwd_ms": triton.testing.do_bench(fwd, warmup=25, rep=150, return_mode="median"),
                 "fwd_bwd_ms": triton.testing.do_bench(
                     fwd_bwd, warmup=25, rep=150, grad_to_none=[q, k, v], return_mode="median"
@@ -154,12 +196,23 @@ def bench_n(
                 "peak_mib": _peak_mib(fwd_bwd),
             }
         except Exception as exc:  # recorded in the results as this row's error
-            row = {"N": n, "impl": name, "topk": topk, "fwd_ms": math.nan, "fwd_bwd_ms": math.nan,
-                   "peak_mib": math.nan, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            row = {
+                "N": n,
+                "impl": name,
+                "topk": topk,
+                "fwd_ms": math.nan,
+                "fwd_bwd_ms": math.nan,
+                "peak_mib": math.nan,
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            }
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    for name, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+    for name, backend in (
+        ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+    ):
+
         def fwd(backend=backend):
             with sdpa_kernel(backend), torch.no_grad():
                 return F.scaled_dot_product_attention(q, k, v)
@@ -190,15 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[8192, 32768])
     parser.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--blkq", type=int, nargs="+", default=[64])
-    parser.add_argument("--scope", nargs="+", default=["marginal", "all"], choices=["marginal", "all"])
+    parser.add_argument(
+        "--scope", nargs="+", default=["marginal", "all"], choices=["marginal", "all"]
+    )
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_sla needs a CUDA GPU", file=sys.stderr)
         return 2
-    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                     "triton": triton.__version__, "argv": sys.argv}
+    results: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "argv": sys.argv,
+    }
     print(json.dumps(results), flush=True)
     if not args.skip_check:
         results["checks"] = []
@@ -214,19 +273,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "checks.json").write_text(json.dumps(results, indent=1))
-    results["timings"] = [row for n in args.n for row in bench_n(n, args.topk, args.blkq, args.scope)]
+    results["timings"] = [
+        row for n in args.n for row in bench_n(n, args.topk, args.blkq, args.scope)
+    ]
     results["stages"] = [stage_times(max(args.n), 0.05, bq) for bq in args.blkq]
     for r in results["stages"]:
         print(json.dumps(r), flush=True)
     for row in results["timings"]:
-        dense = next(r for r in results["timings"] if r["N"] == row["N"] and r["impl"] == "sdpa_cudnn")
+        dense = next(
+            r for r in results["timings"] if r["N"] == row["N"] and r["impl"] == "sdpa_cudnn"
+        )
         row["speedup_fwd_vs_cudnn"] = dense["fwd_ms"] / row["fwd_ms"]
         row["speedup_fwd_bwd_vs_cudnn"] = dense["fwd_bwd_ms"] / row["fwd_bwd_ms"]
     print("| N | impl | topk | fwd ms | fwd+bwd ms | fwd x | fwd+bwd x | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results["timings"]:
-        print(f"| {r['N']} | {r['impl']} | {r['topk']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.2f} | "
-              f"{r['speedup_fwd_vs_cudnn']:.2f} | {r['speedup_fwd_bwd_vs_cudnn']:.2f} | {r['peak_mib']:.0f} |")
+        print(
+            f"| {r['N']} | {r['impl']} | {r['topk']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.2f} | "
+            f"{r['speedup_fwd_vs_cudnn']:.2f} | {r['speedup_fwd_bwd_vs_cudnn']:.2f} | {r['peak_mib']:.0f} |"
+        )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -9,6 +9,9 @@ d x d state: with qt = phi(Q) / den and D_l = rowsum(dO_l * O_l),
 where dH_tot = sum over all query tokens qt^T dO_l and dZ_tot = -sum qt D_l.
 """
 
+# Triton kernels name their pointer arguments in capitals, as the tutorials do.
+# ruff: noqa: N803
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,9 @@ branch on K_j, V_j. The totals H = sum_j h_j and Z = sum_j z_j come from the pro
 the same rounded phi(K) that the loop uses, so the subtraction cancels consistently.
 """
 
+# Triton kernels name their pointer arguments in capitals, as the tutorials do.
+# ruff: noqa: N803
+
 from __future__ import annotations
 
 import os

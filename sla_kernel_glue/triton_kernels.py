@@ -101,8 +101,15 @@ def sla_triton(
         return x.to(cdt).reshape(b * h, n, d).contiguous()
 
     outs = sla_fwd_op(
-        heads(q), heads(k), heads(v), indices,
-        config.blkq, config.blkk, FMAP_CODES[config.feature_map], mode, LINEAR_EPS,
+        heads(q),
+        heads(k),
+        heads(v),
+        indices,
+        config.blkq,
+        config.blkk,
+        FMAP_CODES[config.feature_map],
+        mode,
+        LINEAR_EPS,
     )
     o_sparse = outs[0].reshape(b, h, n, d).to(q.dtype)
     o_linear = outs[1].reshape(b, h, n, d).to(q.dtype)

@@ -69,8 +69,24 @@ def sla_bwd_op(
     linear_mode: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return sla_backward(
-        do_s, do_l, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices,
-        blkq, blkk, fmap, linear_mode,
+        do_s,
+        do_l,
+        q,
+        k,
+        v,
+        o_s,
+        o_l,
+        lse,
+        den,
+        phik,
+        h_hi,
+        h_lo,
+        ztot,
+        indices,
+        blkq,
+        blkk,
+        fmap,
+        linear_mode,
     )
 
 

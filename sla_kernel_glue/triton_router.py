@@ -5,6 +5,9 @@ indices ascending). The only difference is the order of float32 summation in the
 can flip a near-tie (scores equal to ~1e-6 relative); tests check that the blocks are the same.
 """
 
+# Triton kernels name their pointer arguments in capitals, as the tutorials do.
+# ruff: noqa: N803
+
 from __future__ import annotations
 
 import torch

@@ -39,11 +39,20 @@ def test_forward_and_gradients_match_reference(dtype, n, d, bq, bk, topk, fmap, 
     q, k, v = _qkv((2, 3, n, d), dtype, seed=0)
     g_s, g_l = _qkv((2, 3, n, d), dtype, seed=1)[:2]
     routing = route(q, k, cfg)
-    _, exact = _run(lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l)
+    _, exact = _run(
+        lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing),
+        q,
+        k,
+        v,
+        g_s,
+        g_l,
+    )
     _, same = _run(lambda *a: sla_reference(*a, config=cfg, routing=routing), q, k, v, g_s, g_l)
     out, kern = _run(lambda *a: sla_triton(*a, config=cfg), q, k, v, g_s, g_l)
     assert torch.equal(out.routing.indices, routing.indices)
-    for name, e, s, t in zip(["o_sparse", "o_linear", "dq", "dk", "dv"], exact, same, kern):
+    for name, e, s, t in zip(
+        ["o_sparse", "o_linear", "dq", "dk", "dv"], exact, same, kern, strict=True
+    ):
         err_t = (t.double() - e).abs().max().item()
         err_s = (s.double() - e).abs().max().item()
         assert err_t <= 2 * err_s + 1e-3 * e.abs().max().item(), (name, err_t, err_s)

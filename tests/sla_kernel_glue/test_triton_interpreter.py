@@ -8,9 +8,8 @@ float16 reference itself is not finite (no marginal block: its linear-branch gra
 eps^2 and overflows float16), the floor alone is the bound.
 """
 
-import math
-
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,10 @@ pytest.importorskip("triton")
 def interp_results():
     script = Path(__file__).with_name("triton_interp_cases.py")
     proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
         cwd=Path(__file__).parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,7 +20,13 @@ CASES = {
     "blkq128_ragged": (1, 1, 150, 16, dict(topk=0.4, blkq=128, blkk=32)),
     "n_below_one_block": (1, 2, 11, 16, dict(topk=0.5, blkq=16, blkk=16)),
     "elu_d64": (1, 1, 64, 64, dict(topk=0.25, blkq=16, blkk=16, feature_map="elu")),
-    "relu_scope_all": (2, 1, 70, 16, dict(topk=0.3, blkq=16, blkk=16, feature_map="relu", linear_scope="all")),
+    "relu_scope_all": (
+        2,
+        1,
+        70,
+        16,
+        dict(topk=0.3, blkq=16, blkk=16, feature_map="relu", linear_scope="all"),
+    ),
     "all_critical": (1, 1, 48, 16, dict(topk=1.0, blkq=16, blkk=16)),
 }
 NAMES = ["o_sparse", "o_linear", "dq", "dk", "dv"]
@@ -45,11 +51,20 @@ def run_case(b: int, h: int, n: int, d: int, settings: dict, seed: int = 0) -> d
     gen = torch.Generator().manual_seed(seed)
     q, k, v, g_s, g_l = (torch.randn((b, h, n, d), generator=gen).half() for _ in range(5))
     routing = route(q.double(), k.double(), cfg)
-    _, exact = _run(lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing), q, k, v, g_s, g_l)
+    _, exact = _run(
+        lambda *a: sla_reference(*(t.double() for t in a), config=cfg, routing=routing),
+        q,
+        k,
+        v,
+        g_s,
+        g_l,
+    )
     _, same = _run(lambda *a: sla_reference(*a, config=cfg, routing=routing), q, k, v, g_s, g_l)
     out, kern = _run(lambda *a: sla_triton(*a, config=cfg), q, k, v, g_s, g_l)
-    result = {"same_blocks": bool(torch.equal(out.routing.indices, routing.indices)),
-              "dtypes": [str(t.dtype) for t in kern]}
+    result = {
+        "same_blocks": bool(torch.equal(out.routing.indices, routing.indices)),
+        "dtypes": [str(t.dtype) for t in kern],
+    }
     for name, e, s, t in zip(NAMES, exact, same, kern, strict=True):
         result[name] = {
             "kernel": (t.double() - e).abs().max().item(),
