@@ -124,3 +124,36 @@ def test_stop_ends_the_server_process_group(smoke_sweep, tmp_path):
     assert server.proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # nothing of the group is left
+
+
+def test_cli_prints_the_url_and_ctrl_c_stops_everything(smoke_sweep, tmp_path):
+    """`sla-sweep ui DIR --port P` prints the runs page URL; SIGINT (Ctrl-C) ends it and its server."""
+    import signal
+    import sys
+    import time
+
+    from orchestrator.ui import free_port
+
+    _, outcome = smoke_sweep
+    port = free_port()
+    cmd = [sys.executable, "-m", "orchestrator.ui", str(outcome.sweep_dir), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("MLflow UI for sqlite:///"), lines
+        url = lines[1].strip()
+        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/"), url
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the server's process group is gone: the port is free
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the MLflow server still answers on port {port} after Ctrl-C")
