@@ -109,6 +109,15 @@ class UIServer:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+        try:
+            self._wait_healthy(timeout_s)
+        except BaseException:  # Ctrl-C while starting too: leave no server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -116,9 +125,8 @@ class UIServer:
                     f"mlflow server exited with status {self.proc.returncode}: {self._log_tail()}"
                 )
             if self._healthy():
-                return self
+                return
             time.sleep(0.5)
-        self.stop()
         raise UIError(
             f"mlflow server did not answer on {self.url} within {timeout_s:.0f}s: {self._log_tail()}"
         )

@@ -39,3 +39,21 @@ def test_free_port_is_bindable_on_loopback():
     port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_a_server_that_cannot_start_is_one_error_with_its_log(tmp_path):
+    """A port already taken: mlflow server exits, and UIError quotes the end of its log."""
+    import pytest
+
+    from orchestrator.ui import Store, UIError, UIServer
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = UIServer(
+            Store(f"sqlite:///{tmp_path}/mlflow.db"), port=port, log_path=tmp_path / "log"
+        )
+        with pytest.raises(UIError, match="mlflow server exited"):
+            server.start(timeout_s=90)
+    assert server.proc.poll() is not None
