@@ -124,7 +124,8 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     do = torch.randn_like(q)
     idx = route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg).indices
     idx = idx.reshape(b * h, -1, idx.shape[-1]).to(torch.int32).contiguous()
-    fwd = lambda: sla_forward(q, k, v, idx, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
+    no_neg = idx[..., :0]  # kl = 0: no negligible blocks
+    fwd = lambda: sla_forward(q, k, v, idx, no_neg, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
     o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = fwd()
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # noqa: E731
     scores = torch.randn((b, h, n // blkq, n // 64), device="cuda")
@@ -154,6 +155,7 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
                 h_lo,
                 ztot,
                 idx,
+                no_neg,
                 blkq,
                 64,
                 0,

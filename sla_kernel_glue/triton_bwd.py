@@ -62,14 +62,14 @@ def _bwd_prologue_kernel(
 
 @triton.autotune(
     configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
-    key=["D", "BQ", "BK", "LINEAR", "FMAP"],
+    key=["D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
 )
 @triton.jit
 def _sla_bwd_dq_kernel(
-    Q, K, V, PHIK, DOS, DOL, LSE, DS, DL, DEN, IDX, HHI, HLO, ZTOT, DQ,
-    N, T_M, KC, qk_scale, sm_scale,
+    Q, K, V, PHIK, DOS, DOL, LSE, DS, DL, DEN, IDX, NIDX, HHI, HLO, ZTOT, DQ,
+    N, T_M, KC, KN, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-    LINEAR: tl.constexpr, FMAP: tl.constexpr,
+    LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
 ):
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -105,6 +105,17 @@ def _sla_bwd_dq_kernel(
             pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
             g = tl.dot(do_l, tl.trans(v)) - d_l[:, None]
             dphi_sub += tl.dot(g.to(k.dtype), pk)
+    if LINEAR == 1 and HAS_NEG:
+        nidx_row = NIDX + (bh * T_M + i) * KN
+        for t in range(0, KN):
+            j = tl.load(nidx_row + t)
+            offs_n = j * BK + tl.arange(0, BK)
+            kvalid = offs_n < N
+            kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
+            v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
+            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            g = tl.dot(do_l, tl.trans(v)) - d_l[:, None]
+            dphi_sub += tl.dot(g.to(v.dtype), pk)
     dq = dq * sm_scale
     if LINEAR != 0:
         hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
@@ -119,14 +130,15 @@ def _sla_bwd_dq_kernel(
 
 @triton.autotune(
     configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
-    key=["D", "BQ", "BK", "LINEAR", "FMAP"],
+    key=["D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
-    Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT, DHHI, DHLO, DZTOT, DK, DV,
-    N, L, T_N, qk_scale, sm_scale,
+    Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT,
+    NROWS, NSTART, NCNT, DHHI, DHLO, DZTOT, DK, DV,
+    N, L, LN, T_N, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-    LINEAR: tl.constexpr, FMAP: tl.constexpr,
+    LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
 ):
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -162,6 +174,22 @@ def _sla_bwd_dkdv_kernel(
         dst = pt * (dpt - d_s[None, :])
         dk += tl.dot(dst.to(q.dtype), q)
         if LINEAR == 1:
+            qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
+            do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
+            d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
+            at = tl.dot(pk, tl.trans(qt))
+            dv -= tl.dot(at.to(v.dtype), do_l)
+            gt = tl.dot(v, tl.trans(do_l)) - d_l[None, :]
+            dpk -= tl.dot(gt.to(v.dtype), qt)
+    if LINEAR == 1 and HAS_NEG:
+        # Query blocks for which this key block is negligible: linear branch only.
+        nstart = tl.load(NSTART + col)
+        ncnt = tl.load(NCNT + col)
+        for t in range(0, ncnt):
+            i = tl.load(NROWS + bh * LN + nstart + t)
+            offs_m = i * BQ + tl.arange(0, BQ)
+            qvalid = offs_m < N
+            row_ptr = base + offs_m[:, None] * D + offs_d[None, :]
             qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
             do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
             d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
@@ -223,6 +251,7 @@ def sla_backward(
     h_lo: torch.Tensor,
     ztot: torch.Tensor,
     indices: torch.Tensor,
+    neg_indices: torch.Tensor,
     blkq: int,
     blkk: int,
     fmap: int,
@@ -252,20 +281,26 @@ def sla_backward(
     qk_scale = sm_scale * 1.4426950408889634
     bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
     col_rows, col_start, col_cnt = column_lists(indices, t_n, blkq // bq_sub)
+    kn = neg_indices.shape[2]
+    nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
+    if kn > 0:
+        neg_rows, neg_start, neg_cnt = column_lists(neg_indices, t_n, blkq // bq_sub)
+    else:
+        neg_rows, neg_start, neg_cnt = col_rows, col_start, col_cnt  # never read
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     _sla_bwd_dkdv_kernel[(t_n, bh)](
         q, k, v, phik, qt, do_s, do_l, lse, d_s, d_l, col_rows, col_start, col_cnt,
-        dh_hi, dh_lo, dztot, dk, dv,
-        n, col_rows.shape[-1], t_n, qk_scale, sm_scale,
-        D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
+        neg_rows, neg_start, neg_cnt, dh_hi, dh_lo, dztot, dk, dv,
+        n, col_rows.shape[-1], neg_rows.shape[-1], t_n, qk_scale, sm_scale,
+        D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )
-    del qt, col_rows, col_start, col_cnt  # dq after dK/dV: qt's memory is free again (peak memory)
+    del qt, col_rows, col_start, col_cnt, neg_rows, neg_start, neg_cnt  # dq after dK/dV: qt's memory is free again (peak memory)
     dq = torch.empty_like(q)
     _sla_bwd_dq_kernel[(t_m, bh)](
-        q, k, v, phik, do_s, do_l, lse, d_s, d_l, den, indices, h_hi, h_lo, ztot, dq,
-        n, t_m, kc, qk_scale, sm_scale,
-        D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
+        q, k, v, phik, do_s, do_l, lse, d_s, d_l, den, indices, nidx, h_hi, h_lo, ztot, dq,
+        n, t_m, kc, kn, qk_scale, sm_scale,
+        D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )
     return dq, dk, dv
 

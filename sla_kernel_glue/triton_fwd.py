@@ -90,15 +90,15 @@ def _linear_totals_kernel(
 
 @triton.autotune(
     configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
-    key=["D", "BQ", "BK", "LINEAR", "FMAP"],
+    key=["D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
 )
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, PHIK, IDX, HHI, HLO, ZTOT,
+    Q, K, V, PHIK, IDX, NIDX, HHI, HLO, ZTOT,
     OS, OL, LSE, DEN,
-    N, T_M, KC, qk_scale, eps,
+    N, T_M, KC, KN, qk_scale, eps,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-    LINEAR: tl.constexpr, FMAP: tl.constexpr,
+    LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
 ):
     """One query block: online softmax over its critical key blocks, and the linear branch."""
     i = tl.program_id(0)
@@ -133,6 +133,19 @@ def _sla_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         if LINEAR == 1:
+            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            a = tl.dot(phiq, tl.trans(pk))
+            den_sub += tl.sum(a, 1)
+            acc_l += tl.dot(a.to(v.dtype), v)
+    if LINEAR == 1 and HAS_NEG:
+        # Negligible blocks (kl > 0) are skipped by both branches: subtract them from the totals.
+        nidx_row = NIDX + (bh * T_M + i) * KN
+        for t in range(0, KN):
+            j = tl.load(nidx_row + t)
+            offs_n = j * BK + tl.arange(0, BK)
+            kvalid = offs_n < N
+            kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
+            v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
             pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
             a = tl.dot(phiq, tl.trans(pk))
             den_sub += tl.sum(a, 1)
@@ -183,18 +196,22 @@ def sla_forward(
     k: torch.Tensor,
     v: torch.Tensor,
     indices: torch.Tensor,
+    neg_indices: torch.Tensor,
     blkq: int,
     blkk: int,
     fmap: int,
     linear_mode: int,
     eps: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the forward on (B*H, N, D) tensors; indices (B*H, T_m, k) int32.
+    """Launch the forward on (B*H, N, D) tensors; indices (B*H, T_m, k) int32 (critical blocks),
+    neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0).
 
     Returns o_s, o_l, lse (log2 units, float32), den (float32), phi(K), H hi, H lo, Z.
     """
     bh, n, d = q.shape
     t_m, kc = indices.shape[1], indices.shape[2]
+    kn = neg_indices.shape[2]
+    nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
     phik, htot, ztot = linear_totals(k, v, blkk, fmap)
     h_hi, h_lo = split_hi_lo(htot, q.dtype)
     o_s = torch.empty_like(q)
@@ -202,9 +219,9 @@ def sla_forward(
     lse = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     den = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     _sla_fwd_kernel[(t_m, bh)](
-        q, k, v, phik, indices, h_hi, h_lo, ztot,
+        q, k, v, phik, indices, nidx, h_hi, h_lo, ztot,
         o_s, o_l, lse, den,
-        n, t_m, kc, d**-0.5 * LOG2E, eps,
-        D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap,
+        n, t_m, kc, kn, d**-0.5 * LOG2E, eps,
+        D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )
     return o_s, o_l, lse, den, phik, h_hi, h_lo, ztot

@@ -8,8 +8,9 @@ bfloat16 (use_bf16=True) or float16 (use_bf16=False). Matmul accumulators and al
 are float32. Outputs come back in the input dtype.
 
 Not supported here (unsupported_reason says so; backend "auto" then uses the reference): head
-dims other than 16, 32, 64, 128; block sizes other than 16, 32, 64, 128; kl > 0 (negligible
-blocks); float64; devices other than CUDA (CPU runs only under TRITON_INTERPRET=1, for tests).
+dims other than 16, 32, 64, 128; block sizes other than 16, 32, 64, 128; float64; devices other
+than CUDA (CPU runs only under TRITON_INTERPRET=1, for tests). Negligible blocks (kl > 0) are
+supported: both branches skip them (their linear states are subtracted like the critical ones).
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ def unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
         value = getattr(config, name)
         if value not in BLOCK_SIZES:
             return f"{name} {value} is not one of {', '.join(map(str, BLOCK_SIZES))}"
-    if config.kl > 0:
-        return f"kl {config.kl} > 0 (negligible blocks) is implemented only in the reference"
     if not q.is_cuda and not (INTERPRET and q.device.type == "cpu"):
         return f"device {q.device.type} is not CUDA (CPU only under TRITON_INTERPRET=1)"
     return None
@@ -65,6 +64,20 @@ def linear_mode(config: SLAConfig, n_critical: int, n_key_blocks: int) -> int:
     if n_critical + config.negligible_blocks(n_key_blocks) >= n_key_blocks:
         return LINEAR_EMPTY  # no marginal block: o_linear = 0 exactly, not (total - total) / eps
     return LINEAR_MARGINAL
+
+
+def negligible_indices(
+    negligible: torch.Tensor, config: SLAConfig, n_key_blocks: int
+) -> torch.Tensor:
+    """(B, H, T_m, n_neg) ascending indices of the negligible blocks the linear branch must skip.
+
+    Empty (n_neg = 0) without kl, and for linear_scope "all", which covers every block.
+    """
+    n_neg = config.negligible_blocks(n_key_blocks)
+    if n_neg == 0 or config.linear_scope == "all":
+        return negligible.new_zeros((*negligible.shape[:-1], 0), dtype=torch.int64)
+    # Each row holds exactly n_neg True entries: their positions are its top n_neg.
+    return negligible.float().topk(n_neg, dim=-1).indices.sort(dim=-1).values
 
 
 def sla_triton(
@@ -96,6 +109,8 @@ def sla_triton(
     t_m, kc = routing.indices.shape[-2:]
     mode = linear_mode(config, kc, n_blocks(n, config.blkk))
     indices = routing.indices.reshape(b * h, t_m, kc).to(torch.int32).contiguous()
+    neg_indices = negligible_indices(routing.negligible, config, n_blocks(n, config.blkk))
+    neg_indices = neg_indices.reshape(b * h, t_m, -1).to(torch.int32).contiguous()
 
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.to(cdt).reshape(b * h, n, d).contiguous()
@@ -105,6 +120,7 @@ def sla_triton(
         heads(k),
         heads(v),
         indices,
+        neg_indices,
         config.blkq,
         config.blkk,
         FMAP_CODES[config.feature_map],

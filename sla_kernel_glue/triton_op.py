@@ -22,17 +22,18 @@ def sla_fwd_op(
     k: Tensor,
     v: Tensor,
     indices: Tensor,
+    neg_indices: Tensor,
     blkq: int,
     blkk: int,
     fmap: int,
     linear_mode: int,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return sla_forward(q, k, v, indices, blkq, blkk, fmap, linear_mode, eps)
+    return sla_forward(q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, eps)
 
 
 @sla_fwd_op.register_fake
-def _(q, k, v, indices, blkq, blkk, fmap, linear_mode, eps):
+def _(q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, eps):
     bh, n, d = q.shape
     stats = q.new_empty((bh, n), dtype=torch.float32)
     return (
@@ -63,6 +64,7 @@ def sla_bwd_op(
     h_lo: Tensor,
     ztot: Tensor,
     indices: Tensor,
+    neg_indices: Tensor,
     blkq: int,
     blkk: int,
     fmap: int,
@@ -83,6 +85,7 @@ def sla_bwd_op(
         h_lo,
         ztot,
         indices,
+        neg_indices,
         blkq,
         blkk,
         fmap,
@@ -96,22 +99,37 @@ def _(do_s, do_l, q, k, v, *rest):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, indices, blkq, blkk, fmap, linear_mode, _eps = inputs
+    q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, _eps = inputs
     o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = output
-    ctx.save_for_backward(q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices)
+    ctx.save_for_backward(q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, neg_indices)
     ctx.settings = (blkq, blkk, fmap, linear_mode)
 
 
 def _backward(ctx, do_s, do_l, *unused_grads):
-    q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices = ctx.saved_tensors
+    q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, neg_indices = ctx.saved_tensors
     if do_s is None:
         do_s = torch.zeros_like(o_s)
     if do_l is None:
         do_l = torch.zeros_like(o_l)
     dq, dk, dv = sla_bwd_op(
-        do_s, do_l, q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, *ctx.settings
+        do_s,
+        do_l,
+        q,
+        k,
+        v,
+        o_s,
+        o_l,
+        lse,
+        den,
+        phik,
+        h_hi,
+        h_lo,
+        ztot,
+        indices,
+        neg_indices,
+        *ctx.settings,
     )
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("sla_kernel_glue::sla_fwd", _backward, setup_context=_setup_context)

@@ -22,7 +22,6 @@ def _reason(shape, dtype=torch.float32, **cfg):
         ((1, 1, 64, 64), torch.float64, {}, "dtype torch.float64 is not one of"),
         ((1, 1, 64, 64), torch.float32, {"blkq": 96}, "blkq 96 is not one of 16, 32, 64, 128"),
         ((1, 1, 64, 64), torch.float32, {"blkk": 8}, "blkk 8 is not one of"),
-        ((1, 1, 64, 64), torch.float32, {"kl": 0.1}, "kl 0.1 > 0 (negligible blocks)"),
         ((1, 64, 64), torch.float32, {}, "q must be (B, H, N, d), got 3 dimensions"),
     ],
 )

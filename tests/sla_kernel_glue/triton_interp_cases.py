@@ -27,6 +27,15 @@ CASES = {
         16,
         dict(topk=0.3, blkq=16, blkk=16, feature_map="relu", linear_scope="all"),
     ),
+    "negligible_kl": (1, 2, 90, 16, dict(topk=0.2, blkq=16, blkk=16, kl=0.3)),
+    "negligible_blkq128": (1, 1, 200, 16, dict(topk=0.25, blkq=128, blkk=16, kl=0.25)),
+    "negligible_scope_all": (
+        1,
+        1,
+        64,
+        16,
+        dict(topk=0.25, blkq=16, blkk=16, kl=0.5, linear_scope="all"),
+    ),
     "all_critical": (1, 1, 48, 16, dict(topk=1.0, blkq=16, blkk=16)),
 }
 NAMES = ["o_sparse", "o_linear", "dq", "dk", "dv"]
