@@ -25,17 +25,18 @@ def _run(fn, q, k, v, g_s, g_l):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
-    "n,d,bq,bk,topk,fmap,scope",
+    "n,d,bq,bk,topk,fmap,scope,kl",
     [
-        (1000, 128, 64, 64, 0.1, "softmax", "marginal"),
-        (777, 64, 128, 64, 0.25, "elu", "marginal"),
-        (600, 32, 64, 32, 0.2, "relu", "all"),
+        (1000, 128, 64, 64, 0.1, "softmax", "marginal", 0.0),
+        (777, 64, 128, 64, 0.25, "elu", "marginal", 0.0),
+        (600, 32, 64, 32, 0.2, "relu", "all", 0.0),
+        (900, 128, 128, 64, 0.1, "softmax", "marginal", 0.3),
     ],
 )
-def test_forward_and_gradients_match_reference(dtype, n, d, bq, bk, topk, fmap, scope):
+def test_forward_and_gradients_match_reference(dtype, n, d, bq, bk, topk, fmap, scope, kl):
     from sla_kernel_glue.triton_kernels import sla_triton
 
-    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap, linear_scope=scope)
+    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap, linear_scope=scope, kl=kl)
     q, k, v = _qkv((2, 3, n, d), dtype, seed=0)
     g_s, g_l = _qkv((2, 3, n, d), dtype, seed=1)[:2]
     routing = route(q, k, cfg)
