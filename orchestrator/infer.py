@@ -102,7 +102,7 @@ def run_infer(
         )
 
     out_dir = Path(out) if out is not None else _default_out(resolved, attention, seed)
-    files = write_samples(clips, noise, labels, out_dir, seed=seed)
+    files = write_samples(clips, noise, labels, out_dir)
     summary = {
         "target": target, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
         "attention": attention, "sla": None if loaded.sla is None else loaded.sla.to_dict(),

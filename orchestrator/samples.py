@@ -120,23 +120,31 @@ def to_uint8_frames(clip: torch.Tensor) -> np.ndarray:
 
 
 def write_samples(
-    clips: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, out_dir: Path, *, seed: int
+    clips: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, out_dir: Path
 ) -> list[Path]:
-    """Per clip a PNG frame grid and a GIF, plus samples.safetensors and samples.json; the paths."""
+    """Per clip a PNG of its frames side by side and a GIF, grid.png (one clip per row) and
+    samples.safetensors (clips, noise, labels); returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    rows = []
     for i, (clip, label) in enumerate(zip(clips, labels.tolist(), strict=True)):
         frames = to_uint8_frames(clip)  # (F, h, w)
         stem = out_dir / f"clip{i:02d}_class{label}"
         gap = np.full((frames.shape[1], UPSCALE), 255, dtype=np.uint8)  # white bar between frames
         row = np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)
-        Image.fromarray(row, mode="L").save(stem.with_suffix(".png"))
-        images = [Image.fromarray(f, mode="L") for f in frames]
+        rows.append(row)
+        Image.fromarray(row).save(stem.with_suffix(".png"))  # uint8 (h, w): mode "L"
+        images = [Image.fromarray(f) for f in frames]
         images[0].save(
             stem.with_suffix(".gif"), save_all=True, append_images=images[1:],
             duration=GIF_FRAME_MS, loop=0,
         )  # fmt: skip
         written += [stem.with_suffix(".png"), stem.with_suffix(".gif")]
+    bar = np.full((UPSCALE, rows[0].shape[1]), 255, dtype=np.uint8)  # white bar between clips
+    Image.fromarray(np.concatenate([x for r in rows for x in (r, bar)][:-1], axis=0)).save(
+        out_dir / "grid.png"
+    )
+    written.append(out_dir / "grid.png")
     tensors = {
         "clips": clips.contiguous(),
         "noise": noise.contiguous(),

@@ -60,6 +60,8 @@ def test_samples_are_png_grids_and_gifs(inferred):
             assert image.format == "PNG" and image.width > image.height  # frames side by side
         with Image.open(gif) as image:
             assert image.format == "GIF" and image.n_frames == frames
+    with Image.open(result.out_dir / "grid.png") as grid, Image.open(png) as one:
+        assert grid.width == one.width and grid.height > NUM_SAMPLES * one.height  # a row per clip
 
 
 def test_samples_differ_from_noise(inferred):
