@@ -71,7 +71,12 @@ class TrialRecipe:
 
     def _setup_accelerator(self) -> None:
         cfg = self.train_cfg
-        self.accelerator = Accelerator(mixed_precision=self.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+        # cpu=True without CUDA: accelerate only forms a multi-process (gloo) group on CPUs when told.
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=self.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+        )
         set_seed(cfg.seed)
         if self.callback is None:
             self.callback = PrintCallback(cfg.steps, is_main=self.accelerator.is_main_process)

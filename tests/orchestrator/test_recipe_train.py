@@ -137,3 +137,22 @@ def test_wrong_data_folder_through_the_recipe(cache, tmp_path):
     config = tiny(cache, steps=1, data={"source": str(tmp_path / "clips"), "num_val": 1})
     with pytest.raises(ValueError, match="a.pt: 3 channels, the model takes 4"):
         run_trial(config, None, tmp_path / "out", callback=RecordingCallback())
+
+
+def test_two_processes_train_as_one_data_parallel_run(cache, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one DDP run, RNG state per rank, global-batch FLOPs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "orchestrator.recipe",
+               "--sla", "{'topk': 0.25, 'blkq': 32, 'blkk': 32}", "--steps", "2", "--base-steps", "20",
+               "--base-cache-dir", cache, "--out", str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    directory = tmp_path / "checkpoint_000002"
+    assert (directory / "random_states_0.pkl").is_file() and (directory / "random_states_1.pkl").is_file()
+    metrics = json.loads((directory / "trial.json").read_text())["metrics"]
+    per_layer = attention_flops(2 * 4, 2, 256, 32, SLA, backward=True)  # 2 ranks x batch 4
+    assert metrics["flops/attention"] == pytest.approx(2 * per_layer.sla, rel=1e-12)
