@@ -15,7 +15,10 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.infer_target import Target
 
 DENSE_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -120,7 +123,8 @@ def run_infer(
     return InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
 
 
-def _default_out(resolved, attention: str, seed: int) -> Path:
+def _default_out(resolved: Target, attention: str, seed: int) -> Path:
+    """<sweep>/samples/<trial>-<attention>-seed<S>, or ./sla_samples/... outside a sweep."""
     base = (
         resolved.sweep_dir / "samples"
         if resolved.sweep_dir is not None
@@ -129,7 +133,7 @@ def _default_out(resolved, attention: str, seed: int) -> Path:
     return base / f"{resolved.name}-{attention}-seed{seed}"
 
 
-def _log_to_mlflow(resolved, out_dir: Path, attention: str, seed: int) -> str | None:
+def _log_to_mlflow(resolved: Target, out_dir: Path, attention: str, seed: int) -> str | None:
     """Log the samples folder to the trial's run; returns the run id (None when unknown)."""
     if resolved.run_id is None or resolved.tracking_uri is None:
         print("MLflow: not logged (no MLflow run is known for this target)")
@@ -176,16 +180,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Load a trained trial with SLA on and generate samples from fixed seeds."""
-    from orchestrator.infer_model import InferenceError
-    from sla_kernel_glue import SLAStateError
-
     try:
         run_infer(
             args.target, trial=args.trial, out=args.out, num_samples=args.num_samples, seed=args.seed,
             device=args.device, attention=args.attention, tracking_uri=args.tracking_uri,
             log_to_mlflow=not args.no_mlflow,
         )  # fmt: skip
-    except (InferenceError, SLAStateError) as exc:
+    except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep infer: error: {exc}", file=sys.stderr)
         return 2
     return 0
