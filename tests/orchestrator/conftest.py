@@ -41,11 +41,15 @@ def read_finished_sweep(sweep_dir: Path):
     """(spec, SweepOutcome) of a sweep that already ran, read back from its directory."""
     import json
 
+    import yaml
+
     from orchestrator.report import best_row
-    from orchestrator.sweep import SweepOutcome, read_sweep
+    from orchestrator.spec import parse_spec
+    from orchestrator.sweep import SweepOutcome
     from orchestrator.sweep_progress import load_rows
 
-    spec, meta = read_sweep(sweep_dir)
+    spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), source=str(sweep_dir))
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
     rows = list(load_rows(sweep_dir).values())
     timings = json.loads((sweep_dir / "timings.json").read_text())
     best = best_row(rows, spec.metric, spec.mode)

@@ -148,3 +148,18 @@ def test_control_checkpoint_without_sla_file_is_refused(inferred, tmp_path, caps
     assert code == 0
     assert "WARNING" not in capsys.readouterr().err
     assert (tmp_path / "x" / "clip00_class0.gif").is_file()
+
+
+def test_sla_checkpoint_missing_its_sla_file_says_what_to_do(inferred, tmp_path, capsys):
+    import shutil
+
+    outcome, result = inferred
+    broken = tmp_path / "checkpoint"
+    shutil.copytree(result.summary["source"]["checkpoint"], broken)
+    (broken / "sla_attention.pt").unlink()
+    assert infer_main([str(broken), "--device", "cpu", "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert (
+        "no sla_attention.pt" in err and "weights are missing" in err and "--attention dense" in err
+    )
