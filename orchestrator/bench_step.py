@@ -1,0 +1,156 @@
+"""Training-step time of a Wan preset with dense attention against SLA, and attention's share.
+
+    python -m orchestrator.bench_step --preset wan-1.3b --layers 10 --topk 0.05 0.1 0.2 --out step.json
+    python -m orchestrator.bench_step --preset tiny --steps 2          # CPU smoke run
+
+One training step = flow-matching loss, backward, AdamW step, under bf16 autocast on CUDA (fp32 on
+the CPU). Every config starts from the same weights and batch. Attention's share of a step is
+measured, not assumed: the same model's self-attention layers times one attention call
+(forward+backward on the step's q, k, v shapes: torch SDPA for dense, SparseLinearAttention for
+SLA) over the step time. Not on the training path: a script beside the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from orchestrator.models.wan_presets import PRESETS
+from orchestrator.recipe.flow_matching import class_prompts, flow_loss
+from sla_kernel_glue import SLAConfig, SparseLinearAttention, apply_sla, attention_flops
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, *, warmup: int, reps: int) -> float:
+    """Median seconds of fn() over reps after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build_model(preset: str, layers: int | None, device: torch.device):
+    from diffusers import WanTransformer3DModel
+
+    config = PRESETS[preset].transformer_config()
+    if layers is not None:
+        config["num_layers"] = layers
+    torch.manual_seed(0)
+    return WanTransformer3DModel(**config).to(device), config
+
+
+def step_time(model, batch, context, device, *, steps: int, autocast: bool) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    x0, noise, t = batch
+
+    def one_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = flow_loss(model, x0, noise, t, context)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _timed(one_step, device, warmup=1, reps=steps)
+
+
+def attention_time(config: dict, sla: SLAConfig | None, tokens: int, batch: int, device, *, autocast: bool) -> float:
+    """Seconds of one self-attention call forward+backward at the step's shapes."""
+    heads, d = config["num_attention_heads"], config["attention_head_dim"]
+    dtype = torch.bfloat16 if autocast else torch.float32
+    q, k, v = (torch.randn(batch, heads, tokens, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn_like(q)
+    if sla is None:
+        fn = torch.nn.functional.scaled_dot_product_attention
+    else:
+        fn = SparseLinearAttention.from_config(d, sla).to(device)
+
+    def call() -> None:
+        out = fn(q, k, v)
+        out.backward(grad)
+
+    return _timed(call, device, warmup=1, reps=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.bench_step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    p.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--sla", default="{}", help="other SLA settings, e.g. \"{'linear_scope': 'all'}\"")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per config (after one warm-up)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    try:
+        base_sla = SLAConfig.parse(args.sla)
+        configs = [None] + [base_sla.replace(topk=t) for t in args.topk]
+    except ValueError as exc:
+        print(f"sla-sweep bench_step: {exc}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = device.type == "cuda"
+    preset = PRESETS[args.preset]
+    model, config = build_model(args.preset, args.layers, device)
+    shape = (args.batch, config["in_channels"], preset.frames, preset.size, preset.size)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device), torch.rand(args.batch, generator=g).to(device))
+    context = class_prompts(preset.text_len, config["text_dim"])[: args.batch].to(device)
+    tokens = preset.frames * (preset.size // 2) ** 2
+    layers = config["num_layers"]
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"{gpu}: preset {args.preset}, {layers} layers, {tokens} tokens, batch {args.batch}", flush=True)
+    rows = []
+    for sla in configs:
+        model.load_state_dict(initial)
+        handle = apply_sla(model, sla) if sla is not None else None
+        try:
+            step_s = step_time(model, batch, context, device, steps=args.steps, autocast=autocast)
+            calls = handle.sla_calls() if handle is not None else 0
+        finally:
+            if handle is not None:
+                handle.remove()
+        attn_s = attention_time(config, sla, tokens, args.batch, device, autocast=autocast)
+        flops = attention_flops(args.batch, config["num_attention_heads"], tokens, config["attention_head_dim"], sla, backward=True)
+        row = {
+            "config": "dense" if sla is None else f"topk {sla.topk}",
+            "sla": None if sla is None else sla.to_dict(),
+            "step_s": step_s,
+            "attention_s_per_step": attn_s * layers,
+            "attention_share": attn_s * layers / step_s,
+            "attention_flops_ratio": flops.ratio,
+            "sla_calls": calls,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    dense = rows[0]["step_s"]
+    for row in rows:
+        row["speedup_vs_dense"] = dense / row["step_s"]
+        print(f"{row['config']:>10}: step {row['step_s'] * 1e3:9.1f} ms  x{row['speedup_vs_dense']:.2f} vs dense  attention share {row['attention_share']:.0%}")
+    result = {"device": gpu, "preset": args.preset, "layers": layers, "tokens": tokens, "batch": args.batch, "rows": rows,
+              "torch": torch.__version__}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
