@@ -157,3 +157,19 @@ def test_cli_prints_the_url_and_ctrl_c_stops_everything(smoke_sweep, tmp_path):
         time.sleep(0.5)
     else:
         pytest.fail(f"the MLflow server still answers on port {port} after Ctrl-C")
+
+
+def test_inferred_samples_are_served_by_the_ui(ui, tmp_path):
+    """Samples that `infer` logged to the best trial's run come back through the UI's server."""
+    from orchestrator.infer import run_infer
+
+    outcome, server = ui
+    result = run_infer(
+        str(outcome.sweep_dir), out=tmp_path / "s", num_samples=2, seed=7, device="cpu"
+    )
+    query = urllib.parse.urlencode(
+        {"path": "samples/sla-seed7/grid.png", "run_uuid": result.run_id}
+    )
+    with urllib.request.urlopen(f"{server.url}/get-artifact?{query}", timeout=30) as r:
+        served = r.read()
+    assert served == (result.out_dir / "grid.png").read_bytes()
