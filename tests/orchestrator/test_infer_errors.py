@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from orchestrator.export_cmd import main as export_main
 from orchestrator.infer import main as infer_main
@@ -69,3 +70,12 @@ def test_sample_inputs_are_fixed_by_the_seed():
     assert noise.equal(again) and not noise.equal(other)
     with pytest.raises(ValueError, match="num_samples"):
         sample_inputs(SETTINGS, num_samples=0, seed=0)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message for a machine without CUDA"
+)
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    (tmp_path / "inference.json").write_text("{}")  # an export-looking directory
+    assert infer_main([str(tmp_path), "--device", "cuda"]) == 2
+    assert "--device cuda but torch sees no CUDA device" in one_error_line(capsys)
