@@ -72,8 +72,9 @@ def load_spec(
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(str(path), [f"not valid YAML{where}: {problem}"]) from None
-    raw = apply_overrides(raw, overrides, source=str(path))
-    return parse_spec(raw, source=str(path), cwd=cwd, gpus_available=gpus_available)
+    return parse_spec(
+        raw, overrides=overrides, source=str(path), cwd=cwd, gpus_available=gpus_available
+    )
 
 
 def apply_overrides(raw: Any, overrides: Sequence[str], *, source: str = "--set") -> Any:
@@ -115,15 +116,21 @@ def apply_overrides(raw: Any, overrides: Sequence[str], *, source: str = "--set"
 def parse_spec(
     raw: Any,
     *,
+    overrides: Sequence[str] = (),
     source: str = "<spec>",
     cwd: Path | None = None,
     gpus_available: int | None = None,
 ) -> ExperimentSpec:
-    """Validate an already-loaded YAML mapping; raise SpecError listing every problem."""
+    """Validate an already-loaded YAML mapping; raise SpecError listing every problem.
+
+    `--set` overrides win over the chosen profile: they are applied before the profile is picked
+    (so `--set profile=gpu` works) and again after it is merged.
+    """
+    raw = apply_overrides(raw, overrides, source=source)
     if not isinstance(raw, Mapping):
         raise SpecError(source, [f"top level must be a mapping of {', '.join(TOP_KEYS)}"])
     errors: list[str] = []
-    raw = _select_profile(dict(raw), errors)
+    raw = apply_overrides(_select_profile(dict(raw), errors), overrides, source=source)
     errors += _unknown(raw, TOP_KEYS, "")
     cwd = (cwd or Path.cwd()).resolve()
 
