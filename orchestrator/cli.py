@@ -126,16 +126,24 @@ def _exit_status(outcome) -> int:
     return 1 if any(r.status == "ERROR" for r in outcome.rows) else 0
 
 
+# Subcommands that live in other modules, each with add_arguments(parser) and handle(args).
+PLUGINS = {"infer": "orchestrator.infer", "export": "orchestrator.export_cmd", "ui": "orchestrator.ui"}
+
+
 def _register_plugins() -> None:
-    """Commands other modules provide (infer, export, ui), when they are installed."""
+    """Commands other modules provide (infer, export, ui), when they are present."""
     import importlib
 
-    for module in ("orchestrator.infer_cli", "orchestrator.export_cli", "orchestrator.ui_cli"):
+    for name, module_name in PLUGINS.items():
+        if name in COMMANDS:
+            continue
         try:
-            importlib.import_module(module)
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if exc.name != module_name:
                 raise
+            continue
+        COMMANDS[name] = (module.add_arguments, module.handle)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Run or resume a sweep: Ray (local or joined), Tuner(...).fit(), then the report and MLflow.
 
-A sweep directory (storage.results_dir/<name>-<time>) is Tune's experiment directory and also
-holds spec.yaml, sweep.json (MLflow ids), trials.json (the driver's record of every trial),
-results.csv, pareto.png and train/<trial id>/checkpoint_* (the Ray Train runs).
+A sweep directory (storage.results_dir/<name>-<time>) holds spec.yaml, sweep.json (MLflow ids),
+trials.json (the driver's record of every trial), results.csv, pareto.png, tune/ (Tune's
+experiment directory: Tune syncs it wholesale on restore, so nothing of ours lives in it) and
+train/<trial id>/checkpoint_* (the Ray Train runs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from orchestrator.spec_recipe import build_train_config
 from orchestrator.sweep_cluster import connect, max_concurrent
 from orchestrator.sweep_progress import SweepProgress, load_rows
 from orchestrator.tune_trainable import TrialSettings, sweep_trial, trial_sla
+
+TUNE_DIR = "tune"
 
 
 @dataclasses.dataclass
@@ -50,7 +53,8 @@ def run_sweep(spec: ExperimentSpec, *, address: str | None = None, verbose: bool
     recorder = SweepRecorder(spec.storage.tracking_uri, spec.name)
     parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
     meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
-            "experiment_id": recorder.experiment_id, "parent_run_id": parent}  # fmt: skip
+            "experiment_id": recorder.experiment_id, "parent_run_id": parent,
+            "expected_trials": expected_trials(spec)}  # fmt: skip
     (sweep_dir / "sweep.json").write_text(json.dumps(meta, indent=1))
     print(f"[sla-sweep] sweep {sweep_dir}")
     print(f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})")
@@ -72,8 +76,8 @@ def run_sweep(spec: ExperimentSpec, *, address: str | None = None, verbose: bool
                 max_concurrent_trials=max_concurrent(spec, cluster),
             ),
             run_config=tune.RunConfig(
-                name=sweep_dir.name,
-                storage_path=str(sweep_dir.parent),
+                name=TUNE_DIR,
+                storage_path=str(sweep_dir),
                 callbacks=[_progress(spec, sweep_dir, parent, settings)],
                 verbose=0,
             ),
@@ -95,7 +99,7 @@ def resume_sweep(sweep_dir: Path, *, address: str | None = None, verbose: bool =
         from ray import tune
 
         tuner = tune.Tuner.restore(
-            str(sweep_dir),
+            str(sweep_dir / TUNE_DIR),
             _trainable(trial_settings(spec, sweep_dir)),
             resume_unfinished=True,
             resume_errored=True,
@@ -109,7 +113,8 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
     """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights."""
     meta = json.loads((sweep_dir / "sweep.json").read_text())
     rows = list(load_rows(sweep_dir).values())
-    complete = bool(rows) and all(r.status in ("TERMINATED", "ERROR") for r in rows)
+    ended = sum(r.status in ("TERMINATED", "ERROR") for r in rows)
+    complete = ended == len(rows) and len(rows) >= meta["expected_trials"]
     best = best_row(rows, spec.metric, spec.mode)
     csv_path = write_csv(rows, sweep_dir / "results.csv")
     plot_path = plot_pareto(rows, sweep_dir / "pareto.png", spec.metric, spec.mode)
@@ -138,9 +143,16 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
                         meta["parent_run_id"], timings)  # fmt: skip
 
 
+def expected_trials(spec: ExperimentSpec) -> int:
+    """How many trials a complete run of `spec` has (an interrupted one has fewer ended)."""
+    if spec.search.algorithm == "optuna":
+        return search_space.num_samples(spec)
+    return len(search_space.expand_trials(spec)) * search_space.num_samples(spec)
+
+
 def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
     """The spec and MLflow ids a sweep directory was started with."""
-    for name in ("spec.yaml", "sweep.json", "tuner.pkl"):
+    for name in ("spec.yaml", "sweep.json", f"{TUNE_DIR}/tuner.pkl"):
         if not (sweep_dir / name).is_file():
             raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
     raw = yaml.safe_load((sweep_dir / "spec.yaml").read_text())

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from orchestrator.mlflow_log import SweepRecorder, flat_params
 from orchestrator.report import TrialRow
+from sla_kernel_glue import SLAConfig
 
 CHECKPOINT_KEY = "checkpoint_path"  # set by ray.tune.integration.ray_train.TuneReportCallback
 
@@ -61,16 +62,18 @@ class SweepProgress(Callback):
 
     @property
     def recorder(self) -> SweepRecorder:
+        """MLflow, opened on first use (and again after unpickling, on resume)."""
         if self._recorder is None:
+            # trials.json first: a resumed sweep keeps the rows of the trials it already ran
+            self.rows = {**load_rows(self.sweep_dir), **self.rows}
             self._recorder = SweepRecorder(self.tracking_uri, self.experiment_name)
             self._recorder.attach_parent(self.parent_run_id)
-            self.rows = load_rows(self.sweep_dir)
         return self._recorder
 
     def setup(self, **info) -> None:
         self.t0 = time.monotonic()
         self.total = int(info.get("total_num_samples") or 0)
-        _ = self.recorder  # open MLflow and reload trials.json (a resumed sweep keeps its rows)
+        _ = self.recorder
 
     # ---- Tune callback hooks ------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -119,6 +122,7 @@ class SweepProgress(Callback):
         self._save()
 
     def _row(self, trial) -> TrialRow:
+        _ = self.recorder  # loads trials.json before a row is added
         row = self.rows.get(trial.trial_id)
         if row is None:
             row = TrialRow(trial_id=trial.trial_id, sla=self.resolve_sla(trial.config["trial"]))
@@ -128,8 +132,8 @@ class SweepProgress(Callback):
     def _ensure_run(self, row: TrialRow) -> str:
         if row.sla is None:
             sla = {f"sla.{f}": "none (full attention)" for f in self.sla_fields}
-        else:
-            sla = flat_params("sla", row.sla)
+        else:  # every SLAConfig field, defaults included: what the trial actually ran with
+            sla = flat_params("sla", SLAConfig.from_dict(row.sla).to_dict())
         params = {"trial_id": row.trial_id, "sla.enabled": row.sla is not None, **sla,
                   **self.train_params}  # fmt: skip
         row.run_id = self.recorder.child_run(row.trial_id, f"{row.trial_id} {row.label}", params)
