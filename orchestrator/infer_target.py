@@ -87,7 +87,7 @@ def latest_checkpoint(path: Path) -> Path | None:
 
 def from_sweep(sweep_dir: Path, trial: str | None) -> Target:
     """The chosen trial of a sweep directory and its checkpoint."""
-    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    meta = read_json(sweep_dir / "sweep.json")
     rows = list(load_rows(sweep_dir).values())
     if not rows:
         raise InferenceError(
@@ -132,7 +132,7 @@ def _with_trial(checkpoint: Path) -> Target:
     """A checkpoint directory, matched to its trial when it lies inside a sweep directory."""
     for parent in checkpoint.parents:
         if (parent / "sweep.json").is_file():
-            meta = json.loads((parent / "sweep.json").read_text())
+            meta = read_json(parent / "sweep.json")
             for row in load_rows(parent).values():
                 recorded = Path(row.checkpoint).resolve() if row.checkpoint else None
                 if recorded is not None and recorded in (checkpoint, *checkpoint.parents):
@@ -149,7 +149,15 @@ def load_rows(sweep_dir: Path) -> dict[str, TrialRow]:
     path = sweep_dir / "trials.json"
     if not path.is_file():
         return {}
-    return {d["trial_id"]: TrialRow.from_json(d) for d in json.loads(path.read_text())}
+    return {d["trial_id"]: TrialRow.from_json(d) for d in read_json(path)}
+
+
+def read_json(path: Path):
+    """A sweep's JSON file; InferenceError naming the file when it is damaged."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InferenceError(f"{path}: damaged sweep file, not valid JSON ({exc})") from None
 
 
 def default_tracking_uri() -> str:
