@@ -155,9 +155,16 @@ def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
     for name in ("spec.yaml", "sweep.json", f"{TUNE_DIR}/tuner.pkl"):
         if not (sweep_dir / name).is_file():
             raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
-    raw = yaml.safe_load((sweep_dir / "spec.yaml").read_text())
-    spec = parse_spec(raw, source=str(sweep_dir / "spec.yaml"))
-    return spec, json.loads((sweep_dir / "sweep.json").read_text())
+    loaded = {}
+    for name, load in (("spec.yaml", yaml.safe_load), ("sweep.json", json.loads), ("trials.json", json.loads)):
+        path = sweep_dir / name
+        try:
+            loaded[name] = load(path.read_text()) if path.is_file() else None
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:  # a damaged sweep: one line, no traceback
+            why = str(exc).strip().splitlines()[0]
+            raise SpecError(str(path), [f"damaged sweep file, cannot be parsed ({why})"]) from None
+    spec = parse_spec(loaded["spec.yaml"], source=str(sweep_dir / "spec.yaml"))
+    return spec, loaded["sweep.json"]
 
 
 def find_sweep(spec: ExperimentSpec) -> Path:
