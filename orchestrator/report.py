@@ -32,6 +32,9 @@ class TrialRow:
     checkpoint: str | None = None
     run_id: str | None = None
     error: str | None = None
+    # unix times seen by the driver: start (Tune started the trial), loop_start (the Train
+    # worker's loop began), first_report, last_report, end (Tune saw it finish)
+    times: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -44,7 +47,8 @@ class TrialRow:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrialRow:
-        return cls(**data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def varying_keys(rows: Sequence[TrialRow]) -> list[str]:

@@ -129,7 +129,9 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
     note = sweep_note(spec.name, rows, spec.metric, spec.mode, best, sweep_dir)
     recorder.set_tags(meta["parent_run_id"], {NOTE_TAG: note})  # the parent run's description
     timings["total_s"] = time.monotonic() - t0
+    timings.update(trial_overheads(rows))
     (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    print("[sla-sweep] time: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     status = "FINISHED" if complete and not any(r.status == "ERROR" for r in rows) else (
         "KILLED" if not complete else "FAILED")  # fmt: skip
     recorder.finish_parent([csv_path, plot_path], status=status)
@@ -141,6 +143,22 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
     print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
     return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
                         meta["parent_run_id"], timings)  # fmt: skip
+
+
+def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
+    """Mean seconds per trial: Ray start-up (Tune actor, Train controller, worker group,
+    torch.distributed) before the worker loop, the recipe's setup and first evaluation, its
+    training and evaluations, and Ray's teardown after the last report."""
+    spans = {"trial_ray_start_s": ("start", "loop_start"),
+             "trial_recipe_setup_s": ("loop_start", "first_report"),
+             "trial_training_s": ("first_report", "last_report"),
+             "trial_ray_teardown_s": ("last_report", "end")}  # fmt: skip
+    out = {}
+    for key, (a, b) in spans.items():
+        values = [r.times[b] - r.times[a] for r in rows if a in r.times and b in r.times]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def expected_trials(spec: ExperimentSpec) -> int:

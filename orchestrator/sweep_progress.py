@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from orchestrator.mlflow_log import SweepRecorder, flat_params
 from orchestrator.report import TrialRow
+from orchestrator.train_worker import LOOP_START_KEY
 from sla_kernel_glue import SLAConfig
 
 CHECKPOINT_KEY = "checkpoint_path"  # set by ray.tune.integration.ray_train.TuneReportCallback
@@ -79,6 +80,7 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
         row.status = "RUNNING"
+        row.times.setdefault("start", time.time())
         self._ensure_run(row)
         self._say(f"trial {row.trial_id} started: {row.label}  [{self._counts(trials)}]")
         self._save()
@@ -92,6 +94,11 @@ class SweepProgress(Callback):
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
         row.step = max(row.step, step)
         row.metrics.update(metrics)
+        now = time.time()
+        row.times.setdefault("first_report", now)
+        row.times["last_report"] = now
+        if LOOP_START_KEY in result:
+            row.times.setdefault("loop_start", float(result[LOOP_START_KEY]))
         if result.get(CHECKPOINT_KEY):
             row.checkpoint = str(result[CHECKPOINT_KEY])
         run_id = self._ensure_run(row)
@@ -115,6 +122,7 @@ class SweepProgress(Callback):
         row = self._row(trial)
         row.status = status
         row.error = error
+        row.times["end"] = time.time()
         run_id = self._ensure_run(row)
         self.recorder.end_child(run_id, "FINISHED" if status == "TERMINATED" else "FAILED", error)
         what = "finished" if status == "TERMINATED" else f"FAILED: {error}"

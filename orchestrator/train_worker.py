@@ -8,6 +8,7 @@ every rank hands its own checkpoint directory, and Ray merges them into one chec
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +17,43 @@ import ray.train
 from orchestrator.spec_recipe import build_train_config
 from sla_kernel_glue import SLAConfig
 
+LOOP_START_KEY = "timing.loop_start"  # no "/": the driver does not log it as an MLflow metric
+
 
 class RayReportCallback:
     """The recipe's callback protocol (on_metrics / on_checkpoint) -> ray.train.report."""
 
+    def __init__(self) -> None:
+        self.loop_start = time.time()  # for the sweep's overhead accounting (Ray vs recipe)
+
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        ray.train.report({**_numeric(metrics), "step": int(step)})
+        ray.train.report(self._payload(step, metrics))
 
     def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(directory))
-        ray.train.report({**_numeric(metrics), "step": int(step)}, checkpoint=checkpoint)
+        ray.train.report(self._payload(step, metrics), checkpoint=checkpoint)
+
+    def _payload(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
+        return {**_numeric(metrics), "step": int(step), LOOP_START_KEY: self.loop_start}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None}."""
     from orchestrator.recipe import run_trial
 
+    callback = RayReportCallback()
     train = build_train_config(config["train"])
     sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            run_trial(train, sla, Path(workdir), callback=RayReportCallback())
+            run_trial(train, sla, Path(workdir), callback=callback)
             return
         # A restarted worker (failure_config) or a resumed sweep continues from the last checkpoint.
         with checkpoint.as_directory() as resume_dir:
             run_trial(
-                train, sla, Path(workdir), callback=RayReportCallback(), resume_from=Path(resume_dir)
+                train, sla, Path(workdir), callback=callback, resume_from=Path(resume_dir)
             )
 
 
