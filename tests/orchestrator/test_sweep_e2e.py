@@ -141,3 +141,17 @@ def test_best_checkpoint_loads_back_into_a_model(smoke):
                 assert torch.equal(layer.state_dict()[name], tensor)
             # fine-tuning moved proj_l away from its zero init, and the load brought that back
             assert layer.proj_l.weight.abs().sum() > 0
+
+
+def test_best_command_shows_the_best_trial_and_its_checkpoint(smoke, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    spec, outcome = smoke
+    assert main(["best", str(outcome.sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial: {outcome.best.trial_id}" in out
+    assert f"checkpoint: {outcome.best.checkpoint}" in out
+    # the YAML names the same sweep: its latest run under storage.results_dir
+    monkeypatch.chdir(spec.storage.results_dir.parent)
+    assert main(["best", str(SMOKE)]) == 0
+    assert f"sweep {outcome.sweep_dir}" in capsys.readouterr().out

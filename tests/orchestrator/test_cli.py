@@ -1,0 +1,64 @@
+"""`sla-sweep` command line: bad input is one line on stderr, exit 2, nothing started or written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ray_running() -> bool:
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized()
+
+
+def test_subcommands_are_registered():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"run", "resume", "best", "infer", "export", "ui"} <= set(sub.choices)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["bad.yaml"], "sla: empty search space"),
+        (["run", "bad.yaml", "--set", "train.steps=0"], "steps (0) must be a positive integer"),
+        (["run", "missing.yaml"], "no such experiment file"),
+        (["run", "bad.yaml", "--set", "nonsense"], "expected key=value"),
+        (["resume", "not_a_sweep"], "not a sweep directory"),
+        (["best", "nowhere"], "no such sweep directory or experiment file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("name: bad\nmodel: tiny\nsla: {}\n")
+    (tmp_path / "not_a_sweep").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sla-sweep: error: ")
+    assert fragment in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no partial files"
+    assert not _ray_running()
+
+
+def test_console_script_reports_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodel: tiny\nsla:\n  topk: {grid: [0.1, 1.5]}\nresources: {gpus_per_worker: 1}\n")
+    exe = Path(sys.executable).with_name("sla-sweep")
+    proc = subprocess.run([str(exe), str(bad), "--set", "resources.gpus_per_worker=0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "sla.topk: topk (1.5) must be a number in (0, 1]" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
