@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="clip height = width (default: the preset's)")
     defaults = TrainConfig()
     for key in ("steps", "batch_size", "grad_accum", "warmup_steps", "log_every", "eval_every",
-                "checkpoint_every", "base_steps", "seed", "sample_steps"):
+                "checkpoint_every", "keep_checkpoints", "base_steps", "seed", "sample_steps"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
     for key in ("lr", "base_lr", "weight_decay", "max_grad_norm", "timestep_shift"):
         p.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
@@ -58,7 +58,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, SLAConfig |
         max_grad_norm=args.max_grad_norm, train_base=not args.freeze_base,
         mixed_precision=args.mixed_precision, seed=args.seed, timestep_sampling=args.timestep_sampling,
         timestep_shift=args.timestep_shift, log_every=args.log_every, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, sample_steps=args.sample_steps,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        sample_steps=args.sample_steps,
         base_steps=args.base_steps, base_lr=args.base_lr, base_cache_dir=args.base_cache_dir,
         gradient_checkpointing=args.gradient_checkpointing,
     )

@@ -61,6 +61,16 @@ def save_checkpoint(
     return directory
 
 
+def prune_checkpoints(workdir: Path, keep: int, *, protect: Path | None = None) -> list[Path]:
+    """Delete all but the `keep` newest checkpoint_NNNNNN directories of workdir (never `protect`)."""
+    found = sorted(Path(workdir).glob("checkpoint_[0-9][0-9][0-9][0-9][0-9][0-9]"))
+    protect = protect.resolve() if protect is not None else None
+    doomed = [d for d in found[: max(0, len(found) - keep)] if d.resolve() != protect]
+    for directory in doomed:
+        shutil.rmtree(directory, ignore_errors=True)  # ranks sharing a workdir may race here
+    return doomed
+
+
 def read_trial(directory: Path) -> dict[str, Any]:
     """trial.json of a checkpoint directory, checked for the keys resume needs."""
     directory = Path(directory)

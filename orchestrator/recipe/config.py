@@ -65,7 +65,9 @@ class TrainConfig:
     timestep_sampling, timestep_shift: flow-matching t ~ logit-normal or uniform, then shifted.
     log_every: progress line and train metrics every N steps; eval_every: full evaluation every
         N steps (0: at the start and the end only); checkpoint_every: a checkpoint every N steps
-        (0: at the end only).
+        (0: at the end only); keep_checkpoints: how many of the newest local checkpoint
+        directories to keep once the callback has returned (0: all; a Ray worker's report has
+        already copied them to storage).
     sample_steps: Euler steps of the flow ODE for val/sample_psnr.
     base_steps, base_lr: full-attention pre-training of a preset's base model (cached by config);
         base_cache_dir: where (None: $SLA_SWEEP_CACHE or ~/.cache/sla-sweep).
@@ -90,6 +92,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 0
+    keep_checkpoints: int = 0
     sample_steps: int = 8
     base_steps: int = 200
     base_lr: float = 1e-3
@@ -164,7 +167,7 @@ def _errors(c: TrainConfig) -> list[str]:
     for key in ("steps", "batch_size", "grad_accum", "log_every", "sample_steps"):
         if not _positive_int(getattr(c, key)):
             errors.append(f"{key} ({getattr(c, key)!r}) must be a positive integer")
-    for key in ("warmup_steps", "eval_every", "checkpoint_every", "base_steps", "seed"):
+    for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "base_steps", "seed"):
         if not _non_negative_int(getattr(c, key)):
             errors.append(f"{key} ({getattr(c, key)!r}) must be a non-negative integer")
     for key in ("lr", "base_lr", "timestep_shift"):

@@ -24,7 +24,7 @@ from sla_kernel_glue import SLAConfig
 from . import evaluate as ev
 from .base_model import load_base_model
 from .callbacks import Callback, PrintCallback
-from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
 
@@ -186,6 +186,9 @@ class TrialRecipe:
                     metrics=metrics, base_model=self.base_id, train=cfg.to_dict(),
                 )
                 self.callback.on_checkpoint(done, directory, dict(metrics))
+                if cfg.keep_checkpoints:  # after the callback: it may have copied the directory
+                    acc.wait_for_everyone()
+                    prune_checkpoints(self.workdir, cfg.keep_checkpoints, protect=self.resume_from)
             else:
                 self.callback.on_metrics(done, dict(metrics))
             losses, window_start, window_steps = [], self._now(), 0

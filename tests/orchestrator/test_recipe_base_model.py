@@ -1,6 +1,6 @@
 """The full-attention base: pre-trained once per config, cached, shared by concurrent trials."""
 
-import threading
+import multiprocessing
 
 import torch
 
@@ -12,30 +12,35 @@ def load(config, log):
     return load_base_model(config, device=torch.device("cpu"), mixed_precision="no", clip_shape=(4, 16), log=log.append)
 
 
-def test_cached_by_config_and_trained_once_under_concurrency(tmp_path):
-    config = TrainConfig(base_steps=4, base_cache_dir=str(tmp_path))
-    logs: list[list[str]] = [[] for _ in range(3)]
-    results = [None] * 3
+def _trial_process(cache, queue):
+    """One concurrent trial: load (or pre-train) the base, send back its log and a weight digest."""
+    torch.set_num_threads(1)
+    log: list[str] = []
+    model, base_id = load(TrainConfig(base_steps=4, base_cache_dir=cache), log)
+    queue.put((log, base_id, float(sum(p.detach().double().sum() for p in model.parameters()))))
 
-    def trial(i):
-        results[i] = load(config, logs[i])
 
-    threads = [threading.Thread(target=trial, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    trained = [log for log in logs if any("pre-training base model" in line for line in log)]
-    assert len(trained) == 1  # one trial trained it, the others waited on the lock and loaded it
-    (model, base_id), *others = results
-    assert all(other_id == base_id for _, other_id in others)
-    for other, _ in others:
-        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters(), strict=True))
-    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [base_id]  # no temporary left behind
+def test_cached_by_config_and_trained_once_by_concurrent_trials(tmp_path):
+    # Separate processes, as concurrent trials are (diffusers' loading is not thread-safe).
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_trial_process, args=(str(tmp_path), queue)) for _ in range(2)]
+    for p in processes:
+        p.start()
+    results = [queue.get(timeout=300) for _ in processes]
+    for p in processes:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    trained = [log for log, _, _ in results if any("pre-training base model" in line for line in log)]
+    assert len(trained) == 1  # one trial trained it, the other waited on the lock and loaded it
+    (_, id_a, digest_a), (_, id_b, digest_b) = results
+    assert id_a == id_b and digest_a == digest_b
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [id_a]  # no temporary left behind
 
     again: list[str] = []
-    load(config, again)
+    model, _ = load(TrainConfig(base_steps=4, base_cache_dir=str(tmp_path)), again)
     assert again == []  # cached: no training the second time
+    assert float(sum(p.detach().double().sum() for p in model.parameters())) == digest_a
 
 
 def test_id_changes_with_the_config():

@@ -22,7 +22,9 @@ def cache(tmp_path_factory):
 
 
 def tiny(cache, **kw):
-    return TrainConfig(**{"base_steps": 20, "base_cache_dir": cache, "log_every": 1, **kw})
+    # a small fixed val batch and few sampling steps keep each evaluation cheap on 2 CPU cores
+    return TrainConfig(**{"base_steps": 20, "base_cache_dir": cache, "log_every": 1, "sample_steps": 4,
+                          "data": {"num_val": 4}, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_frozen_base_trains_only_proj_l(cache, tmp_path):
 
 
 def test_cli_runs_one_trial(cache, tmp_path, capsys):
-    assert cli_main(["--preset", "tiny", "--dense", "--steps", "2", "--base-steps", "20",
+    assert cli_main(["--preset", "tiny", "--dense", "--steps", "2", "--base-steps", "20", "--sample-steps", "2",
                      "--base-cache-dir", cache, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "step      2/2" in out and '"val/loss"' in out
@@ -147,7 +149,7 @@ def test_two_processes_train_as_one_data_parallel_run(cache, tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "orchestrator.recipe",
-               "--sla", "{'topk': 0.25, 'blkq': 32, 'blkk': 32}", "--steps", "2", "--base-steps", "20",
+               "--sla", "{'topk': 0.25, 'blkq': 32, 'blkk': 32}", "--steps", "2", "--base-steps", "20", "--sample-steps", "2",
                "--base-cache-dir", cache, "--out", str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -156,3 +158,16 @@ def test_two_processes_train_as_one_data_parallel_run(cache, tmp_path):
     metrics = json.loads((directory / "trial.json").read_text())["metrics"]
     per_layer = attention_flops(2 * 4, 2, 256, 32, SLA, backward=True)  # 2 ranks x batch 4
     assert metrics["flops/attention"] == pytest.approx(2 * per_layer.sla, rel=1e-12)
+
+
+def test_keep_checkpoints_prunes_after_the_callback(cache, tmp_path):
+    seen = []
+
+    class Check(RecordingCallback):
+        def on_checkpoint(self, step, directory, metrics):
+            seen.append((step, sorted(p.name for p in directory.iterdir())))  # complete while we look
+            super().on_checkpoint(step, directory, metrics)
+
+    run_trial(tiny(cache, steps=3, checkpoint_every=1, keep_checkpoints=2), None, tmp_path, callback=Check())
+    assert [step for step, _ in seen] == [1, 2, 3] and all("trial.json" in names for _, names in seen)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]
