@@ -55,6 +55,8 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
         "timestep_shift": train.timestep_shift,
         "mixed_precision": mixed_precision,
     }
+    if train.data.source != "digits":  # the user's clips: a changed folder means another base
+        key["data_files"] = _folder_fingerprint(Path(train.data.source).expanduser())
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{train.model}-{digest}"
 
@@ -88,6 +90,13 @@ def load_base_model(
             model.save_pretrained(tmp, safe_serialization=True)
             os.replace(tmp, final)
     return WanTransformer3DModel.from_pretrained(final, local_files_only=True), base_id
+
+
+def _folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of every file under a data folder, sorted."""
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+    )
 
 
 @contextlib.contextmanager
@@ -124,6 +133,7 @@ def _pretrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.base_lr, weight_decay=0.0)
     warmup = max(1, train.base_steps // 10)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # a no-op unless fp16
     start = time.perf_counter()
     for step in range(train.base_steps):
         for group in optimizer.param_groups:
@@ -134,9 +144,11 @@ def _pretrain(
         t = sample_timesteps(clips.shape[0], generator=generator, sampling=train.timestep_sampling, shift=train.timestep_shift)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = flow_loss(model, clips.to(device), noise.to(device), t.to(device), prompts[labels].to(device))
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % max(1, train.base_steps // 5) == 0:
             log(f"base step {step + 1}/{train.base_steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.1f}s")

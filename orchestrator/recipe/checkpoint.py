@@ -93,8 +93,8 @@ def read_trial(directory: Path) -> dict[str, Any]:
 
 def load_checkpoint(
     accelerator: Accelerator, handle: Any, directory: Path, *, sla: SLAConfig | None, base_model: str
-) -> int:
-    """Restore a prepared run from a checkpoint directory; returns the step to continue from.
+) -> dict[str, Any]:
+    """Restore a prepared run from a checkpoint directory; returns its trial.json (step, metrics).
 
     Call after accelerator.prepare. The SLA settings and the base model must match the run's.
     """
@@ -114,4 +114,4 @@ def load_checkpoint(
         from sla_kernel_glue import load_sla_state
 
         load_sla_state(handle, directory)
-    return trial["step"]
+    return trial

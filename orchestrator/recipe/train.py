@@ -140,15 +140,19 @@ class TrialRecipe:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _setup_resume(self) -> None:
+        self.resumed_metrics: dict[str, float] = {}
         if self.resume_from is not None:
-            self.start_step = load_checkpoint(
+            trial = load_checkpoint(
                 self.accelerator, self.handle, self.resume_from, sla=self.sla, base_model=self.base_id
             )
+            self.start_step = trial["step"]
+            # Reports before the next evaluation carry the checkpoint's eval metrics (as a straight run's do).
+            self.resumed_metrics = dict(trial.get("metrics") or {})
 
     # ---- train -----------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
         cfg, acc = self.train_cfg, self.accelerator
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = dict(self.resumed_metrics)
         if self.start_step == 0:
             metrics = self.evaluate()
             self.callback.on_metrics(0, metrics)

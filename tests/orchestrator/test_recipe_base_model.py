@@ -50,3 +50,13 @@ def test_id_changes_with_the_config():
     assert a != base_model_id(TrainConfig(base_steps=4, seed=1), "no")
     assert a != base_model_id(TrainConfig(base_steps=4), "bf16")
     assert base_model_id(TrainConfig(base_steps=0), "no") == "tiny-init-seed0"
+
+
+def test_id_of_a_folder_base_follows_the_files(tmp_path):
+    torch.save(torch.randn(4, 2, 8, 8), tmp_path / "a.pt")
+    torch.save(torch.randn(4, 2, 8, 8), tmp_path / "b.pt")
+    config = TrainConfig(base_steps=4, data={"source": str(tmp_path), "num_val": 1})
+    before = base_model_id(config, "no")
+    assert before == base_model_id(config, "no")
+    torch.save(torch.randn(4, 3, 8, 8), tmp_path / "b.pt")  # the user replaced a clip
+    assert base_model_id(config, "no") != before

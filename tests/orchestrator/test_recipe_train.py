@@ -95,6 +95,7 @@ def test_resume_continues_exactly(cache, tmp_path):
     run_trial(config, SLA, tmp_path / "resumed", callback=resumed,
               resume_from=tmp_path / "straight" / "checkpoint_000003")
     assert [s for s, _ in resumed.metrics][0] == 4  # continued after step 3, no step-0 evaluation
+    assert "val/loss" in resumed.metrics[0][1]  # reports carry the checkpoint's eval metrics
     a, b = model_state(tmp_path / "straight" / "checkpoint_000006"), model_state(tmp_path / "resumed" / "checkpoint_000006")
     assert a.keys() == b.keys() and any(".sla.proj_l." in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
