@@ -46,7 +46,12 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
         "format": BASE_FORMAT,
         "preset": train.model,
         "transformer": PRESETS[train.model].transformer_config(),
-        "data": train.to_dict()["data"],
+        "data": {  # what the base trains on (not num_val; frames/size resolved against the preset)
+            "source": train.data.source,
+            "num_train": train.data.num_train,
+            "frames": train.data.frames or PRESETS[train.model].frames,
+            "size": train.data.size or PRESETS[train.model].size,
+        },
         "seed": train.seed,
         "steps": train.base_steps,
         "lr": train.base_lr,

@@ -46,6 +46,8 @@ def test_cached_by_config_and_trained_once_by_concurrent_trials(tmp_path):
 def test_id_changes_with_the_config():
     a = base_model_id(TrainConfig(base_steps=4), "no")
     assert a == base_model_id(TrainConfig(base_steps=4, lr=1.0, steps=3), "no")  # fine-tune knobs don't matter
+    assert a == base_model_id(TrainConfig(base_steps=4, data={"frames": 4, "size": 16, "num_val": 2}), "no")
+    assert a != base_model_id(TrainConfig(base_steps=4, data={"frames": 8}), "no")
     assert a != base_model_id(TrainConfig(base_steps=5), "no")
     assert a != base_model_id(TrainConfig(base_steps=4, seed=1), "no")
     assert a != base_model_id(TrainConfig(base_steps=4), "bf16")
