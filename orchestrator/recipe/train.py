@@ -247,16 +247,19 @@ class TrialRecipe:
         samples = ev.samples(model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common)
         model.train()
         fallbacks = self.handle.fallback_counts() if self.handle is not None else {}
+        # The handle counts from this process's start; a resumed run adds the checkpoint's totals,
+        # so the counts are the trial's whatever restarts it went through.
+        carried = self.resumed_metrics
         return {
             "val/loss": loss,
             "val/loss_gap": loss - self.base_val_loss,
             "val/attn_rel_err": rel_err,
             "val/sample_psnr": ev.psnr(samples, self.base_samples),
             **ev.step_flops(self.shape, batch=self._global_batch(), tokens=self.tokens, sla=self.sla, n_params=self.n_params),
-            "sla/fallback_calls": float(self.handle.total_fallbacks() if self.handle is not None else 0),
-            "sla/self_attn_fallback_calls": float(
-                sum(n for per in fallbacks.values() for reason, n in per.items() if reason != "cross_attention")
-            ),
+            "sla/fallback_calls": carried.get("sla/fallback_calls", 0.0)
+            + float(self.handle.total_fallbacks() if self.handle is not None else 0),
+            "sla/self_attn_fallback_calls": carried.get("sla/self_attn_fallback_calls", 0.0)
+            + float(sum(n for per in fallbacks.values() for reason, n in per.items() if reason != "cross_attention")),
         }
 
     # ---- cleanup ---------------------------------------------------------------------------
