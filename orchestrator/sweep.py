@@ -98,9 +98,10 @@ def resume_sweep(sweep_dir: Path, *, address: str | None = None, verbose: bool =
         t_ray = time.monotonic()
         from ray import tune
 
+        done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status == "TERMINATED")
         tuner = tune.Tuner.restore(
             str(sweep_dir / TUNE_DIR),
-            _trainable(trial_settings(spec, sweep_dir)),
+            _trainable(dataclasses.replace(trial_settings(spec, sweep_dir), finished=done)),
             resume_unfinished=True,
             resume_errored=True,
         )

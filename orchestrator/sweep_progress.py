@@ -79,6 +79,8 @@ class SweepProgress(Callback):
     # ---- Tune callback hooks ------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
+        if row.status == "TERMINATED":
+            return  # finished before the sweep was interrupted: resume skips it (TrialSettings.finished)
         row.status = "RUNNING"
         row.times.setdefault("start", time.time())
         self._ensure_run(row)
@@ -120,6 +122,8 @@ class SweepProgress(Callback):
     # ---- helpers ------------------------------------------------------------------------------
     def _end(self, trial, status: str, error: str | None, trials) -> None:
         row = self._row(trial)
+        if status == "TERMINATED" and row.status == "TERMINATED":
+            return  # a finished trial that resume skipped: already recorded
         row.status = status
         row.error = error
         row.times["end"] = time.time()

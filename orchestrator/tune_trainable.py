@@ -34,6 +34,9 @@ class TrialSettings:
     max_failures: int
     train_storage: str  # absolute: Ray changes the working directory of trials and workers
     worker_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Trials the sweep's own record (trials.json) has as finished; a resumed sweep does not rerun
+    # them even when Tune's experiment state, saved only now and then, was older than the kill.
+    finished: frozenset[str] = frozenset()
 
 
 def trial_sla(settings: TrialSettings, trial: dict[str, Any]) -> dict[str, Any] | None:
@@ -46,6 +49,8 @@ def trial_sla(settings: TrialSettings, trial: dict[str, Any]) -> dict[str, Any] 
 def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and run it to the end."""
     trial_id = ray.tune.get_context().get_trial_id()
+    if trial_id in settings.finished:
+        return
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
