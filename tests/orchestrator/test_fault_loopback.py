@@ -1,0 +1,56 @@
+"""The web UIs sla-sweep starts listen on 127.0.0.1 only, checked on the listening sockets.
+
+- `sla-sweep ui DIR`'s server (orchestrator.ui.UIServer: a real `mlflow server` and its
+  workers): every listening socket of its process tree is bound to 127.0.0.1.
+- The Ray dashboard of the session's cluster (started with the same ray.init arguments as
+  orchestrator.sweep_cluster.connect uses for a local cluster: dashboard_host="127.0.0.1"):
+  its HTTP port is bound to 127.0.0.1 only.
+
+Ray's own gRPC ports (GCS, raylet, workers, dashboard agent, metrics) bind all interfaces by
+Ray's design; docs/reliability.md says so.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def listening(processes: list[psutil.Process]) -> list[tuple[str, int, int]]:
+    """(ip, port, pid) of every listening TCP socket of these processes."""
+    pids = {p.pid for p in processes}
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids]  # fmt: skip
+
+
+def test_mlflow_ui_listens_on_loopback_only(tmp_path):
+    from orchestrator.ui import UIServer, resolve_store
+
+    (tmp_path / "mlflow.db").write_bytes(b"")  # a results directory with an (empty) store
+    with UIServer(resolve_store(str(tmp_path)), log_path=tmp_path / "server.log") as server:
+        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
+            assert response.status == 200
+        root = psutil.Process(server.proc.pid)
+        sockets = listening([root, *root.children(recursive=True)])
+        assert any(port == server.port for _, port, _ in sockets), sockets
+        assert all(ip == "127.0.0.1" for ip, _, _ in sockets), sockets
+    assert server.proc.poll() is not None, "the server outlived the command"
+
+
+def test_ray_dashboard_listens_on_loopback_only(ray_cluster):
+    import ray
+
+    url = ray._private.worker.get_dashboard_url()
+    host, port = url.rsplit(":", 1)
+    assert host == "127.0.0.1", url
+    with urllib.request.urlopen(f"http://{url}/api/version", timeout=10) as response:
+        assert response.status == 200
+    ours = psutil.Process().children(recursive=True)  # this session's cluster only
+    dashboard = [p for p in ours if "dashboard/dashboard.py" in " ".join(p.cmdline())]
+    assert len(dashboard) == 1 and "--host=127.0.0.1" in dashboard[0].cmdline()
+    on_port = [(ip, p) for ip, p, _ in listening(ours) if p == int(port)]
+    assert on_port and all(ip == "127.0.0.1" for ip, _ in on_port), on_port
