@@ -125,6 +125,8 @@ def write_samples(
     """Per clip a PNG of its frames side by side and a GIF, grid.png (one clip per row) and
     samples.safetensors (clips, noise, labels); returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("clip*_class*.png"), *out_dir.glob("clip*_class*.gif")]:
+        stale.unlink()  # a rerun with fewer clips must not leave (and log) the old ones
     written = []
     rows = []
     for i, (clip, label) in enumerate(zip(clips, labels.tolist(), strict=True)):
