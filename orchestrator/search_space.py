@@ -139,26 +139,20 @@ class ControlFirst(Searcher):
         if trial_id != self.control_trial:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
+    # Tune's SearchGenerator saves a wrapper's own state with get_state/set_state (walking down
+    # `.searcher`) and the innermost searcher with its save_to_dir, like ConcurrencyLimiter.
     def get_state(self) -> dict:
-        return {"control_trial": self.control_trial, "inner": self.searcher.get_state()}
+        return {"control_trial": self.control_trial, "control_config": self.control_config}
 
     def set_state(self, state: dict) -> None:
         self.control_trial = state["control_trial"]
-        self.searcher.set_state(state["inner"])
+        self.control_config = state["control_config"]
 
     def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path + ".inner")
-        import json
-
-        with open(checkpoint_path, "w") as fh:
-            json.dump({"control_trial": self.control_trial}, fh)
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        import json
-
-        self.searcher.restore(checkpoint_path + ".inner")
-        with open(checkpoint_path) as fh:
-            self.control_trial = json.load(fh)["control_trial"]
+        self.searcher.restore(checkpoint_path)
 
 
 def _domain(p: SearchParam):

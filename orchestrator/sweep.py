@@ -98,7 +98,7 @@ def resume_sweep(sweep_dir: Path, *, address: str | None = None, verbose: bool =
         t_ray = time.monotonic()
         from ray import tune
 
-        done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status == "TERMINATED")
+        done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status in ("TERMINATED", "STOPPED"))
         tuner = tune.Tuner.restore(
             str(sweep_dir / TUNE_DIR),
             _trainable(dataclasses.replace(trial_settings(spec, sweep_dir), finished=done)),
@@ -114,7 +114,7 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
     """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights."""
     meta = json.loads((sweep_dir / "sweep.json").read_text())
     rows = list(load_rows(sweep_dir).values())
-    ended = sum(r.status in ("TERMINATED", "ERROR") for r in rows)
+    ended = sum(r.status in ("TERMINATED", "STOPPED", "ERROR") for r in rows)
     complete = ended == len(rows) and len(rows) >= meta["expected_trials"]
     best = best_row(rows, spec.metric, spec.mode)
     csv_path = write_csv(rows, sweep_dir / "results.csv")

@@ -19,6 +19,7 @@ from orchestrator.report import TrialRow
 from orchestrator.train_worker import LOOP_START_KEY
 from sla_kernel_glue import SLAConfig
 
+ENDED_EARLY_OR_DONE = ("TERMINATED", "STOPPED")  # trials that resume does not run again
 CHECKPOINT_KEY = "checkpoint_path"  # set by ray.tune.integration.ray_train.TuneReportCallback
 
 
@@ -79,7 +80,7 @@ class SweepProgress(Callback):
     # ---- Tune callback hooks ------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
-        if row.status == "TERMINATED":
+        if row.status in ENDED_EARLY_OR_DONE:
             return  # finished before the sweep was interrupted: resume skips it (TrialSettings.finished)
         row.status = "RUNNING"
         row.times.setdefault("start", time.time())
@@ -122,14 +123,17 @@ class SweepProgress(Callback):
     # ---- helpers ------------------------------------------------------------------------------
     def _end(self, trial, status: str, error: str | None, trials) -> None:
         row = self._row(trial)
-        if status == "TERMINATED" and row.status == "TERMINATED":
+        if status == "TERMINATED" and row.status in ENDED_EARLY_OR_DONE:
             return  # a finished trial that resume skipped: already recorded
+        if status == "TERMINATED" and row.step < int(self.train_params.get("train.steps", 0)):
+            status = "STOPPED"  # the scheduler (ASHA) ended it early: never "best"
         row.status = status
         row.error = error
         row.times["end"] = time.time()
         run_id = self._ensure_run(row)
-        self.recorder.end_child(run_id, "FINISHED" if status == "TERMINATED" else "FAILED", error)
-        what = "finished" if status == "TERMINATED" else f"FAILED: {error}"
+        self.recorder.end_child(run_id, "FAILED" if status == "ERROR" else "FINISHED", error)
+        what = {"TERMINATED": "finished", "STOPPED": f"stopped early by the scheduler at step {row.step}"}
+        what = what.get(status, f"FAILED: {error}")
         self._say(f"trial {row.trial_id} {what}  [{self._counts(trials)}]")
         self._save()
 
