@@ -141,6 +141,8 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
         print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}")
     elif best is not None:
         print(f"[sla-sweep] best: {best.trial_id} ({best.label}) checkpoint {best.checkpoint}")
+    else:
+        print(f"[sla-sweep] no SLA trial ran all its steps and reported {spec.metric}: no best trial")
     print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
     return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
                         meta["parent_run_id"], timings)  # fmt: skip
