@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def run_sweep(spec: ExperimentSpec, *, address: str | None = None, verbose: bool
         t_ray = time.monotonic()
         from ray import tune
 
+        _quiet_tune_output()
+
         settings = trial_settings(spec, sweep_dir)
         metric, mode = search_space.tune_metric(spec)
         tuner = tune.Tuner(
@@ -97,6 +100,8 @@ def resume_sweep(sweep_dir: Path, *, address: str | None = None, verbose: bool =
     with connect(address, spec, log_to_driver=verbose):
         t_ray = time.monotonic()
         from ray import tune
+
+        _quiet_tune_output()
 
         done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status in ("TERMINATED", "STOPPED"))
         tuner = tune.Tuner.restore(
@@ -231,6 +236,11 @@ def prepare_base_model(spec: ExperimentSpec) -> None:
     device = torch.device("cuda" if gpu else "cpu")
     load_base_model(train, device=device, mixed_precision=mixed, clip_shape=shape,
                     log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
+
+
+def _quiet_tune_output() -> None:
+    """Our progress lines replace Tune's tables: with the legacy reporter, verbose=0 is silent."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def _trainable(settings: TrialSettings):
