@@ -13,8 +13,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.recipe import TrainConfig
-from orchestrator.spec import load_spec
-from orchestrator.sweep import run_sweep
 from sla_kernel_glue import SLAConfig, apply_sla, load_sla_state, read_sla_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,12 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_cluster, base_cache, tmp_path_factory):
-    """Run experiments/smoke.yaml once for the whole module."""
-    cwd = tmp_path_factory.mktemp("smoke_sweep")
-    spec = load_spec(SMOKE, [f"train.base_cache_dir={base_cache}"], cwd=cwd, gpus_available=0)
-    outcome = run_sweep(spec)
-    return spec, outcome
+def smoke(smoke_sweep):
+    """The session's one smoke sweep (tests/orchestrator/conftest.py), shared with infer/export/ui."""
+    return smoke_sweep
 
 
 def test_every_trial_finishes_with_all_metrics(smoke):
