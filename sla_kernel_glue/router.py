@@ -75,16 +75,19 @@ def block_scores(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> torch.T
 def route(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> Routing:
     """Classify key blocks per query-block row: top-k critical, bottom-kl negligible, rest marginal."""
     with torch.no_grad():
-        scores = block_scores(q, k, config)
-        t_n = scores.shape[-1]
-        kc = config.critical_blocks(t_n)
-        top = scores.topk(kc, dim=-1).indices
-        indices, _ = top.sort(dim=-1)
-        critical = torch.zeros(scores.shape, dtype=torch.bool, device=q.device)
-        critical.scatter_(-1, indices, True)
-        negligible = torch.zeros_like(critical)
-        n_neg = config.negligible_blocks(t_n)
-        if n_neg:
-            bottom = scores.topk(n_neg, dim=-1, largest=False).indices
-            negligible.scatter_(-1, bottom, True)
+        return classify_blocks(block_scores(q, k, config), config)
+
+
+def classify_blocks(scores: torch.Tensor, config: SLAConfig) -> Routing:
+    """Routing from (B, H, T_m, T_n) block scores; shared by the PyTorch and Triton routers."""
+    t_n = scores.shape[-1]
+    top = scores.topk(config.critical_blocks(t_n), dim=-1, sorted=False).indices
+    indices, _ = top.sort(dim=-1)
+    critical = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    critical.scatter_(-1, indices, True)
+    negligible = torch.zeros_like(critical)
+    n_neg = config.negligible_blocks(t_n)
+    if n_neg:
+        bottom = scores.topk(n_neg, dim=-1, largest=False).indices
+        negligible.scatter_(-1, bottom, True)
     return Routing(indices=indices, critical=critical, negligible=negligible)

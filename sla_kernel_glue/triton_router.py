@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .config import SLAConfig
-from .router import Routing, n_blocks
+from .router import Routing, classify_blocks, n_blocks
 
 
 @triton.jit
@@ -63,14 +63,4 @@ def route_triton(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> Routing
         k_mean = sk.sum(dim=1, keepdim=True) / n  # smooth-K
         pk = sk / block_counts(n, config.blkk, q.device)[:, None] - k_mean
         scores = (pq @ pk.transpose(-1, -2)).reshape(b, h, pq.shape[1], pk.shape[1])
-        t_n = scores.shape[-1]
-        kc = config.critical_blocks(t_n)
-        indices, _ = scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)
-        critical = torch.zeros(scores.shape, dtype=torch.bool, device=q.device)
-        critical.scatter_(-1, indices, True)
-        negligible = torch.zeros_like(critical)
-        n_neg = config.negligible_blocks(t_n)
-        if n_neg:
-            bottom = scores.topk(n_neg, dim=-1, largest=False).indices
-            negligible.scatter_(-1, bottom, True)
-    return Routing(indices=indices, critical=critical, negligible=negligible)
+        return classify_blocks(scores, config)
