@@ -1,38 +1,74 @@
 #!/usr/bin/env bash
-# The whole loop on one H200 (issue 9): training-step time at 32K tokens (dense vs SLA), a GPU
-# sweep of experiments/topk.yaml (topk 0.05/0.1/0.2 + the full-attention control, medium preset,
-# 16K tokens per sample, Triton kernels on), then `infer` on its best trial. GPU utilisation is
-# sampled every second throughout. Results land in OUTDIR (docs/benchmarks.md quotes them).
+# The whole loop on one H200 (issue 9) in phases, so that it fits 10-minute device calls:
 #
-#   experiments/run_h200.sh OUTDIR [sweep steps] [bench layers]
+#   experiments/run_h200.sh OUTDIR PHASE [PHASE ...]
 #
-# Run from the repository root, with sla-sweep importable (pip install -e . or PYTHONPATH).
+#   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py)
+#   kernels   python -m sla_kernel_glue.bench_sla at N 32768 (kernels vs SDPA cuDNN/flash, peak memory)
+#   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
+#             dense vs SLA (topk 0.05/0.1/0.2, scope all, sparse-only), attention's share
+#   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
+#   compare   sla-sweep compare + infer (SLA and dense) on the sweep's best trial
+#
+# Sweeps go to ./sla_runs (git-ignored, so a machine that is still warm finds them next call);
+# each phase copies its results into OUTDIR. GPU utilisation is sampled every second throughout.
+# Run from the repository root with sla-sweep importable (pip install -e . or PYTHONPATH).
 set -uo pipefail
-out=${1:?usage: experiments/run_h200.sh OUTDIR [sweep steps] [bench layers]}
-steps=${2:-40}
-layers=${3:-6}
+out=${1:?usage: experiments/run_h200.sh OUTDIR PHASE [PHASE ...]}
+shift
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled SLA_SWEEP_CACHE="$out/cache"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 > "$out/gpu_util.csv" &
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled SLA_SWEEP_CACHE="$PWD/sla_runs/cache"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$out/gpu.txt"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 >> "$out/gpu_util.csv" &
 smi=$!
 trap 'kill $smi 2>/dev/null' EXIT
 stamp() { echo "[run_h200] $(date +%T) $*" | tee -a "$out/phases.log"; }
+last_sweep() { ls -d sla_runs/h200-* 2>/dev/null | tail -1; }
+sweep_done() {  # every expected trial ended (trials.json against sweep.json)
+    python - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+try:
+    rows = json.loads((d / "trials.json").read_text())
+    expected = json.loads((d / "sweep.json").read_text())["expected_trials"]
+except (OSError, ValueError, KeyError):
+    sys.exit(1)
+sys.exit(0 if sum(r["status"] in ("TERMINATED", "STOPPED", "ERROR") for r in rows) >= expected else 1)
+PY
+}
 
-stamp "bench_step start"
-timeout "${BENCH_TIMEOUT:-170}" python -m orchestrator.bench_step --preset wan-1.3b --layers "$layers" --topk 0.05 0.1 0.2 \
-    --steps 2 --out "$out/step_32k.json" 2>&1 | tee "$out/step_32k.log"
-stamp "sweep start"
-timeout "${SWEEP_TIMEOUT:-260}" python -m orchestrator run experiments/topk.yaml --set profile=gpu \
-    --set 'sla.topk={grid: [0.05, 0.1, 0.2]}' --set train.steps="$steps" \
-    --set train.eval_every=20 --set train.checkpoint_every=20 --set train.base_steps=60 \
-    --set resources.gpus_per_worker=0.25 --set "storage.results_dir=$out/sla_runs" 2>&1 | tee "$out/sweep.log"
-stamp "sweep end"
-sweep=$(ls -d "$out"/sla_runs/topk-* 2>/dev/null | tail -1)
-if [ -n "$sweep" ]; then
-    cp "$sweep"/results.csv "$sweep"/trials.json "$sweep"/timings.json "$out"/ 2>/dev/null
-    python -m orchestrator best "$sweep" 2>&1 | tee "$out/best.log"
-    stamp "infer start"
-    timeout "${INFER_TIMEOUT:-90}" python -m orchestrator infer "$sweep" --device cuda --out "$out/samples" 2>&1 | tee "$out/infer.log"
-    stamp "infer end"
-fi
+for phase in "$@"; do
+    stamp "$phase start"
+    case "$phase" in
+    gputests)
+        timeout "${GPUTESTS_TIMEOUT:-240}" python -m pytest -q -p no:cacheprovider tests/sla_kernel_glue/test_triton_gpu.py 2>&1 | tail -30 | tee "$out/gputests.log" ;;
+    kernels)
+        timeout "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --blkq 64 128 --skip-check --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
+    step)
+        timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l --topk 0.05 0.1 0.2 \
+            --extra "{'topk': 0.05, 'linear_scope': 'all'}" "{'topk': 0.05, 'linear_scope': 'none'}" \
+            --steps 3 --out "$out/step_32k.json" 2>&1 | tee "$out/step_32k.log" ;;
+    sweep)
+        sweep=$(last_sweep)
+        if [ -n "$sweep" ] && ! sweep_done "$sweep"; then
+            timeout "${SWEEP_TIMEOUT:-420}" python -m orchestrator resume "$sweep" 2>&1 | tee -a "$out/sweep.log"
+        else
+            timeout "${SWEEP_TIMEOUT:-420}" python -m orchestrator run experiments/h200.yaml ${SWEEP_SET:-} 2>&1 | tee -a "$out/sweep.log"
+        fi
+        sweep=$(last_sweep)
+        [ -n "$sweep" ] && cp "$sweep"/results.csv "$sweep"/trials.json "$sweep"/timings.json "$sweep"/pareto.png "$out"/ 2>/dev/null ;;
+    compare)
+        sweep=$(last_sweep)
+        if [ -z "$sweep" ]; then stamp "no sweep to compare"; continue; fi
+        timeout "${COMPARE_TIMEOUT:-240}" python -m orchestrator compare "$sweep" --num-samples 4 --out "$out/compare.json" 2>&1 | tee "$out/compare.log"
+        python -m orchestrator best "$sweep" 2>&1 | tee "$out/best.log"
+        for attention in sla dense; do
+            timeout "${INFER_TIMEOUT:-120}" python -m orchestrator infer "$sweep" --device cuda --attention "$attention" \
+                --num-samples 2 --out "$out/samples-$attention" 2>&1 | tee "$out/infer-$attention.log"
+        done ;;
+    *)
+        stamp "unknown phase $phase (gputests, kernels, step, sweep, compare)"; exit 2 ;;
+    esac
+    stamp "$phase end"
+done

@@ -13,7 +13,6 @@ SLA) over the step time. Not on the training path: a script beside the recipe.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -70,11 +69,16 @@ def step_time(model, batch, context, device, *, steps: int, autocast: bool) -> f
     return _timed(one_step, device, warmup=1, reps=steps)
 
 
-def attention_time(config: dict, sla: SLAConfig | None, tokens: int, batch: int, device, *, autocast: bool) -> float:
+def attention_time(
+    config: dict, sla: SLAConfig | None, tokens: int, batch: int, device, *, autocast: bool
+) -> float:
     """Seconds of one self-attention call forward+backward at the step's shapes."""
     heads, d = config["num_attention_heads"], config["attention_head_dim"]
     dtype = torch.bfloat16 if autocast else torch.float32
-    q, k, v = (torch.randn(batch, heads, tokens, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    q, k, v = (
+        torch.randn(batch, heads, tokens, d, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    )
     grad = torch.randn_like(q)
     if sla is None:
         fn = torch.nn.functional.scaled_dot_product_attention
@@ -89,18 +93,27 @@ def attention_time(config: dict, sla: SLAConfig | None, tokens: int, batch: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.bench_step", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.bench_step", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
-    p.add_argument("--sla", default="{}", help="other SLA settings, e.g. \"{'linear_scope': 'all'}\"")
+    p.add_argument(
+        "--sla", default="{}", help="other SLA settings, e.g. \"{'linear_scope': 'all'}\""
+    )
+    p.add_argument("--extra", nargs="*", default=[], metavar="SLA",
+                   help="more SLA configs to time, each over --sla, e.g. \"{'topk': 0.05, 'linear_scope': 'none'}\"")  # fmt: skip
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per config (after one warm-up)")
+    p.add_argument(
+        "--steps", type=int, default=3, help="timed steps per config (after one warm-up)"
+    )
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     try:
         base_sla = SLAConfig.parse(args.sla)
         configs = [None] + [base_sla.replace(topk=t) for t in args.topk]
+        configs += [SLAConfig.parse(extra, over=base_sla) for extra in args.extra]
     except ValueError as exc:
         print(f"sla-sweep bench_step: {exc}", file=sys.stderr)
         return 2
@@ -110,13 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     model, config = build_model(args.preset, args.layers, device)
     shape = (args.batch, config["in_channels"], preset.frames, preset.size, preset.size)
     g = torch.Generator().manual_seed(0)
-    batch = (torch.randn(shape, generator=g).to(device), torch.randn(shape, generator=g).to(device), torch.rand(args.batch, generator=g).to(device))
+    batch = (
+        torch.randn(shape, generator=g).to(device),
+        torch.randn(shape, generator=g).to(device),
+        torch.rand(args.batch, generator=g).to(device),
+    )
     context = class_prompts(preset.text_len, config["text_dim"])[: args.batch].to(device)
     tokens = preset.frames * (preset.size // 2) ** 2
     layers = config["num_layers"]
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"{gpu}: preset {args.preset}, {layers} layers, {tokens} tokens, batch {args.batch}", flush=True)
+    print(
+        f"{gpu}: preset {args.preset}, {layers} layers, {tokens} tokens, batch {args.batch}",
+        flush=True,
+    )
     rows = []
     for sla in configs:
         model.load_state_dict(initial)
@@ -128,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             if handle is not None:
                 handle.remove()
         attn_s = attention_time(config, sla, tokens, args.batch, device, autocast=autocast)
-        flops = attention_flops(args.batch, config["num_attention_heads"], tokens, config["attention_head_dim"], sla, backward=True)
+        flops = attention_flops(
+            args.batch,
+            config["num_attention_heads"],
+            tokens,
+            config["attention_head_dim"],
+            sla,
+            backward=True,
+        )
         row = {
-            "config": "dense" if sla is None else f"topk {sla.topk}",
+            "config": "dense" if sla is None else f"topk {sla.topk} {sla.linear_scope}",
             "sla": None if sla is None else sla.to_dict(),
             "step_s": step_s,
             "attention_s_per_step": attn_s * layers,
@@ -143,9 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     dense = rows[0]["step_s"]
     for row in rows:
         row["speedup_vs_dense"] = dense / row["step_s"]
-        print(f"{row['config']:>10}: step {row['step_s'] * 1e3:9.1f} ms  x{row['speedup_vs_dense']:.2f} vs dense  attention share {row['attention_share']:.0%}")
-    result = {"device": gpu, "preset": args.preset, "layers": layers, "tokens": tokens, "batch": args.batch, "rows": rows,
-              "torch": torch.__version__}
+        print(
+            f"{row['config']:>10}: step {row['step_s'] * 1e3:9.1f} ms  x{row['speedup_vs_dense']:.2f} vs dense  attention share {row['attention_share']:.0%}"
+        )
+    result = {
+        "device": gpu,
+        "preset": args.preset,
+        "layers": layers,
+        "tokens": tokens,
+        "batch": args.batch,
+        "rows": rows,
+        "torch": torch.__version__,
+    }
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

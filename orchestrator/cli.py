@@ -127,7 +127,12 @@ def _exit_status(outcome) -> int:
 
 
 # Subcommands that live in other modules, each with add_arguments(parser) and handle(args).
-PLUGINS = {"infer": "orchestrator.infer", "export": "orchestrator.export_cmd", "ui": "orchestrator.ui"}
+PLUGINS = {
+    "infer": "orchestrator.infer",
+    "compare": "orchestrator.compare",
+    "export": "orchestrator.export_cmd",
+    "ui": "orchestrator.ui",
+}
 
 
 def _register_plugins() -> None:

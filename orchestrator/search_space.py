@@ -30,7 +30,8 @@ def sla_from_config(spec: ExperimentSpec, config: dict[str, Any]) -> dict[str, A
 
 
 def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """Grid: the cartesian product of the grid entries. Random: num_samples seeded draws."""
+    """Grid: the cartesian product of the grid entries. Random: num_samples seeded draws.
+    Then the spec's extra_trials, then the control."""
     varying = spec.varying
     if spec.search.algorithm == "grid":
         axes = [[(p.field, v) for v in p.values] for p in varying]
@@ -43,6 +44,7 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
         ]
     else:
         raise ValueError("expand_trials is for grid and random search")
+    trials += [{"sla": dict(extra), "control": False} for extra in spec.extra_trials]
     if spec.control:
         trials.append(dict(CONTROL))
     return trials

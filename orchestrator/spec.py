@@ -30,14 +30,14 @@ from orchestrator.spec_schema import (
     SearchSpec,
     StorageSpec,
 )
-from orchestrator.spec_search import parse_sla_space
+from orchestrator.spec_search import parse_extra_trials, parse_sla_space
 
 __all__ = ["ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides"]
 
 TOP_KEYS = (
     "name", "profile", "profiles", "model", "data", "train", "sla", "control", "search",
     "scheduler", "resources", "max_concurrent_trials", "metric", "mode", "storage", "checkpoint",
-    "failure",
+    "failure", "extra_trials",
 )  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -160,6 +160,7 @@ def parse_spec(
     errors += _unknown(fail, ("max_failures",), "failure.")
     max_failures = _int(fail, "failure.max_failures", "max_failures", 0, -1, errors)
 
+    extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
     if search.algorithm == "grid" and sla is not None:
         for p in sla:
             if p.kind in ("choice", "uniform", "loguniform"):
@@ -186,6 +187,7 @@ def parse_spec(
         checkpoint=CheckpointSpec(num_to_keep=num_to_keep),
         failure=FailureSpec(max_failures=max_failures),
         source=_plain(raw),
+        extra_trials=extra,
     )
 
 

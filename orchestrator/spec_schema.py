@@ -102,6 +102,7 @@ class ExperimentSpec:
     checkpoint: CheckpointSpec
     failure: FailureSpec
     source: dict[str, Any]  # the YAML after profile and overrides, as logged to MLflow
+    extra_trials: tuple[dict[str, Any], ...] = ()  # SLA settings run besides the search space
 
     @property
     def varying(self) -> tuple[SearchParam, ...]:

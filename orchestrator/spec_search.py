@@ -100,5 +100,41 @@ def _check_combinations(params: list[SearchParam], errors: list[str]) -> None:
                 errors.append(f"sla: the combination {dict(combo)!r} is invalid: {msg}")
 
 
+def parse_extra_trials(
+    value: Any, params: tuple[SearchParam, ...] | None, algorithm: str, errors: list[str]
+) -> tuple[dict[str, Any], ...]:
+    """Parse `extra_trials:`, a list of SLA settings run as trials besides the search space.
+
+    Each entry overrides the `sla:` values for one trial (e.g. a sparse-only ablation,
+    {topk: 0.05, linear_scope: none}); with the fixed values it must make a valid SLAConfig.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        errors.append(f"extra_trials ({value!r}) must be a list of SLA settings, e.g. [{{topk: 0.05, linear_scope: none}}]")
+        return ()
+    if value and algorithm not in ("grid", "random"):
+        errors.append(f"extra_trials need search.algorithm grid or random, not {algorithm}")
+        return ()
+    fixed = {p.field: p.values[0] for p in params or () if p.kind == "fixed"}
+    out = []
+    for i, entry in enumerate(value):
+        key = f"extra_trials[{i}]"
+        if not isinstance(entry, Mapping) or not entry:
+            errors.append(f"{key} ({entry!r}) must be a non-empty mapping of SLA settings")
+            continue
+        unknown = [str(f) for f in entry if f not in SLA_FIELDS]
+        if unknown:
+            errors.append(f"{key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SLA_FIELDS)}")
+            continue
+        try:
+            SLAConfig.from_dict({**fixed, **entry})
+        except ValueError as exc:
+            errors.append(f"{key}: {exc}")
+            continue
+        out.append(dict(entry))
+    return tuple(out)
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

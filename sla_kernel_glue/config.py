@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 FEATURE_MAPS = ("softmax", "elu", "relu")
-LINEAR_SCOPES = ("marginal", "all")
+LINEAR_SCOPES = ("marginal", "all", "none")
 BACKENDS = ("auto", "torch", "triton")
 
 FeatureMap = Literal["softmax", "elu", "relu"]
-LinearScope = Literal["marginal", "all"]
+LinearScope = Literal["marginal", "all", "none"]
 Backend = Literal["auto", "torch", "triton"]
 
 
@@ -28,7 +28,8 @@ class SLAConfig:
     tie_feature_map_qk: share q's feature map with k (only matters for maps with parameters).
     kl: fraction of key blocks per row that are negligible (skipped entirely), in [0, 1).
     linear_scope: "marginal" (SLA-1: the linear branch covers only the non-critical, non-negligible
-        blocks) or "all" (global linear attention over every key).
+        blocks), "all" (global linear attention over every key) or "none" (no linear branch:
+        sparse-only attention, the ablation of the paper's Table 2; proj_l is then frozen at 0).
     backend: "triton" (fused kernels, CUDA only; unsupported shapes are an error), "torch" (the
         PyTorch reference, any device) or "auto" (triton where supported, else torch, counted).
     """
@@ -70,10 +71,13 @@ class SLAConfig:
         return config
 
     @classmethod
-    def parse(cls, value: SLAConfig | Mapping[str, Any] | str | None) -> SLAConfig:
+    def parse(
+        cls, value: SLAConfig | Mapping[str, Any] | str | None, *, over: SLAConfig | None = None
+    ) -> SLAConfig:
         """Accept an SLAConfig, a dict, a JSON object string or a Python dict literal string.
 
-        Strings are parsed (json, then ast.literal_eval), never evaluated as code.
+        Strings are parsed (json, then ast.literal_eval), never evaluated as code. With `over`,
+        a dict or string sets only the keys it names on top of that config.
         """
         if value is None:
             return cls()
@@ -95,8 +99,11 @@ class SLAConfig:
                 raise ValueError(
                     f"SLA config string {_short(text)!r} must hold a dict, got {type(parsed).__name__}"
                 )
-            return cls.from_dict(parsed)
+            value = parsed
         if isinstance(value, Mapping):
+            if over is not None:
+                unknown = [k for k in value if k not in over.to_dict()]
+                return cls.from_dict(value if unknown else {**over.to_dict(), **value})
             return cls.from_dict(value)
         raise ValueError(
             f"SLA config must be an SLAConfig, dict or string, got {type(value).__name__}"

@@ -39,7 +39,7 @@ def attention_flops(
 
     Dense: 4 B H N^2 d forward, 14 B H N^2 d forward+backward. Sparse: density times dense.
     Linear with proj_l: 6 B H N d^2 forward, 18 forward+backward. Router: 2 B H T_m T_n d plus
-    4 B H N d pooling, forward only. With config None, SLA is off: only the dense count.
+    4 B H N d pooling, forward only (no linear term for linear_scope "none"). With config None, SLA is off: only the dense count.
     """
     for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -50,7 +50,7 @@ def attention_flops(
         return AttentionFlops(dense=float(dense), sparse=float(dense), linear=0.0, router=0.0, density=1.0)
     t_m, t_n = n_blocks(seq_len, config.blkq), n_blocks(seq_len, config.blkk)
     density = config.critical_blocks(t_n) / t_n
-    linear = (18 if backward else 6) * bh * seq_len * head_dim**2
+    linear = 0 if config.linear_scope == "none" else (18 if backward else 6) * bh * seq_len * head_dim**2
     router = 2 * bh * t_m * t_n * head_dim + 4 * bh * seq_len * head_dim
     return AttentionFlops(
         dense=float(dense),

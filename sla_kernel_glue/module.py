@@ -54,6 +54,10 @@ class SparseLinearAttention(nn.Module):
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
         nn.init.zeros_(self.proj_l.weight)  # training starts as sparse-only attention
         nn.init.zeros_(self.proj_l.bias)
+        if linear_scope == "none":
+            # Sparse-only: no linear branch, so proj_l stays exactly 0 (its bias would otherwise
+            # train into a constant offset). Frozen parameters are also what DDP expects.
+            self.proj_l.requires_grad_(False)
         # Calls per backend ("triton", "torch"); the injection layer adds its own counters.
         self.backend_calls: collections.Counter[str] = collections.Counter()
         self._warned_cast = False

@@ -35,6 +35,8 @@ class Routing:
         """(B, H, T_m, T_n) bool: key blocks the linear branch covers."""
         if linear_scope == "all":
             return torch.ones_like(self.critical)
+        if linear_scope == "none":
+            return torch.zeros_like(self.critical)
         return ~(self.critical | self.negligible)
 
 

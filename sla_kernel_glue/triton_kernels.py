@@ -61,6 +61,8 @@ def linear_mode(config: SLAConfig, n_critical: int, n_key_blocks: int) -> int:
     """LINEAR_ALL for scope "all"; LINEAR_EMPTY when every key block is critical; else marginal."""
     if config.linear_scope == "all":
         return LINEAR_ALL
+    if config.linear_scope == "none":
+        return LINEAR_EMPTY  # sparse-only: o_linear = 0
     if n_critical + config.negligible_blocks(n_key_blocks) >= n_key_blocks:
         return LINEAR_EMPTY  # no marginal block: o_linear = 0 exactly, not (total - total) / eps
     return LINEAR_MARGINAL
@@ -74,7 +76,7 @@ def negligible_indices(
     Empty (n_neg = 0) without kl, and for linear_scope "all", which covers every block.
     """
     n_neg = config.negligible_blocks(n_key_blocks)
-    if n_neg == 0 or config.linear_scope == "all":
+    if n_neg == 0 or config.linear_scope != "marginal":
         return negligible.new_zeros((*negligible.shape[:-1], 0), dtype=torch.int64)
     # Each row holds exactly n_neg True entries: their positions are its top n_neg.
     return negligible.float().topk(n_neg, dim=-1).indices.sort(dim=-1).values

@@ -54,7 +54,7 @@ class DataConfig:
 class TrainConfig:
     """One trial's training knobs (the SLA settings travel separately, as an SLAConfig).
 
-    model: a preset (tiny, small, medium, wan-1.3b) or a local diffusers WanTransformer3DModel
+    model: a preset (tiny, small, medium, wan-1.3b, wan-1.3b-6l) or a local diffusers WanTransformer3DModel
         directory (used as the base model as is).
     steps: optimizer steps; batch_size: clips per process per micro-batch; grad_accum:
         micro-batches per optimizer step.

@@ -130,13 +130,21 @@ class TrialRecipe:
 
             self.handle = apply_sla(self.model, self.sla)
         if not self.train_cfg.train_base:
-            sla_params = {id(p) for layer in self.handle.layers.values() for p in layer.parameters()}
+            # SLA's own trainable weights (proj_l; frozen for sparse-only, linear_scope "none").
+            sla_params = {
+                id(p) for layer in self.handle.layers.values() for p in layer.parameters() if p.requires_grad
+            }
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in sla_params)
 
     def _setup_optimizer(self) -> None:
         cfg = self.train_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                "nothing to train: train_base is false and SLA has no trainable weights "
+                "(linear_scope 'none' freezes proj_l); set train_base true"
+            )
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _setup_resume(self) -> None:

@@ -1,6 +1,6 @@
 """Wan presets: valid configs, Triton-friendly head dims, a fast tiny step; local model dirs."""
 
-import time
+import dataclasses
 
 import pytest
 import torch
@@ -28,24 +28,31 @@ def test_preset_sizes_span_cpu_to_h200():
     with torch.device("meta"):
         big = WanTransformer3DModel(**PRESETS["wan-1.3b"].transformer_config())
     assert 1.2e9 < sum(p.numel() for p in big.parameters()) < 1.6e9  # Wan2.1-1.3B-like
+    # wan-1.3b-6l: the same layers and tokens, 6 of the 30 blocks.
+    six = PRESETS["wan-1.3b-6l"]
+    assert six.tokens == 32768 and six.layers == 6
+    assert dataclasses.replace(six, layers=30, note="") == dataclasses.replace(PRESETS["wan-1.3b"], note="")
 
 
-def test_tiny_training_step_is_well_under_a_second():
+def test_tiny_training_steps_fit_one_fixed_batch():
+    # A functional check of the tiny preset (timing belongs in benchmarks, not tests): a few
+    # AdamW steps on one fixed batch, noise and timesteps lower the flow-matching loss.
     model = build_preset("tiny", seed=0)
     preset = PRESETS["tiny"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x0 = torch.randn(4, preset.in_channels, preset.frames, preset.size, preset.size)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, preset.in_channels, preset.frames, preset.size, preset.size, generator=g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.rand(4, generator=g)
     context = class_prompts(preset.text_len, preset.text_dim)[torch.tensor([0, 1, 2, 3])]
-    times = []
-    for _ in range(6):
-        start = time.perf_counter()
-        loss = flow_loss(model, x0, torch.randn_like(x0), torch.rand(4), context)
+    losses = []
+    for _ in range(8):
+        loss = flow_loss(model, x0, noise, t, context)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    # best of five after warm-up: robust to other processes sharing the two cores
-    assert min(times[1:]) < 1.0, times
+        losses.append(loss.item())
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < 0.9 * losses[0]
 
 
 def test_same_seed_same_weights():
@@ -67,7 +74,7 @@ def test_wrong_model_path_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError) as err:
         TrainConfig(model=str(tmp_path / "no-such-model"))
     message = str(err.value)
-    assert "model ('" in message and "tiny, small, medium, wan-1.3b" in message and "does not exist" in message
+    assert "model ('" in message and "tiny, small, medium, wan-1.3b, wan-1.3b-6l" in message and "does not exist" in message
     (tmp_path / "empty").mkdir()
     assert "has no config.json" in model_source_error(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="has no config.json"):

@@ -34,6 +34,30 @@ def test_grid_is_the_cartesian_product_plus_the_control(tmp_path):
     assert search_space.sla_from_config(spec, trials[-1]) is None
 
 
+def test_extra_trials_run_besides_the_grid_and_are_validated(tmp_path):
+    import pytest
+
+    from orchestrator.spec import SpecError
+
+    spec = spec_of(tmp_path, sla={"topk": {"grid": [0.1, 0.2]}, "blkq": 16},
+                   extra_trials=[{"topk": 0.1, "linear_scope": "none"}])  # fmt: skip
+    trials = search_space.expand_trials(spec)
+    assert len(trials) == 4 == expected_trials(spec)
+    assert trials[2] == {"sla": {"topk": 0.1, "linear_scope": "none"}, "control": False}
+    assert search_space.sla_from_config(spec, trials[2]) == {"blkq": 16, "topk": 0.1, "linear_scope": "none"}
+    assert trials[-1]["control"]
+    bad = [{"topk": 0.1, "linear_scope": "sparse"}, {"topq": 1}, "topk=0.1"]
+    with pytest.raises(SpecError) as err:
+        spec_of(tmp_path, sla={"topk": 0.1}, extra_trials=bad)
+    msg = str(err.value)
+    assert "extra_trials[0]: linear_scope ('sparse') must be one of marginal, all, none" in msg
+    assert "extra_trials[1]: unknown key(s) topq" in msg
+    assert "extra_trials[2] ('topk=0.1') must be a non-empty mapping" in msg
+    with pytest.raises(SpecError, match="extra_trials need search.algorithm grid or random, not optuna"):
+        spec_of(tmp_path, sla={"topk": {"uniform": [0.05, 0.2]}}, search={"algorithm": "optuna", "num_samples": 2},
+                extra_trials=[{"topk": 0.1}])  # fmt: skip
+
+
 def test_random_draws_are_seeded_and_in_range(tmp_path):
     sla = {"topk": {"loguniform": [0.05, 0.5]}, "blkq": {"choice": [8, 16, 32]}}
     a = spec_of(tmp_path, sla=sla, search={"algorithm": "random", "num_samples": 8, "seed": 3})

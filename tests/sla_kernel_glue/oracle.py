@@ -45,7 +45,10 @@ def oracle_sla(q, k, v, topk, blkq=64, blkk=64, feature_map="softmax", kl=0.0, l
     qb = torch.arange(n) // blkq
     kb = torch.arange(n) // blkk
     tok_crit = critical[:, :, qb][:, :, :, kb]  # (B, H, N, N)
-    marg_blocks = torch.ones_like(critical) if linear_scope == "all" else ~(critical | negligible)
+    marg_blocks = {
+        "all": torch.ones_like(critical),
+        "none": torch.zeros_like(critical),
+    }.get(linear_scope, ~(critical | negligible))
     tok_marg = marg_blocks[:, :, qb][:, :, :, kb]
     s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
     s = s.masked_fill(~tok_crit, float("-inf"))

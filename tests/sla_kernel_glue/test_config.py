@@ -75,7 +75,7 @@ def test_parse_never_evaluates_code(text):
         ({"kl": 1.0}, "kl (1.0) must be a number in [0, 1)"),
         ({"kl": -0.1}, "kl (-0.1) must be a number in [0, 1)"),
         ({"topk": 0.8, "kl": 0.3}, "topk + kl (0.8 + 0.3) must not exceed 1"),
-        ({"linear_scope": "global"}, "linear_scope ('global') must be one of marginal, all"),
+        ({"linear_scope": "global"}, "linear_scope ('global') must be one of marginal, all, none"),
         ({"backend": "cuda"}, "backend ('cuda') must be one of auto, torch, triton"),
         ({"top_k": 0.1}, "unknown SLA config key 'top_k'"),
     ],
@@ -105,3 +105,12 @@ def test_negligible_never_takes_critical_blocks():
     c = SLAConfig(topk=0.5, kl=0.5)
     assert c.critical_blocks(3) == 1 and c.negligible_blocks(3) == 1
     assert SLAConfig(topk=1.0).negligible_blocks(4) == 0
+
+
+def test_parse_over_a_base_sets_only_the_named_keys():
+    base = SLAConfig(topk=0.1, blkq=128, feature_map="elu")
+    c = SLAConfig.parse("{'topk': 0.05, 'linear_scope': 'none'}", over=base)
+    assert c == base.replace(topk=0.05, linear_scope="none")
+    assert SLAConfig.parse({"blkk": 32}, over=base) == base.replace(blkk=32)
+    with pytest.raises(ValueError, match="unknown SLA config key 'topq'"):
+        SLAConfig.parse({"topq": 0.1}, over=base)

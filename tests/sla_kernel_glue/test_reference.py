@@ -1,6 +1,6 @@
 import pytest
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 
 from sla_kernel_glue import SLAConfig, SparseLinearAttention, route, sla_reference
 
@@ -33,7 +33,7 @@ def test_matches_dense_block_mask_oracle(b, h, n, d, bq, bk, topk, fmap):
     torch.testing.assert_close(out.o_linear, o_l, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("scope", ["marginal", "all"])
+@pytest.mark.parametrize("scope", ["marginal", "all", "none"])
 def test_negligible_blocks_and_linear_scope(scope):
     q, k, v = _qkv((2, 2, 70, 8))
     cfg = SLAConfig(topk=0.25, blkq=16, blkk=8, kl=0.3, linear_scope=scope)
@@ -45,6 +45,7 @@ def test_negligible_blocks_and_linear_scope(scope):
     o_s, o_l = oracle_sla(q, k, v, 0.25, 16, 8, kl=0.3, linear_scope=scope)
     torch.testing.assert_close(out.o_sparse, o_s)
     torch.testing.assert_close(out.o_linear, o_l)
+    assert (out.o_linear.abs().max() == 0) == (scope == "none")
 
 
 def test_chunking_does_not_change_the_result():
@@ -136,3 +137,20 @@ def test_cast_to_bf16_keeps_proj_l_float32_exactly():
     assert model[0].weight.dtype == torch.bfloat16
     assert sla.proj_l.weight.dtype == torch.float32
     assert torch.equal(sla.proj_l.weight, before)
+
+
+def test_sparse_only_module_freezes_proj_l_and_returns_the_sparse_branch():
+    from sla_kernel_glue import SparseLinearAttention
+
+    q, k, v = (t.float().requires_grad_() for t in _qkv((1, 2, 64, 8)))
+    attn = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, linear_scope="none", backend="torch")
+    assert not any(p.requires_grad for p in attn.proj_l.parameters())
+    out = attn(q, k, v)
+    ref = sla_reference(q.detach(), k.detach(), v.detach(), config=attn.config)
+    torch.testing.assert_close(out, ref.o_sparse)
+    out.sum().backward()
+    assert q.grad is not None and attn.proj_l.weight.grad is None
+    # The same weights with the linear branch on give a different output once proj_l is non-zero.
+    full = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, backend="torch")
+    torch.nn.init.eye_(full.proj_l.weight)
+    assert not torch.allclose(full(q, k, v), out)

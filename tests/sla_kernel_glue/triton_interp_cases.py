@@ -37,6 +37,7 @@ CASES = {
         dict(topk=0.25, blkq=16, blkk=16, kl=0.5, linear_scope="all"),
     ),
     "all_critical": (1, 1, 48, 16, dict(topk=1.0, blkq=16, blkk=16)),
+    "sparse_only_none": (1, 2, 80, 16, dict(topk=0.25, blkq=16, blkk=16, linear_scope="none")),
 }
 NAMES = ["o_sparse", "o_linear", "dq", "dk", "dv"]
 
