@@ -126,7 +126,7 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     idx = idx.reshape(b * h, -1, idx.shape[-1]).to(torch.int32).contiguous()
     no_neg = idx[..., :0]  # kl = 0: no negligible blocks
     fwd = lambda: sla_forward(q, k, v, idx, no_neg, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
-    o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = fwd()
+    o_s, o_l, lse, den, h_hi, h_lo, ztot = fwd()
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # noqa: E731
     scores = torch.randn((b, h, n // blkq, n // 64), device="cuda")
     kc = cfg.critical_blocks(n // 64)
@@ -150,7 +150,6 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
                 o_l,
                 lse,
                 den,
-                phik,
                 h_hi,
                 h_lo,
                 ztot,

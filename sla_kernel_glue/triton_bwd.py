@@ -7,6 +7,10 @@ d x d state: with qt = phi(Q) / den and D_l = rowsum(dO_l * O_l),
   dV_j     += phi(K_j) dH_tot - sum_{i: j crit} (phi(K_j) qt_i^T) dO_l,i
   dphi(K_j) = V_j dH_tot^T + dZ_tot - sum_{i: j crit} (V_j dO_l,i^T - D_l,i) qt_i
 where dH_tot = sum over all query tokens qt^T dO_l and dZ_tot = -sum qt D_l.
+
+Neither phi(K) nor qt is stored: each kernel recomputes them from its K, Q (and den) tiles, by
+phi_rows and qt_rows, the same arithmetic the prologues use for the totals (no (B*H, N, D)
+temporaries beyond dq, dk, dv).
 """
 
 # Triton kernels name their pointer arguments in capitals, as the tutorials do.
@@ -18,16 +22,27 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import phi_bwd, phi_fwd, split_hi_lo, tune_configs
+from .triton_fwd import phi_bwd, phi_fwd, phi_rows, split_hi_lo, tune_configs
+
+
+@triton.jit
+def qt_rows(q, den, valid, FMAP: tl.constexpr):
+    """qt = phi(Q) / den of a (rows, D) tile in q's dtype, zero on rows that are not valid.
+
+    The prologue's totals and the dK/dV kernel's per-block terms both come from here, so that
+    "total minus critical" cancels consistently.
+    """
+    phiq = phi_fwd(q.to(tl.float32), FMAP).to(q.dtype).to(tl.float32)
+    return tl.where(valid[:, None], phiq / den[:, None], 0.0).to(q.dtype)
 
 
 @triton.jit
 def _bwd_prologue_kernel(
-    Q, OS, DOS, OL, DOL, DEN, QT, DS, DL, HPART, ZPART,
+    Q, OS, DOS, OL, DOL, DEN, DS, DL, HPART, ZPART,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr, LINEAR: tl.constexpr,
 ):
-    """Row statistics D_s, D_l; qt = phi(Q)/den (stored); partial sums of qt^T dO_l and -qt D_l."""
+    """Row statistics D_s, D_l; partial sums of qt^T dO_l and -qt D_l, with qt = phi(Q)/den."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     n_chunks = tl.num_programs(0)
@@ -49,9 +64,7 @@ def _bwd_prologue_kernel(
             tl.store(DL + bh * N + offs_m, d_l, mask=valid)
             q = tl.load(Q + ptr, mask=valid[:, None], other=0.0)
             den = tl.load(DEN + bh * N + offs_m, mask=valid, other=1.0)
-            phiq = phi_fwd(q.to(tl.float32), FMAP).to(q.dtype).to(tl.float32)
-            qt = tl.where(valid[:, None], phiq / den[:, None], 0.0).to(q.dtype)
-            tl.store(QT + ptr, qt, mask=valid[:, None])
+            qt = qt_rows(q, den, valid, FMAP)
             h += tl.dot(tl.trans(qt), do_l)
             z -= tl.sum(qt.to(tl.float32) * d_l[:, None], 0)
     if LINEAR != 0:
@@ -66,7 +79,7 @@ def _bwd_prologue_kernel(
 )
 @triton.jit
 def _sla_bwd_dq_kernel(
-    Q, K, V, PHIK, DOS, DOL, LSE, DS, DL, DEN, IDX, NIDX, HHI, HLO, ZTOT, DQ,
+    Q, K, V, DOS, DOL, LSE, DS, DL, DEN, IDX, NIDX, HHI, HLO, ZTOT, DQ,
     N, T_M, KC, KN, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
@@ -102,7 +115,7 @@ def _sla_bwd_dq_kernel(
         ds = p * (dp - d_s[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
         if LINEAR == 1:
-            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            pk = phi_rows(k, kvalid, FMAP)
             g = tl.dot(do_l, tl.trans(v)) - d_l[:, None]
             dphi_sub += tl.dot(g.to(k.dtype), pk)
     if LINEAR == 1 and HAS_NEG:
@@ -112,8 +125,9 @@ def _sla_bwd_dq_kernel(
             offs_n = j * BK + tl.arange(0, BK)
             kvalid = offs_n < N
             kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
+            k = tl.load(K + kv_ptr, mask=kvalid[:, None], other=0.0)
             v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
-            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            pk = phi_rows(k, kvalid, FMAP)
             g = tl.dot(do_l, tl.trans(v)) - d_l[:, None]
             dphi_sub += tl.dot(g.to(v.dtype), pk)
     dq = dq * sm_scale
@@ -134,7 +148,7 @@ def _sla_bwd_dq_kernel(
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
-    Q, K, V, PHIK, QT, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT,
+    Q, K, V, DEN, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT,
     NROWS, NSTART, NCNT, DHHI, DHLO, DZTOT, DK, DV,
     N, L, LN, T_N, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
@@ -150,7 +164,7 @@ def _sla_bwd_dkdv_kernel(
     k = tl.load(K + col_ptr, mask=kvalid[:, None], other=0.0)
     v = tl.load(V + col_ptr, mask=kvalid[:, None], other=0.0)
     if LINEAR != 0:
-        pk = tl.load(PHIK + col_ptr, mask=kvalid[:, None], other=0.0)
+        pk = phi_rows(k, kvalid, FMAP)
     dk = tl.zeros((BK, D), dtype=tl.float32)
     dv = tl.zeros((BK, D), dtype=tl.float32)
     dpk = tl.zeros((BK, D), dtype=tl.float32)
@@ -174,7 +188,8 @@ def _sla_bwd_dkdv_kernel(
         dst = pt * (dpt - d_s[None, :])
         dk += tl.dot(dst.to(q.dtype), q)
         if LINEAR == 1:
-            qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
+            den = tl.load(DEN + bh * N + offs_m, mask=qvalid, other=1.0)
+            qt = qt_rows(q, den, qvalid, FMAP)
             do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
             d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
             at = tl.dot(pk, tl.trans(qt))
@@ -190,7 +205,9 @@ def _sla_bwd_dkdv_kernel(
             offs_m = i * BQ + tl.arange(0, BQ)
             qvalid = offs_m < N
             row_ptr = base + offs_m[:, None] * D + offs_d[None, :]
-            qt = tl.load(QT + row_ptr, mask=qvalid[:, None], other=0.0)
+            q = tl.load(Q + row_ptr, mask=qvalid[:, None], other=0.0)
+            den = tl.load(DEN + bh * N + offs_m, mask=qvalid, other=1.0)
+            qt = qt_rows(q, den, qvalid, FMAP)
             do_l = tl.load(DOL + row_ptr, mask=qvalid[:, None], other=0.0)
             d_l = tl.load(DL + bh * N + offs_m, mask=qvalid, other=0.0)
             at = tl.dot(pk, tl.trans(qt))
@@ -246,7 +263,6 @@ def sla_backward(
     o_l: torch.Tensor,
     lse: torch.Tensor,
     den: torch.Tensor,
-    phik: torch.Tensor,
     h_hi: torch.Tensor,
     h_lo: torch.Tensor,
     ztot: torch.Tensor,
@@ -266,17 +282,17 @@ def sla_backward(
     blk = min(blkq, 64)
     chunk = blk * max(1, triton.cdiv(triton.cdiv(n, blk), 16))
     n_chunks = triton.cdiv(n, chunk)
-    qt = torch.empty_like(q)
     d_s = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     d_l = torch.zeros((bh, n), dtype=torch.float32, device=q.device)
     hpart = torch.zeros((bh, n_chunks, d, d), dtype=torch.float32, device=q.device)
     zpart = torch.zeros((bh, n_chunks, d), dtype=torch.float32, device=q.device)
     _bwd_prologue_kernel[(n_chunks, bh)](
-        q, o_s, do_s, o_l, do_l, den, qt, d_s, d_l, hpart, zpart, n, chunk,
+        q, o_s, do_s, o_l, do_l, den, d_s, d_l, hpart, zpart, n, chunk,
         D=d, BLK=blk, FMAP=fmap, LINEAR=linear_mode, num_warps=8 if d >= 128 else 4,
     )
     dh_hi, dh_lo = split_hi_lo(hpart.sum(dim=1), q.dtype)
     dztot = zpart.sum(dim=1)
+    del hpart, zpart
     sm_scale = d**-0.5
     qk_scale = sm_scale * 1.4426950408889634
     bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
@@ -290,15 +306,15 @@ def sla_backward(
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     _sla_bwd_dkdv_kernel[(t_n, bh)](
-        q, k, v, phik, qt, do_s, do_l, lse, d_s, d_l, col_rows, col_start, col_cnt,
+        q, k, v, den, do_s, do_l, lse, d_s, d_l, col_rows, col_start, col_cnt,
         neg_rows, neg_start, neg_cnt, dh_hi, dh_lo, dztot, dk, dv,
         n, col_rows.shape[-1], neg_rows.shape[-1], t_n, qk_scale, sm_scale,
         D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )
-    del qt, col_rows, col_start, col_cnt, neg_rows, neg_start, neg_cnt  # dq after dK/dV: qt's memory is free again (peak memory)
+    del col_rows, col_start, col_cnt, neg_rows, neg_start, neg_cnt
     dq = torch.empty_like(q)
     _sla_bwd_dq_kernel[(t_m, bh)](
-        q, k, v, phik, do_s, do_l, lse, d_s, d_l, den, indices, nidx, h_hi, h_lo, ztot, dq,
+        q, k, v, do_s, do_l, lse, d_s, d_l, den, indices, nidx, h_hi, h_lo, ztot, dq,
         n, t_m, kc, kn, qk_scale, sm_scale,
         D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )

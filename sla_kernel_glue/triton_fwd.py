@@ -7,7 +7,9 @@ The linear branch uses "total minus critical" (sla-algorithm.md, step 4) without
 per-block state h_j: for a critical block j, phi(Q_i) h_j = (phi(Q_i) phi(K_j)^T) V_j, which has
 the shape of attention, so the fused kernel subtracts it in the same loop that computes the sparse
 branch on K_j, V_j. The totals H = sum_j h_j and Z = sum_j z_j come from the prologue, computed from
-the same rounded phi(K) that the loop uses, so the subtraction cancels consistently.
+phi(K) rounded to the compute dtype exactly as the loop rounds it (phi_rows), so the subtraction
+cancels consistently. phi(K) is recomputed from each K tile, never stored: a (B*H, N, D) copy of it
+would cost as much memory as K itself.
 """
 
 # Triton kernels name their pointer arguments in capitals, as the tutorials do.
@@ -59,12 +61,22 @@ def phi_bwd(x, phi, dphi, FMAP: tl.constexpr):
 
 
 @triton.jit
+def phi_rows(x, valid, FMAP: tl.constexpr):
+    """phi of a (rows, D) tile in its own dtype, zero on rows that are not valid (past N).
+
+    Every kernel that needs phi(Q) or phi(K) in the compute dtype gets it here, so that the totals
+    and the per-block terms subtracted from them are built from identically rounded values.
+    """
+    return tl.where(valid[:, None], phi_fwd(x.to(tl.float32), FMAP), 0.0).to(x.dtype)
+
+
+@triton.jit
 def _linear_totals_kernel(
-    K, V, PHIK, HPART, ZPART,
+    K, V, HPART, ZPART,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr,
 ):
-    """phi(K) (stored, compute dtype, zero past N) and per-chunk partial sums of phi(K)^T V, phi(K)."""
+    """Per-chunk partial sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     n_chunks = tl.num_programs(0)
@@ -78,9 +90,7 @@ def _linear_totals_kernel(
         ptr = base + offs_n[:, None] * D + offs_d[None, :]
         k = tl.load(K + ptr, mask=valid[:, None], other=0.0)
         v = tl.load(V + ptr, mask=valid[:, None], other=0.0)
-        pk = phi_fwd(k.to(tl.float32), FMAP)
-        pk = tl.where(valid[:, None], pk, 0.0).to(k.dtype)
-        tl.store(PHIK + ptr, pk, mask=valid[:, None])
+        pk = phi_rows(k, valid, FMAP)
         h += tl.dot(tl.trans(pk), v)
         z += tl.sum(pk.to(tl.float32), 0)
     part = bh * n_chunks + c
@@ -94,7 +104,7 @@ def _linear_totals_kernel(
 )
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, PHIK, IDX, NIDX, HHI, HLO, ZTOT,
+    Q, K, V, IDX, NIDX, HHI, HLO, ZTOT,
     OS, OL, LSE, DEN,
     N, T_M, KC, KN, qk_scale, eps,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
@@ -109,8 +119,7 @@ def _sla_fwd_kernel(
     base = bh * N * D
     q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=qvalid[:, None], other=0.0)
     if LINEAR != 0:
-        phiq = phi_fwd(q.to(tl.float32), FMAP)
-        phiq = tl.where(qvalid[:, None], phiq, 0.0).to(q.dtype)
+        phiq = phi_rows(q, qvalid, FMAP)
     m_i = tl.full((BQ,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BQ,), dtype=tl.float32)
     acc = tl.zeros((BQ, D), dtype=tl.float32)
@@ -133,7 +142,7 @@ def _sla_fwd_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         if LINEAR == 1:
-            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            pk = phi_rows(k, kvalid, FMAP)
             a = tl.dot(phiq, tl.trans(pk))
             den_sub += tl.sum(a, 1)
             acc_l += tl.dot(a.to(v.dtype), v)
@@ -145,8 +154,9 @@ def _sla_fwd_kernel(
             offs_n = j * BK + tl.arange(0, BK)
             kvalid = offs_n < N
             kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
+            k = tl.load(K + kv_ptr, mask=kvalid[:, None], other=0.0)
             v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
-            pk = tl.load(PHIK + kv_ptr, mask=kvalid[:, None], other=0.0)
+            pk = phi_rows(k, kvalid, FMAP)
             a = tl.dot(phiq, tl.trans(pk))
             den_sub += tl.sum(a, 1)
             acc_l += tl.dot(a.to(v.dtype), v)
@@ -175,20 +185,19 @@ def split_hi_lo(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
 
 def linear_totals(
     k: torch.Tensor, v: torch.Tensor, blkk: int, fmap: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """phi(K) (B*H, N, D) and the float32 totals H (B*H, D, D), Z (B*H, D) over all keys."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 totals H (B*H, D, D), Z (B*H, D) of phi(K)^T V and phi(K) over all keys."""
     bh, n, d = k.shape
-    phik = torch.empty_like(k)
     blk = min(blkk, 64)
     chunk = blk * max(1, triton.cdiv(triton.cdiv(n, blk), 16))  # about 16 chunks per head
     n_chunks = triton.cdiv(n, chunk)
     hpart = torch.empty((bh, n_chunks, d, d), dtype=torch.float32, device=k.device)
     zpart = torch.empty((bh, n_chunks, d), dtype=torch.float32, device=k.device)
     _linear_totals_kernel[(n_chunks, bh)](
-        k, v, phik, hpart, zpart, n, chunk, D=d, BLK=blk, FMAP=fmap,
+        k, v, hpart, zpart, n, chunk, D=d, BLK=blk, FMAP=fmap,
         num_warps=8 if d >= 128 else 4,
     )
-    return phik, hpart.sum(dim=1), zpart.sum(dim=1)
+    return hpart.sum(dim=1), zpart.sum(dim=1)
 
 
 def sla_forward(
@@ -206,22 +215,22 @@ def sla_forward(
     """Launch the forward on (B*H, N, D) tensors; indices (B*H, T_m, k) int32 (critical blocks),
     neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0).
 
-    Returns o_s, o_l, lse (log2 units, float32), den (float32), phi(K), H hi, H lo, Z.
+    Returns o_s, o_l, lse (log2 units, float32), den (float32), H hi, H lo, Z.
     """
     bh, n, d = q.shape
     t_m, kc = indices.shape[1], indices.shape[2]
     kn = neg_indices.shape[2]
     nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
-    phik, htot, ztot = linear_totals(k, v, blkk, fmap)
+    htot, ztot = linear_totals(k, v, blkk, fmap)
     h_hi, h_lo = split_hi_lo(htot, q.dtype)
     o_s = torch.empty_like(q)
     o_l = torch.empty_like(q)
     lse = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     den = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     _sla_fwd_kernel[(t_m, bh)](
-        q, k, v, phik, indices, nidx, h_hi, h_lo, ztot,
+        q, k, v, indices, nidx, h_hi, h_lo, ztot,
         o_s, o_l, lse, den,
         n, t_m, kc, kn, d**-0.5 * LOG2E, eps,
         D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
     )
-    return o_s, o_l, lse, den, phik, h_hi, h_lo, ztot
+    return o_s, o_l, lse, den, h_hi, h_lo, ztot

@@ -3,6 +3,10 @@
 sla_kernel_glue::sla_fwd takes (B*H, N, D) q, k, v in the compute dtype and the critical block
 indices (B*H, T_m, k) int32, and returns o_sparse, o_linear plus what the backward needs;
 sla_kernel_glue::sla_bwd returns dq, dk, dv. Gradients flow to q, k, v only.
+
+Memory: what the backward keeps is q, k, v, o_s, o_l (the outputs the caller holds anyway),
+O(N) row statistics and O(d^2) states per head; phi(K) and phi(Q)/den are recomputed in the
+kernels rather than stored.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import torch
 from torch import Tensor
 
 from .triton_bwd import sla_backward
-from .triton_fwd import sla_forward
+from .triton_fwd import LINEAR_EMPTY, sla_forward
 
-_FWD_OUTPUTS = 8  # o_s, o_l, lse, den, phi(K), H hi, H lo, Z
+# sla_fwd returns o_s, o_l, lse, den, H hi, H lo, Z.
 
 
 @torch.library.custom_op("sla_kernel_glue::sla_fwd", mutates_args=())
@@ -28,7 +32,7 @@ def sla_fwd_op(
     fmap: int,
     linear_mode: int,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return sla_forward(q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, eps)
 
 
@@ -41,7 +45,6 @@ def _(q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, eps):
         torch.empty_like(q),
         stats,
         torch.empty_like(stats),
-        torch.empty_like(k),
         q.new_empty((bh, d, d)),
         q.new_empty((bh, d, d)),
         q.new_empty((bh, d), dtype=torch.float32),
@@ -59,7 +62,6 @@ def sla_bwd_op(
     o_l: Tensor,
     lse: Tensor,
     den: Tensor,
-    phik: Tensor,
     h_hi: Tensor,
     h_lo: Tensor,
     ztot: Tensor,
@@ -80,7 +82,6 @@ def sla_bwd_op(
         o_l,
         lse,
         den,
-        phik,
         h_hi,
         h_lo,
         ztot,
@@ -100,17 +101,21 @@ def _(do_s, do_l, q, k, v, *rest):
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, indices, neg_indices, blkq, blkk, fmap, linear_mode, _eps = inputs
-    o_s, o_l, lse, den, phik, h_hi, h_lo, ztot = output
-    ctx.save_for_backward(q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, neg_indices)
+    o_s, o_l, lse, den, h_hi, h_lo, ztot = output
+    ctx.save_for_backward(q, k, v, o_s, o_l, lse, den, h_hi, h_lo, ztot, indices, neg_indices)
     ctx.settings = (blkq, blkk, fmap, linear_mode)
+    # Outputs without a gradient get None, not a zero tensor of their size (lse, den, states).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, do_s, do_l, *unused_grads):
-    q, k, v, o_s, o_l, lse, den, phik, h_hi, h_lo, ztot, indices, neg_indices = ctx.saved_tensors
+    q, k, v, o_s, o_l, lse, den, h_hi, h_lo, ztot, indices, neg_indices = ctx.saved_tensors
+    blkq, blkk, fmap, linear_mode = ctx.settings
     if do_s is None:
         do_s = torch.zeros_like(o_s)
     if do_l is None:
-        do_l = torch.zeros_like(o_l)
+        # No gradient through o_linear: its branch contributes nothing, so skip it (do_l unread).
+        do_l, linear_mode = do_s, LINEAR_EMPTY
     dq, dk, dv = sla_bwd_op(
         do_s,
         do_l,
@@ -121,13 +126,15 @@ def _backward(ctx, do_s, do_l, *unused_grads):
         o_l,
         lse,
         den,
-        phik,
         h_hi,
         h_lo,
         ztot,
         indices,
         neg_indices,
-        *ctx.settings,
+        blkq,
+        blkk,
+        fmap,
+        linear_mode,
     )
     return dq, dk, dv, None, None, None, None, None, None, None
 
