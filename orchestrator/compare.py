@@ -93,22 +93,20 @@ def compare_sweep(
 
 
 def format_comparison(result: dict[str, Any]) -> str:
-    """A plain-text table of compare_sweep's result."""
+    """A plain-text table of compare_sweep's result; trials are named by the settings that vary."""
+    settings = [r["sla"] for r in result["trials"] if r["sla"] is not None]
+    names = dict.fromkeys(k for s in settings for k in s)  # every key, in first-seen order
+    keys = [k for k in names if len({repr(s.get(k)) for s in settings}) > 1]
     lines = [
-        f"{'trial':<40} {'val/loss':>9} {'gap':>9} {'PSNR dB':>8} {'gen s':>8} {'speed-up':>9}",
+        f"{'trial':<36} {'val/loss':>9} {'gap':>9} {'PSNR dB':>8} {'gen s':>8} {'speed-up':>9}"
     ]
     for r in result["trials"]:
-        label = (
-            "control (full attention)"
-            if r["sla"] is None
-            else " ".join(
-                f"{k}={v}"
-                for k, v in r["sla"].items()
-                if k in ("topk", "linear_scope", "feature_map", "blkq", "blkk")
-            )
-        )
+        if r["sla"] is None:
+            label = "control (full attention)"
+        else:
+            label = " ".join(f"{k}={r['sla'][k]}" for k in keys if k in r["sla"]) or r["trial"]
         lines.append(
-            f"{label[:40]:<40} {_num(r['val/loss']):>9} {_num(r['val_loss_gap_vs_control'], '+.4f'):>9} "
+            f"{label[:36]:<36} {_num(r['val/loss']):>9} {_num(r['val_loss_gap_vs_control'], '+.4f'):>9} "
             f"{_num(r['psnr_vs_control_db'], '.1f'):>8} {r['generate_s']:>8.2f} {r['speedup_vs_control']:>8.2f}x"
         )
     return "\n".join(lines)

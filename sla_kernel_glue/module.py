@@ -33,7 +33,7 @@ class SparseLinearAttention(nn.Module):
         tie_feature_map_qk: bool = True,
         *,
         kl: float = 0.0,
-        linear_scope: str = "marginal",
+        linear_scope: str = "all",
         backend: str = "auto",
     ) -> None:
         super().__init__()

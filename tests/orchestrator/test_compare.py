@@ -64,3 +64,21 @@ def test_without_a_control_or_a_sweep_it_says_so(smoke_sweep, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a sweep directory (no sweep.json)" in err[0]
     assert not (copy / "compare.json").exists()
+
+
+def test_table_names_trials_by_the_settings_that_vary():
+    from orchestrator.compare import format_comparison
+
+    base = {"blkq": 64, "topk": 0.05}
+    result = {"trials": [
+        {"trial": "c", "sla": None, "val/loss": 0.40, "val_loss_gap_vs_control": 0.0, "psnr_vs_control_db": None,
+         "generate_s": 4.0, "speedup_vs_control": 1.0},
+        {"trial": "a", "sla": base, "val/loss": 0.41, "val_loss_gap_vs_control": 0.01, "psnr_vs_control_db": 50.0,
+         "generate_s": 2.0, "speedup_vs_control": 2.0},
+        {"trial": "b", "sla": {**base, "linear_scope": "none"}, "val/loss": 0.42, "val_loss_gap_vs_control": 0.02,
+         "psnr_vs_control_db": 40.0, "generate_s": 1.0, "speedup_vs_control": 4.0},
+    ]}  # fmt: skip
+    lines = format_comparison(result).splitlines()
+    assert lines[1].startswith("control (full attention)") and lines[1].split()[-1] == "1.00x"
+    assert lines[2].startswith("a ")  # nothing varies for it but the absent key: its trial id
+    assert lines[3].startswith("linear_scope=none") and "+0.0200" in lines[3] and lines[3].endswith("4.00x")

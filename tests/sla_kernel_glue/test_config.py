@@ -14,7 +14,7 @@ def test_defaults_match_the_seed_keys():
         "feature_map": "softmax",
         "tie_feature_map_qk": True,
         "kl": 0.0,
-        "linear_scope": "marginal",
+        "linear_scope": "all",
         "backend": "auto",
     }
 

@@ -24,11 +24,12 @@ SHAPES = [
 
 @pytest.mark.parametrize("b,h,n,d,bq,bk,topk", SHAPES)
 @pytest.mark.parametrize("fmap", ["softmax", "elu", "relu"])
-def test_matches_dense_block_mask_oracle(b, h, n, d, bq, bk, topk, fmap):
+@pytest.mark.parametrize("scope", ["all", "marginal"])
+def test_matches_dense_block_mask_oracle(b, h, n, d, bq, bk, topk, fmap, scope):
     q, k, v = _qkv((b, h, n, d))
-    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap)
+    cfg = SLAConfig(topk=topk, blkq=bq, blkk=bk, feature_map=fmap, linear_scope=scope)
     out = sla_reference(q, k, v, config=cfg)
-    o_s, o_l = oracle_sla(q, k, v, topk, bq, bk, fmap)
+    o_s, o_l = oracle_sla(q, k, v, topk, bq, bk, fmap, linear_scope=scope)
     torch.testing.assert_close(out.o_sparse, o_s, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out.o_linear, o_l, rtol=1e-10, atol=1e-10)
 

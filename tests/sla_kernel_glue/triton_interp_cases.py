@@ -16,10 +16,16 @@ import sys
 
 # name: (B, H, N, d, config)
 CASES = {
-    "ragged_softmax": (1, 2, 100, 32, dict(topk=0.3, blkq=32, blkk=16)),
+    "ragged_softmax": (1, 2, 100, 32, dict(topk=0.3, blkq=32, blkk=16, linear_scope="marginal")),
     "blkq128_ragged": (1, 1, 150, 16, dict(topk=0.4, blkq=128, blkk=32)),
     "n_below_one_block": (1, 2, 11, 16, dict(topk=0.5, blkq=16, blkk=16)),
-    "elu_d64": (1, 1, 64, 64, dict(topk=0.25, blkq=16, blkk=16, feature_map="elu")),
+    "elu_d64": (
+        1,
+        1,
+        64,
+        64,
+        dict(topk=0.25, blkq=16, blkk=16, feature_map="elu", linear_scope="marginal"),
+    ),
     "relu_scope_all": (
         2,
         1,
@@ -27,8 +33,20 @@ CASES = {
         16,
         dict(topk=0.3, blkq=16, blkk=16, feature_map="relu", linear_scope="all"),
     ),
-    "negligible_kl": (1, 2, 90, 16, dict(topk=0.2, blkq=16, blkk=16, kl=0.3)),
-    "negligible_blkq128": (1, 1, 200, 16, dict(topk=0.25, blkq=128, blkk=16, kl=0.25)),
+    "negligible_kl": (
+        1,
+        2,
+        90,
+        16,
+        dict(topk=0.2, blkq=16, blkk=16, kl=0.3, linear_scope="marginal"),
+    ),
+    "negligible_blkq128": (
+        1,
+        1,
+        200,
+        16,
+        dict(topk=0.25, blkq=128, blkk=16, kl=0.25, linear_scope="marginal"),
+    ),
     "negligible_scope_all": (
         1,
         1,
@@ -36,7 +54,7 @@ CASES = {
         16,
         dict(topk=0.25, blkq=16, blkk=16, kl=0.5, linear_scope="all"),
     ),
-    "all_critical": (1, 1, 48, 16, dict(topk=1.0, blkq=16, blkk=16)),
+    "all_critical": (1, 1, 48, 16, dict(topk=1.0, blkq=16, blkk=16, linear_scope="marginal")),
     "sparse_only_none": (1, 2, 80, 16, dict(topk=0.25, blkq=16, blkk=16, linear_scope="none")),
 }
 NAMES = ["o_sparse", "o_linear", "dq", "dk", "dv"]
