@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - the usual alias
 from torch.utils.checkpoint import checkpoint
 
 from .config import SLAConfig
