@@ -6,7 +6,7 @@
 #   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py)
 #   kernels   python -m sla_kernel_glue.bench_sla at N 32768 (kernels vs SDPA cuDNN/flash, peak memory)
 #   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
-#             dense vs SLA (topk 0.05/0.1/0.2, scope all, sparse-only), attention's share
+#             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
 #   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
 #   compare   sla-sweep compare + infer (SLA and dense) on the sweep's best trial
 #
@@ -47,6 +47,7 @@ for phase in "$@"; do
         timeout "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --blkq 64 128 --skip-check --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
     step)
         timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l --topk 0.05 0.1 0.2 \
+            --sla "{'linear_scope': 'marginal'}" \
             --extra "{'topk': 0.05, 'linear_scope': 'all'}" "{'topk': 0.05, 'linear_scope': 'none'}" \
             --steps 3 --out "$out/step_32k.json" 2>&1 | tee "$out/step_32k.log" ;;
     sweep)
