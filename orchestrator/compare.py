@@ -120,7 +120,11 @@ def _num(v: Any, fmt: str = ".4f") -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `sla-sweep compare`."""
     p.add_argument("sweep_dir", type=Path, help="a sweep directory (holds sweep.json)")
-    p.add_argument("--num-samples", type=_positive, default=4, help="clips per trial (default 4)")
+    from orchestrator.infer import positive_int
+
+    p.add_argument(
+        "--num-samples", type=positive_int, default=4, help="clips per trial (default 4)"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every trial")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--out", type=Path, help="where the JSON goes (default: SWEEP_DIR/compare.json)")
@@ -142,10 +146,3 @@ def handle(args: argparse.Namespace) -> int:
     print(format_comparison(result))
     print(f"compare: {out}")
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value

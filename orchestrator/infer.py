@@ -160,7 +160,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, help="where the samples go (default: <sweep>/samples/<trial>-...)"
     )
     p.add_argument(
-        "--num-samples", type=_positive, default=4, help="clips to generate (classes 0, 1, 2, ...)"
+        "--num-samples",
+        type=positive_int,
+        default=4,
+        help="clips to generate (classes 0, 1, 2, ...)",
     )
     p.add_argument(
         "--seed",
@@ -192,7 +195,8 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer (infer and compare take --num-samples)."""
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
