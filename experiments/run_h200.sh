@@ -4,7 +4,9 @@
 #   experiments/run_h200.sh OUTDIR PHASE [PHASE ...]
 #
 #   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py)
-#   kernels   python -m sla_kernel_glue.bench_sla at N 32768 (kernels vs SDPA cuDNN/flash, peak memory)
+#   kernels   python -m sla_kernel_glue.bench_sla: real-size checks against the float64 reference,
+#             then N 8192 and 32768 (KERNELS_N) against SDPA cuDNN/flash with peak memory
+#             (KERNELS_FLAGS=--skip-check for timings only)
 #   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
 #             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
 #   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
@@ -42,9 +44,10 @@ for phase in "$@"; do
     stamp "$phase start"
     case "$phase" in
     gputests)
-        timeout "${GPUTESTS_TIMEOUT:-240}" python -m pytest -q -p no:cacheprovider tests/sla_kernel_glue/test_triton_gpu.py 2>&1 | tail -30 | tee "$out/gputests.log" ;;
+        timeout "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider tests/sla_kernel_glue/test_triton_gpu.py 2>&1 | tail -30 | tee "$out/gputests.log" ;;
     kernels)
-        timeout "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --blkq 64 128 --skip-check --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
+        timeout "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
+            ${KERNELS_FLAGS:-} --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
     step)
         timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l --topk 0.05 0.1 0.2 \
             --sla "{'linear_scope': 'marginal'}" \
