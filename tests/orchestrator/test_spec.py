@@ -35,13 +35,17 @@ def with_(**changes) -> dict:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_yaml_loads(path, tmp_path):
-    spec = load_spec(path, cwd=tmp_path, gpus_available=0)
+    raw = yaml.safe_load(path.read_text())
+    gpu_only = (raw.get("resources") or {}).get("gpus_per_worker", 0) > 0  # h200.yaml
+    if gpu_only:  # on a machine without GPUs it is one clear error, before anything starts
+        with pytest.raises(SpecError, match=r"resources.gpus_per_worker \(1\) asks for GPUs but this machine has none"):
+            load_spec(path, cwd=tmp_path, gpus_available=0)
+    spec = load_spec(path, cwd=tmp_path, gpus_available=1 if gpu_only else 0)
     assert spec.name == path.stem
     assert spec.control is True
     assert spec.varying, "a shipped sweep varies at least one SLA field"
     assert spec.storage.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'sla_runs' / 'mlflow.db'}"
     assert not (tmp_path / "sla_runs").exists(), "loading a spec writes nothing"
-    raw = yaml.safe_load(path.read_text())
     for profile in raw.get("profiles", {}):  # each profile is one setting away and valid
         scaled = load_spec(path, [f"profile={profile}"], cwd=tmp_path, gpus_available=1)
         assert scaled.resources.gpus_per_worker > 0
