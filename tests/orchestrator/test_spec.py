@@ -38,7 +38,10 @@ def test_every_shipped_yaml_loads(path, tmp_path):
     raw = yaml.safe_load(path.read_text())
     gpu_only = (raw.get("resources") or {}).get("gpus_per_worker", 0) > 0  # h200.yaml
     if gpu_only:  # on a machine without GPUs it is one clear error, before anything starts
-        with pytest.raises(SpecError, match=r"resources.gpus_per_worker \(1\) asks for GPUs but this machine has none"):
+        with pytest.raises(
+            SpecError,
+            match=r"resources.gpus_per_worker \(1\) asks for GPUs but this machine has none",
+        ):
             load_spec(path, cwd=tmp_path, gpus_available=0)
     spec = load_spec(path, cwd=tmp_path, gpus_available=1 if gpu_only else 0)
     assert spec.name == path.stem
