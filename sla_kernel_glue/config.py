@@ -105,10 +105,7 @@ class SLAConfig:
                 )
             value = parsed
         if isinstance(value, Mapping):
-            if over is not None:
-                unknown = [k for k in value if k not in over.to_dict()]
-                return cls.from_dict(value if unknown else {**over.to_dict(), **value})
-            return cls.from_dict(value)
+            return cls.from_dict(value if over is None else {**over.to_dict(), **value})
         raise ValueError(
             f"SLA config must be an SLAConfig, dict or string, got {type(value).__name__}"
         )
