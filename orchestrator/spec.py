@@ -161,6 +161,13 @@ def parse_spec(
     max_failures = _int(fail, "failure.max_failures", "max_failures", 0, -1, errors)
 
     extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
+    scopes = {v for p in sla or () if p.field == "linear_scope" for v in p.values}
+    scopes |= {e["linear_scope"] for e in extra if "linear_scope" in e}
+    if "none" in scopes and train is not None and train.get("train_base") is False:
+        errors.append(
+            "linear_scope none (sparse-only) has no trainable SLA weights, so it needs "
+            "train.train_base true (it is false)"
+        )
     if search.algorithm == "grid" and sla is not None:
         for p in sla:
             if p.kind in ("choice", "uniform", "loguniform"):

@@ -53,6 +53,9 @@ def test_extra_trials_run_besides_the_grid_and_are_validated(tmp_path):
     assert "extra_trials[0]: linear_scope ('sparse') must be one of marginal, all, none" in msg
     assert "extra_trials[1]: unknown key(s) topq" in msg
     assert "extra_trials[2] ('topk=0.1') must be a non-empty mapping" in msg
+    with pytest.raises(SpecError, match=r"linear_scope none \(sparse-only\) has no trainable SLA weights"):
+        spec_of(tmp_path, sla={"topk": {"grid": [0.1, 0.2]}}, train={"steps": 2, "train_base": False},
+                extra_trials=[{"topk": 0.1, "linear_scope": "none"}])  # fmt: skip
     with pytest.raises(SpecError, match="extra_trials need search.algorithm grid or random, not optuna"):
         spec_of(tmp_path, sla={"topk": {"uniform": [0.05, 0.2]}}, search={"algorithm": "optuna", "num_samples": 2},
                 extra_trials=[{"topk": 0.1}])  # fmt: skip
