@@ -16,7 +16,7 @@ from ray.tune import Callback
 
 from orchestrator.mlflow_log import SweepRecorder, flat_params
 from orchestrator.report import TrialRow
-from orchestrator.train_worker import LOOP_START_KEY
+from orchestrator.train_worker import LOOP_START_KEY, TRAINABLE_START_KEY, WORKER_CREATED_KEY
 from sla_kernel_glue import SLAConfig
 
 ENDED_EARLY_OR_DONE = ("TERMINATED", "STOPPED")  # trials that resume does not run again
@@ -102,6 +102,9 @@ class SweepProgress(Callback):
         row.times["last_report"] = now
         if LOOP_START_KEY in result:
             row.times.setdefault("loop_start", float(result[LOOP_START_KEY]))
+        for key, name in ((TRAINABLE_START_KEY, "trainable_start"), (WORKER_CREATED_KEY, "worker_created")):
+            if key in result:
+                row.times.setdefault(name, float(result[key]))
         if result.get(CHECKPOINT_KEY):
             row.checkpoint = str(result[CHECKPOINT_KEY])
         run_id = self._ensure_run(row)

@@ -12,19 +12,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray.train
 
 from orchestrator.spec_recipe import build_train_config
 from sla_kernel_glue import SLAConfig
 
 LOOP_START_KEY = "timing.loop_start"  # no "/": the driver does not log it as an MLflow metric
+TRAINABLE_START_KEY = "timing.trainable_start"  # when the trial's Tune actor began building Train
+WORKER_CREATED_KEY = "timing.worker_created"  # when this Train worker's process was created
 
 
 class RayReportCallback:
     """The recipe's callback protocol (on_metrics / on_checkpoint) -> ray.train.report."""
 
-    def __init__(self) -> None:
-        self.loop_start = time.time()  # for the sweep's overhead accounting (Ray vs recipe)
+    def __init__(self, trainable_start: float | None = None) -> None:
+        # For the sweep's overhead accounting: Tune actor -> Train start-up -> recipe.
+        self.loop_start = time.time()
+        self.trainable_start = trainable_start
+        self.worker_created = psutil.Process().create_time()
 
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         ray.train.report(self._payload(step, metrics))
@@ -34,14 +40,23 @@ class RayReportCallback:
         ray.train.report(self._payload(step, metrics), checkpoint=checkpoint)
 
     def _payload(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
-        return {**_numeric(metrics), "step": int(step), LOOP_START_KEY: self.loop_start}
+        payload = {
+            **_numeric(metrics),
+            "step": int(step),
+            LOOP_START_KEY: self.loop_start,
+            WORKER_CREATED_KEY: self.worker_created,
+        }
+        if self.trainable_start is not None:
+            payload[TRAINABLE_START_KEY] = self.trainable_start
+        return payload
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None}."""
+    """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None,
+    "trainable_start": unix time (optional)}."""
     from orchestrator.recipe import run_trial
 
-    callback = RayReportCallback()
+    callback = RayReportCallback(config.get("trainable_start"))
     train = build_train_config(config["train"])
     sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
     rank = ray.train.get_context().get_world_rank()

@@ -10,6 +10,7 @@ checkpoint instead of starting over.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def trial_sla(settings: TrialSettings, trial: dict[str, Any]) -> dict[str, Any] 
 
 def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and run it to the end."""
+    trainable_start = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     if trial_id in settings.finished:
         return
@@ -56,7 +58,11 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         resources["GPU"] = settings.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": settings.train, "sla": trial_sla(settings, config["trial"])},
+        train_loop_config={
+            "train": settings.train,
+            "sla": trial_sla(settings, config["trial"]),
+            "trainable_start": trainable_start,
+        },
         scaling_config=ScalingConfig(
             num_workers=settings.workers_per_trial,
             use_gpu=settings.gpus_per_worker > 0,

@@ -51,6 +51,20 @@ def test_every_trial_finishes_with_all_metrics(smoke):
     assert outcome.best.metrics["val/loss"] == best_loss
 
 
+def test_trial_times_split_ray_start_up_from_the_recipe(smoke):
+    # The overhead accounting of docs/benchmarks.md: each trial's times are in order, and
+    # timings.json holds their means, the two parts of Ray's start-up adding up to the whole.
+    _, outcome = smoke
+    order = ("start", "trainable_start", "worker_created", "loop_start", "first_report", "last_report", "end")
+    for row in outcome.rows:
+        times = [row.times[k] for k in order]
+        assert times == sorted(times), (row.trial_id, row.times)
+    t = outcome.timings
+    assert t["trial_tune_actor_start_s"] > 0 and t["trial_train_start_s"] > 0
+    assert t["trial_tune_actor_start_s"] + t["trial_train_start_s"] == pytest.approx(t["trial_ray_start_s"])
+    assert t["trial_worker_spawn_s"] + t["trial_worker_init_s"] == pytest.approx(t["trial_train_start_s"])
+
+
 def test_results_csv_and_plot(smoke):
     _, outcome = smoke
     with (outcome.sweep_dir / "results.csv").open() as fh:
