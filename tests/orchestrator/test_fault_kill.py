@@ -44,14 +44,22 @@ def train_workers() -> list[psutil.Process]:
     """Ray Train worker processes of THIS session's cluster (its raylet is our child), never
     those of another cluster on the host."""
     found = []
-    for raylet in (p for p in psutil.Process().children(recursive=True) if p.name() == "raylet"):
+    for raylet in (p for p in psutil.Process().children(recursive=True) if _name(p) == "raylet"):
         for p in raylet.children(recursive=True):
             try:
                 if "RayTrainWorker" in " ".join(p.cmdline()):
                     found.append(p)
-            except psutil.NoSuchProcess:
+            except psutil.Error:  # exited (or a zombie) while we looked: not a live worker
                 continue
     return found
+
+
+def _name(p: psutil.Process) -> str:
+    """The process name, or "" for one that exited while the tree was being read."""
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
 
 
 def cli(*args: str, cwd: Path) -> subprocess.Popen:

@@ -27,6 +27,14 @@ def listening(processes: list[psutil.Process]) -> list[tuple[str, int, int]]:
             if c.status == psutil.CONN_LISTEN and c.pid in pids]  # fmt: skip
 
 
+def _cmdline(p: psutil.Process) -> list[str]:
+    """The command line, or [] for a process that exited (or is a zombie) while we looked."""
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_mlflow_ui_listens_on_loopback_only(tmp_path):
     from orchestrator.ui import UIServer, resolve_store
 
@@ -50,7 +58,7 @@ def test_ray_dashboard_listens_on_loopback_only(ray_cluster):
     with urllib.request.urlopen(f"http://{url}/api/version", timeout=10) as response:
         assert response.status == 200
     ours = psutil.Process().children(recursive=True)  # this session's cluster only
-    dashboard = [p for p in ours if "dashboard/dashboard.py" in " ".join(p.cmdline())]
+    dashboard = [p for p in ours if "dashboard/dashboard.py" in " ".join(_cmdline(p))]
     assert len(dashboard) == 1 and "--host=127.0.0.1" in dashboard[0].cmdline()
     on_port = [(ip, p) for ip, p, _ in listening(ours) if p == int(port)]
     assert on_port and all(ip == "127.0.0.1" for ip, _ in on_port), on_port
