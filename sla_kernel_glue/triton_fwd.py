@@ -221,8 +221,12 @@ def sla_forward(
     t_m, kc = indices.shape[1], indices.shape[2]
     kn = neg_indices.shape[2]
     nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
-    htot, ztot = linear_totals(k, v, blkk, fmap)
-    h_hi, h_lo = split_hi_lo(htot, q.dtype)
+    if linear_mode == LINEAR_EMPTY:  # sparse only: the kernels never read the states
+        ztot = torch.zeros((bh, d), dtype=torch.float32, device=q.device)
+        h_hi, h_lo = q.new_zeros((bh, d, d)), q.new_zeros((bh, d, d))
+    else:
+        htot, ztot = linear_totals(k, v, blkk, fmap)
+        h_hi, h_lo = split_hi_lo(htot, q.dtype)
     o_s = torch.empty_like(q)
     o_l = torch.empty_like(q)
     lse = torch.empty((bh, n), dtype=torch.float32, device=q.device)
