@@ -2,8 +2,9 @@
 
 A sweep directory (storage.results_dir/<name>-<time>) holds spec.yaml, sweep.json (MLflow ids),
 trials.json (the driver's record of every trial), results.csv, pareto.png, tune/ (Tune's
-experiment directory: Tune syncs it wholesale on restore, so nothing of ours lives in it) and
-train/<trial id>/checkpoint_* (the Ray Train runs).
+experiment directory: Tune syncs it wholesale on restore, so nothing of ours lives in it),
+train/<trial id>/checkpoint_* (the Ray Train runs) and base_reference/ (the base model's val loss
+and samples, computed by the first trial and loaded by the others).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from orchestrator.sweep_progress import SweepProgress, load_rows
 from orchestrator.tune_trainable import TrialSettings, sweep_trial, trial_sla
 
 TUNE_DIR = "tune"
+# How often a trial's Train controller polls its workers (Ray's default: every 2 s). A worker's
+# ray.train.report blocks until the controller has taken the previous report, and the trial ends
+# only at the poll after its last one, so the default costs up to 2 s per report and per trial.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = "0.5"
 
 
 @dataclasses.dataclass
@@ -77,6 +83,7 @@ def run_sweep(spec: ExperimentSpec, *, address: str | None = None, verbose: bool
                 scheduler=search_space.scheduler(spec),
                 num_samples=search_space.num_samples(spec),
                 max_concurrent_trials=max_concurrent(spec, cluster),
+                reuse_actors=reuse_trial_actors(spec),
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
@@ -175,6 +182,14 @@ def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
     return out
 
 
+def reuse_trial_actors(spec: ExperimentSpec) -> bool:
+    """Whether a finished trial's Tune actor runs the next trial (saves its process start and
+    imports, most of the gap between trials). Only without a scheduler: a trial the scheduler
+    stops early is still inside TorchTrainer.fit(), so Tune could not reset its actor in time
+    and would fail the next trial instead."""
+    return spec.scheduler.name == "none"
+
+
 def expected_trials(spec: ExperimentSpec) -> int:
     """How many trials a complete run of `spec` has (an interrupted one has fewer ended)."""
     if spec.search.algorithm == "optuna":
@@ -219,7 +234,9 @@ def trial_settings(spec: ExperimentSpec, sweep_dir: Path) -> TrialSettings:
         num_to_keep=spec.checkpoint.num_to_keep,
         max_failures=spec.failure.max_failures,
         train_storage=str(sweep_dir / "train"),
+        reference_cache=str(Path(sweep_dir).resolve() / "base_reference"),
         worker_env={"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))},
+        controller_env={TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)},
     )
 
 

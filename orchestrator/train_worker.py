@@ -15,9 +15,6 @@ from typing import Any
 import psutil
 import ray.train
 
-from orchestrator.spec_recipe import build_train_config
-from sla_kernel_glue import SLAConfig
-
 LOOP_START_KEY = "timing.loop_start"  # no "/": the driver does not log it as an MLflow metric
 TRAINABLE_START_KEY = "timing.trainable_start"  # when the trial's Tune actor began building Train
 WORKER_CREATED_KEY = "timing.worker_created"  # when this Train worker's process was created
@@ -53,23 +50,27 @@ class RayReportCallback:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None,
-    "trainable_start": unix time (optional)}."""
+    "trainable_start": unix time (optional), "reference_cache": a directory (optional)}."""
+    # Imported here, not at the top: the trial's Tune actor imports this module only to hand the
+    # function to Ray Train, and diffusers, accelerate and the kernels cost it seconds per trial.
     from orchestrator.recipe import run_trial
+    from orchestrator.spec_recipe import build_train_config
+    from sla_kernel_glue import SLAConfig
 
     callback = RayReportCallback(config.get("trainable_start"))
     train = build_train_config(config["train"])
     sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
     rank = ray.train.get_context().get_world_rank()
+    cache = config.get("reference_cache")
+    common = {"callback": callback, "reference_cache": None if cache is None else Path(cache)}
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            run_trial(train, sla, Path(workdir), callback=callback)
+            run_trial(train, sla, Path(workdir), **common)
             return
         # A restarted worker (failure_config) or a resumed sweep continues from the last checkpoint.
         with checkpoint.as_directory() as resume_dir:
-            run_trial(
-                train, sla, Path(workdir), callback=callback, resume_from=Path(resume_dir)
-            )
+            run_trial(train, sla, Path(workdir), resume_from=Path(resume_dir), **common)
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -10,6 +10,7 @@ checkpoint instead of starting over.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ class TrialSettings:
     max_failures: int
     train_storage: str  # absolute: Ray changes the working directory of trials and workers
     worker_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Set in the trial's Tune actor before it builds the TorchTrainer: Ray Train's controller
+    # takes its settings (RAY_TRAIN_*) from the process that calls fit().
+    controller_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where the first trial leaves the base model's val loss and samples for the others (absolute).
+    reference_cache: str | None = None
     # Trials the sweep's own record (trials.json) has as finished; a resumed sweep does not rerun
     # them even when Tune's experiment state, saved only now and then, was older than the kill.
     finished: frozenset[str] = frozenset()
@@ -53,6 +59,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     if trial_id in settings.finished:
         return
+    os.environ.update(settings.controller_env)
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
@@ -62,6 +69,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             "train": settings.train,
             "sla": trial_sla(settings, config["trial"]),
             "trainable_start": trainable_start,
+            "reference_cache": settings.reference_cache,
         },
         scaling_config=ScalingConfig(
             num_workers=settings.workers_per_trial,

@@ -61,7 +61,7 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
         "mixed_precision": mixed_precision,
     }
     if train.data.source != "digits":  # the user's clips: a changed folder means another base
-        key["data_files"] = _folder_fingerprint(Path(train.data.source).expanduser())
+        key["data_files"] = folder_fingerprint(Path(train.data.source).expanduser())
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return f"{train.model}-{digest}"
 
@@ -86,7 +86,7 @@ def load_base_model(
     cache = Path(train.base_cache_dir).expanduser() if train.base_cache_dir else default_cache_dir()
     final = cache / base_id
     cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / f"{base_id}.lock"):
+    with file_lock(cache / f"{base_id}.lock"):
         if not (final / "config.json").is_file():
             log(f"pre-training base model {base_id} ({train.base_steps} steps, full attention) into {cache}")
             model = _pretrain(train, device=device, mixed_precision=mixed_precision, clip_shape=clip_shape, log=log)
@@ -97,7 +97,7 @@ def load_base_model(
     return WanTransformer3DModel.from_pretrained(final, local_files_only=True), base_id
 
 
-def _folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
+def folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime in ns) of every file under a data folder, sorted."""
     return sorted(
         (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
@@ -105,7 +105,7 @@ def _folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -6,6 +6,7 @@ loop) -> cleanup. `run_trial` is the entry point; Ray, MLflow and printing live 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -22,11 +23,12 @@ from orchestrator.models.wan_presets import PRESETS, ModelShape
 from sla_kernel_glue import SLAConfig
 
 from . import evaluate as ev
-from .base_model import load_base_model
+from .base_model import folder_fingerprint, load_base_model
 from .callbacks import Callback, PrintCallback
 from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
+from .reference import base_reference
 
 LOCAL_TEXT_LEN = 64  # prompt length for a local model directory (presets name their own)
 
@@ -43,6 +45,7 @@ class TrialRecipe:
         *,
         callback: Callback | None = None,
         resume_from: Path | None = None,
+        reference_cache: Path | None = None,
     ) -> None:
         if not isinstance(train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
@@ -52,6 +55,7 @@ class TrialRecipe:
         self.train_cfg = train
         self.workdir = Path(workdir)
         self.resume_from = None if resume_from is None else Path(resume_from)
+        self.reference_cache = None if reference_cache is None else Path(reference_cache)
         self.callback = callback
         cuda = torch.cuda.is_available()
         self.mixed_precision = ("bf16" if cuda else "no") if train.mixed_precision == "auto" else train.mixed_precision
@@ -115,14 +119,40 @@ class TrialRecipe:
             model.enable_gradient_checkpointing()
 
     def _setup_reference(self) -> None:
-        """The full-attention base on the fixed val batch: its loss and its samples, computed once."""
+        """The full-attention base on the fixed val batch: its loss and its samples, computed once
+        (once per sweep with a reference_cache: every trial starts from the same base)."""
         cfg = self.train_cfg
         self.val = ev.make_val_batch(self.val_set, self.prompts, seed=cfg.seed, device=self.accelerator.device)
-        self.model.eval()
         common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
-        self.base_val_loss = ev.val_loss(self.model, self.val, **common)
-        self.base_samples = ev.samples(self.model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common)
+
+        def compute() -> tuple[float, torch.Tensor]:
+            loss = ev.val_loss(self.model, self.val, **common)
+            sampler = {"steps": cfg.sample_steps, "shift": cfg.timestep_shift}
+            return loss, ev.samples(self.model, self.val, **sampler, **common)
+
+        self.model.eval()
+        reference = base_reference(self.reference_cache, self._reference_key(), compute)
         self.model.train()
+        self.base_val_loss = reference.val_loss
+        self.base_samples = reference.samples.to(self.accelerator.device)
+        self.reference_cached = reference.cached
+
+    def _reference_key(self) -> dict[str, Any]:
+        """What the base's val loss and samples depend on: the base, the val batch, the sampler,
+        the precision and the device type."""
+        cfg = self.train_cfg
+        key = {
+            "base_model": self.base_id, "model": cfg.model, "data": dataclasses.asdict(cfg.data),
+            "clip_shape": self.clip_shape, "channels": self.channels, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "sample_steps": cfg.sample_steps,
+            "timestep_shift": cfg.timestep_shift, "mixed_precision": self.mixed_precision,
+            "device": self.accelerator.device.type,
+        }  # fmt: skip
+        if cfg.model not in PRESETS:  # a local model directory: its files, not just its path
+            key["model_files"] = folder_fingerprint(Path(cfg.model).expanduser())
+        if cfg.data.source != "digits":
+            key["data_files"] = folder_fingerprint(Path(cfg.data.source).expanduser())
+        return key
 
     def _setup_sla(self) -> None:
         if self.sla is not None:  # before prepare: DDP and the optimizer must see every proj_l
@@ -296,14 +326,17 @@ def run_trial(
     *,
     callback: Callback | None = None,
     resume_from: Path | None = None,
+    reference_cache: Path | None = None,
 ) -> dict[str, float]:
     """Run one trial to completion and return its final metrics.
 
     sla None is the full-attention control. Checkpoints go to workdir/checkpoint_NNNNNN; resume
     from one with resume_from. The callback gets metrics and checkpoints on every rank
-    (default: progress lines on the main process).
+    (default: progress lines on the main process). reference_cache: a directory shared by the
+    trials of a sweep, where the base's val loss and samples are computed once and then loaded.
     """
-    recipe = TrialRecipe(train, sla, workdir, callback=callback, resume_from=resume_from)
+    recipe = TrialRecipe(train, sla, workdir, callback=callback, resume_from=resume_from,
+                         reference_cache=reference_cache)  # fmt: skip
     try:
         recipe.setup()
         return recipe.train()

@@ -65,6 +65,13 @@ def test_trial_times_split_ray_start_up_from_the_recipe(smoke):
     assert t["trial_worker_spawn_s"] + t["trial_worker_init_s"] == pytest.approx(t["trial_train_start_s"])
 
 
+def test_the_base_reference_is_computed_once_per_sweep(smoke):
+    # Three trials, one file: the first trial computed the base's val loss and samples, the
+    # others loaded them (tests/orchestrator/test_recipe_reference.py checks the load itself).
+    _, outcome = smoke
+    assert len(list((outcome.sweep_dir / "base_reference").glob("*.pt"))) == 1
+
+
 def test_results_csv_and_plot(smoke):
     _, outcome = smoke
     with (outcome.sweep_dir / "results.csv").open() as fh:

@@ -99,3 +99,13 @@ def test_shipped_random_sweep_expands(tmp_path):
     spec = parse_spec(raw, cwd=tmp_path, gpus_available=0)
     trials = search_space.expand_trials(spec)
     assert len(trials) == 7 and sum(t["control"] for t in trials) == 1
+
+
+def test_trial_actors_are_reused_only_without_a_scheduler(tmp_path):
+    # A trial that ASHA stops is still inside TorchTrainer.fit(): Tune could not reset its actor
+    # for the next trial in time and would fail that trial, so only FIFO sweeps reuse actors.
+    from orchestrator.sweep import reuse_trial_actors
+
+    sla = {"topk": {"grid": [0.1, 0.2]}}
+    assert reuse_trial_actors(spec_of(tmp_path, sla=sla))
+    assert not reuse_trial_actors(spec_of(tmp_path, sla=sla, scheduler="asha"))
