@@ -3,12 +3,14 @@
 #
 #   experiments/run_h200.sh OUTDIR PHASE [PHASE ...]
 #
-#   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py)
+#   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py), GPUTESTS_SHARDS at once
 #   kernels   python -m sla_kernel_glue.bench_sla: real-size checks against the float64 reference,
 #             then N 8192 and 32768 (KERNELS_N) against SDPA cuDNN/flash with peak memory
 #             (KERNELS_FLAGS=--skip-check for timings only)
+#   kernels-small  timings and stages at the training step's attention shape (B 1, H 12, N 32768)
 #   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
 #             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
+#             (STEP_FLAGS="--compile --profile DIR", STEP_TOPK, STEP_SLA, STEP_NAME)
 #   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
 #   compare   sla-sweep compare + infer (SLA and dense) on the sweep's best trial
 #
@@ -43,16 +45,29 @@ PY
 for phase in "$@"; do
     stamp "$phase start"
     case "$phase" in
-    gputests)
-        timeout "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider tests/sla_kernel_glue/test_triton_gpu.py 2>&1 | tail -30 | tee "$out/gputests.log" ;;
+    gputests)  # GPUTESTS_SHARDS pytest processes side by side: Triton compiles on all cores
+        shards=${GPUTESTS_SHARDS:-4}
+        python -m pytest -q -p no:cacheprovider --collect-only tests/sla_kernel_glue/test_triton_gpu.py \
+            | grep '::' > "$out/gputests_ids.txt"
+        for i in $(seq 0 $((shards - 1))); do
+            awk -v n="$shards" -v i="$i" 'NR % n == i' "$out/gputests_ids.txt" > "$out/gputests_shard$i.txt"
+            timeout "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider \
+                $(cat "$out/gputests_shard$i.txt") > "$out/gputests_shard$i.log" 2>&1 &
+        done
+        wait
+        tail -n 3 "$out"/gputests_shard*.log | tee "$out/gputests.log" ;;
     kernels)
         timeout "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
             ${KERNELS_FLAGS:-} --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
-    step)
-        timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l --topk 0.05 0.1 0.2 \
-            --sla "{'linear_scope': 'marginal'}" \
+    kernels-small)  # the training step's attention shape: B 1, H 12 (Wan 1.3B) at 32,768 tokens
+        timeout "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --batch 1 --heads 12 \
+            --blkq 64 --topk 0.05 --scope all none --skip-check --out "$out/kernels_b1h12" 2>&1 | tee "$out/kernels_b1h12.log" ;;
+    step)  # STEP_FLAGS: e.g. --compile, --profile DIR; STEP_NAME names the outputs
+        name=${STEP_NAME:-step_32k}
+        timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l \
+            --topk ${STEP_TOPK:-0.05 0.1 0.2} --sla "${STEP_SLA:-{'linear_scope': 'marginal'\}}" \
             --extra "{'topk': 0.05, 'linear_scope': 'all'}" "{'topk': 0.05, 'linear_scope': 'none'}" \
-            --steps 3 --out "$out/step_32k.json" 2>&1 | tee "$out/step_32k.log" ;;
+            --steps 3 ${STEP_FLAGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" ;;
     sweep)
         sweep=$(last_sweep)
         if [ -n "$sweep" ] && ! sweep_done "$sweep"; then
@@ -72,7 +87,7 @@ for phase in "$@"; do
                 --num-samples 2 --out "$out/samples-$attention" 2>&1 | tee "$out/infer-$attention.log"
         done ;;
     *)
-        stamp "unknown phase $phase (gputests, kernels, step, sweep, compare)"; exit 2 ;;
+        stamp "unknown phase $phase (gputests, kernels, kernels-small, step, sweep, compare)"; exit 2 ;;
     esac
     stamp "$phase end"
 done

@@ -2,6 +2,11 @@
 
     python -m orchestrator.bench_step --preset wan-1.3b --layers 10 --topk 0.05 0.1 0.2 --out step.json
     python -m orchestrator.bench_step --preset tiny --steps 2          # CPU smoke run
+    python -m orchestrator.bench_step --preset wan-1.3b-6l --compile --profile prof/   # GPU
+
+--compile compiles each transformer block with torch.compile (orchestrator.recipe.compile), for
+dense and SLA alike; --profile writes, per config, a table of the step's kernels by device
+time (torch.profiler over one step after the timed ones).
 
 One training step = flow-matching loss, backward, AdamW step, under bf16 autocast on CUDA (fp32 on
 the CPU). Every config starts from the same weights and batch. Attention's share of a step is
@@ -13,6 +18,7 @@ SLA) over the step time. Not on the training path: a script beside the recipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -22,6 +28,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.models.wan_presets import PRESETS
+from orchestrator.recipe.compile import compile_blocks, compile_settings, uncompile_blocks
 from orchestrator.recipe.flow_matching import class_prompts, flow_loss
 from sla_kernel_glue import SLAConfig, SparseLinearAttention, apply_sla, attention_flops
 
@@ -55,7 +62,9 @@ def build_model(preset: str, layers: int | None, device: torch.device):
     return WanTransformer3DModel(**config).to(device), config
 
 
-def step_time(model, batch, context, device, *, steps: int, autocast: bool) -> float:
+def step_time(
+    model, batch, context, device, *, steps: int, autocast: bool, profile: Path | None = None
+) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x0, noise, t = batch
 
@@ -66,7 +75,24 @@ def step_time(model, batch, context, device, *, steps: int, autocast: bool) -> f
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _timed(one_step, device, warmup=1, reps=steps)
+    seconds = _timed(one_step, device, warmup=1, reps=steps)
+    if profile is not None:
+        write_profile(one_step, device, profile)
+    return seconds
+
+
+def write_profile(fn, device: torch.device, path: Path) -> None:
+    """One call of fn under torch.profiler: its ops by self device time (CPU time without CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
 
 
 def attention_time(
@@ -108,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--steps", type=int, default=3, help="timed steps per config (after one warm-up)"
     )
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every transformer block (dense and SLA alike)")  # fmt: skip
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="write each config's profiled step (ops by device time) into DIR")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     try:
@@ -141,10 +171,25 @@ def main(argv: list[str] | None = None) -> int:
     for sla in configs:
         model.load_state_dict(initial)
         handle = apply_sla(model, sla) if sla is not None else None
+        name = "dense" if sla is None else f"topk {sla.topk} {sla.linear_scope}"
+        profile = None if args.profile is None else args.profile / (name.replace(" ", "_") + ".txt")
         try:
-            step_s = step_time(model, batch, context, device, steps=args.steps, autocast=autocast)
+            with compile_settings() if args.compile else contextlib.nullcontext():
+                if args.compile:
+                    torch._dynamo.reset()  # each config compiles its own graphs
+                    compile_blocks(model)
+                step_s = step_time(
+                    model,
+                    batch,
+                    context,
+                    device,
+                    steps=args.steps,
+                    autocast=autocast,
+                    profile=profile,
+                )
             calls = handle.sla_calls() if handle is not None else 0
         finally:
+            uncompile_blocks(model)
             if handle is not None:
                 handle.remove()
         attn_s = attention_time(config, sla, tokens, args.batch, device, autocast=autocast)
@@ -157,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             backward=True,
         )
         row = {
-            "config": "dense" if sla is None else f"topk {sla.topk} {sla.linear_scope}",
+            "config": name,
             "sla": None if sla is None else sla.to_dict(),
             "step_s": step_s,
             "attention_s_per_step": attn_s * layers,
@@ -179,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "layers": layers,
         "tokens": tokens,
         "batch": args.batch,
+        "compile": args.compile,
         "rows": rows,
         "torch": torch.__version__,
     }

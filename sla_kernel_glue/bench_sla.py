@@ -117,7 +117,7 @@ def check_router(n: int) -> dict:
 def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     """Median ms of each stage of one forward+backward, to see where the time goes."""
     from .triton_bwd import column_lists, sla_backward
-    from .triton_fwd import LINEAR_MARGINAL, linear_totals, sla_forward
+    from .triton_fwd import LINEAR_ALL, LINEAR_MARGINAL, linear_totals, sla_forward
 
     cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64)
     q, k, v = (t.reshape(b * h, n, d) for t in _qkv(b, h, n, d, torch.bfloat16, seed=5))
@@ -125,8 +125,6 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     idx = route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg).indices
     idx = idx.reshape(b * h, -1, idx.shape[-1]).to(torch.int32).contiguous()
     no_neg = idx[..., :0]  # kl = 0: no negligible blocks
-    fwd = lambda: sla_forward(q, k, v, idx, no_neg, blkq, 64, 0, LINEAR_MARGINAL, 1e-6)  # noqa: E731
-    o_s, o_l, lse, den, h_hi, h_lo, ztot = fwd()
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")  # noqa: E731
     scores = torch.randn((b, h, n // blkq, n // 64), device="cuda")
     kc = cfg.critical_blocks(n // 64)
@@ -137,32 +135,18 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
         ),
         "router": bench(lambda: route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg)),
         "linear_totals": bench(lambda: linear_totals(k, v, 64, 0)),
-        "forward_op": bench(fwd),
         "column_lists": bench(lambda: column_lists(idx, n // 64)),
-        "backward_op": bench(
-            lambda: sla_backward(
-                do,
-                do,
-                q,
-                k,
-                v,
-                o_s,
-                o_l,
-                lse,
-                den,
-                h_hi,
-                h_lo,
-                ztot,
-                idx,
-                no_neg,
-                blkq,
-                64,
-                0,
-                LINEAR_MARGINAL,
-            )
-        ),
     }
-    out.update({"N": n, "topk": topk, "blkq": blkq})
+    for name, mode in (("marginal", LINEAR_MARGINAL), ("all", LINEAR_ALL)):
+        fwd = lambda mode=mode: sla_forward(q, k, v, idx, no_neg, blkq, 64, 0, mode, 1e-6)  # noqa: E731
+        saved = fwd()
+        out[f"forward_op_{name}"] = bench(fwd)
+        out[f"backward_op_{name}"] = bench(
+            lambda mode=mode, saved=saved: sla_backward(
+                do, do, q, k, v, *saved, idx, no_neg, blkq, 64, 0, mode
+            )
+        )
+    out.update({"N": n, "topk": topk, "blkq": blkq, "B": b, "H": h})
     return out
 
 
@@ -245,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topk", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--blkq", type=int, nargs="+", default=[64])
     parser.add_argument(
-        "--scope", nargs="+", default=["marginal", "all"], choices=["marginal", "all"]
+        "--scope", nargs="+", default=["marginal", "all"], choices=["marginal", "all", "none"]
     )
+    parser.add_argument(
+        "--batch", type=int, default=2, help="B of the timings (checks: fixed cases)"
+    )
+    parser.add_argument("--heads", type=int, default=16, help="H of the timings")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
@@ -275,9 +263,17 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "checks.json").write_text(json.dumps(results, indent=1))
     results["timings"] = [
-        row for n in args.n for row in bench_n(n, args.topk, args.blkq, args.scope)
+        row
+        for n in args.n
+        for row in bench_n(n, args.topk, args.blkq, args.scope, b=args.batch, h=args.heads)
     ]
-    results["stages"] = [stage_times(max(args.n), 0.05, bq) for bq in args.blkq]
+    results["stages"] = []
+    for bq in args.blkq:
+        try:
+            stages = stage_times(max(args.n), 0.05, bq, b=args.batch, h=args.heads)
+        except Exception as exc:  # recorded; the table below still prints
+            stages = {"blkq": bq, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        results["stages"].append(stages)
     for r in results["stages"]:
         print(json.dumps(r), flush=True)
     for row in results["timings"]:

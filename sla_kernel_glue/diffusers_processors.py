@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from .sdpa_routing import LayerRoute, layer_scope
@@ -42,6 +43,10 @@ class SLAProcessor:
     def __call__(self, attn: nn.Module, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         return self._run(attn, hidden_states, *args, **kwargs)
 
+    # Opaque to torch.compile: the scope swaps a torch function and counts calls, which Dynamo can
+    # neither trace nor guard cheaply. A compiled block gets one graph break around this layer's
+    # attention; SLA's fused op is a custom op either way.
+    @torch.compiler.disable
     def _run(self, attn: nn.Module, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         encoder_hidden_states = args[0] if args else kwargs.get("encoder_hidden_states")
         attention_mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")

@@ -106,6 +106,11 @@ class SparseLinearAttention(nn.Module):
             raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
         outs, backend = sla_branches(q, k, v, config=self.config, use_bf16=self.use_bf16)
         self.backend_calls[backend] += 1
+        if self.config.linear_scope == "none":
+            # Sparse-only: o_linear is 0 and proj_l is frozen at 0, so the output is o_sparse
+            # exactly; skipping proj_l saves two float32 passes over (B, H, N, d) each way.
+            out = outs.o_sparse.to(q.dtype)
+            return (out, outs.density) if return_sparsity else out
         # proj_l runs in float32 even under autocast; the sum is cast back to the input dtype.
         with torch.autocast(device_type=q.device.type, enabled=False):
             out = outs.o_sparse.float() + self.proj_l(outs.o_linear.float())
