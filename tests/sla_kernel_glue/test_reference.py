@@ -146,9 +146,12 @@ def test_sparse_only_module_freezes_proj_l_and_returns_the_sparse_branch():
     q, k, v = (t.float().requires_grad_() for t in _qkv((1, 2, 64, 8)))
     attn = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, linear_scope="none", backend="torch")
     assert not any(p.requires_grad for p in attn.proj_l.parameters())
+    proj_calls = []
+    attn.proj_l.register_forward_hook(lambda *_: proj_calls.append(1))
     out = attn(q, k, v)
     ref = sla_reference(q.detach(), k.detach(), v.detach(), config=attn.config)
     torch.testing.assert_close(out, ref.o_sparse)
+    assert proj_calls == []  # o_linear is 0 and proj_l frozen at 0: not computed at all
     out.sum().backward()
     assert q.grad is not None and attn.proj_l.weight.grad is None
     # The same weights with the linear branch on give a different output once proj_l is non-zero.
