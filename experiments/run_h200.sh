@@ -16,6 +16,8 @@
 #
 # Sweeps go to ./sla_runs (git-ignored, so a machine that is still warm finds them next call);
 # each phase copies its results into OUTDIR. GPU utilisation is sampled every second throughout.
+# Every phase has a time limit (*_TIMEOUT, seconds) after which it gets SIGTERM, then SIGKILL
+# (15 s later; 60 s for a sweep, which shuts Ray down on SIGTERM): one pytest shard once ignored SIGTERM.
 # Run from the repository root with sla-sweep importable (pip install -e . or PYTHONPATH).
 set -uo pipefail
 out=${1:?usage: experiments/run_h200.sh OUTDIR PHASE [PHASE ...]}
@@ -51,39 +53,39 @@ for phase in "$@"; do
             | grep '::' > "$out/gputests_ids.txt"
         for i in $(seq 0 $((shards - 1))); do
             awk -v n="$shards" -v i="$i" 'NR % n == i' "$out/gputests_ids.txt" > "$out/gputests_shard$i.txt"
-            timeout "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider \
+            timeout -k 15 "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider \
                 $(cat "$out/gputests_shard$i.txt") > "$out/gputests_shard$i.log" 2>&1 &
         done
         wait
         tail -n 3 "$out"/gputests_shard*.log | tee "$out/gputests.log" ;;
     kernels)
-        timeout "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
+        timeout -k 15 "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
             ${KERNELS_FLAGS:-} --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
     kernels-small)  # the training step's attention shape: B 1, H 12 (Wan 1.3B) at 32,768 tokens
-        timeout "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --batch 1 --heads 12 \
+        timeout -k 15 "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --batch 1 --heads 12 \
             --blkq 64 --topk 0.05 --scope all none --skip-check --out "$out/kernels_b1h12" 2>&1 | tee "$out/kernels_b1h12.log" ;;
     step)  # STEP_FLAGS: e.g. --compile, --profile DIR; STEP_NAME names the outputs
         name=${STEP_NAME:-step_32k}
-        timeout "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l \
+        timeout -k 15 "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l \
             --topk ${STEP_TOPK:-0.05 0.1 0.2} --sla "${STEP_SLA:-{'linear_scope': 'marginal'\}}" \
             --extra "{'topk': 0.05, 'linear_scope': 'all'}" "{'topk': 0.05, 'linear_scope': 'none'}" \
             --steps 3 ${STEP_FLAGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" ;;
     sweep)
         sweep=$(last_sweep)
         if [ -n "$sweep" ] && ! sweep_done "$sweep"; then
-            timeout "${SWEEP_TIMEOUT:-420}" python -m orchestrator resume "$sweep" 2>&1 | tee -a "$out/sweep.log"
+            timeout -k 60 "${SWEEP_TIMEOUT:-420}" python -m orchestrator resume "$sweep" 2>&1 | tee -a "$out/sweep.log"
         else
-            timeout "${SWEEP_TIMEOUT:-420}" python -m orchestrator run experiments/h200.yaml ${SWEEP_SET:-} 2>&1 | tee -a "$out/sweep.log"
+            timeout -k 60 "${SWEEP_TIMEOUT:-420}" python -m orchestrator run experiments/h200.yaml ${SWEEP_SET:-} 2>&1 | tee -a "$out/sweep.log"
         fi
         sweep=$(last_sweep)
         [ -n "$sweep" ] && cp "$sweep"/results.csv "$sweep"/trials.json "$sweep"/timings.json "$sweep"/pareto.png "$out"/ 2>/dev/null ;;
     compare)
         sweep=$(last_sweep)
         if [ -z "$sweep" ]; then stamp "no sweep to compare"; continue; fi
-        timeout "${COMPARE_TIMEOUT:-240}" python -m orchestrator compare "$sweep" --num-samples 4 --out "$out/compare.json" 2>&1 | tee "$out/compare.log"
+        timeout -k 15 "${COMPARE_TIMEOUT:-240}" python -m orchestrator compare "$sweep" --num-samples 4 --out "$out/compare.json" 2>&1 | tee "$out/compare.log"
         python -m orchestrator best "$sweep" 2>&1 | tee "$out/best.log"
         for attention in sla dense; do
-            timeout "${INFER_TIMEOUT:-120}" python -m orchestrator infer "$sweep" --device cuda --attention "$attention" \
+            timeout -k 15 "${INFER_TIMEOUT:-120}" python -m orchestrator infer "$sweep" --device cuda --attention "$attention" \
                 --num-samples 2 --out "$out/samples-$attention" 2>&1 | tee "$out/infer-$attention.log"
         done ;;
     *)
