@@ -3,9 +3,10 @@
 diffusers attention modules (WanAttention, Attention, ...) hand every call to ``self.processor``;
 their processors call torch SDPA directly or through diffusers' attention dispatcher, whose
 native backend calls ``torch.nn.functional.scaled_dot_product_attention(query=..., ...)`` on
-(B, H, N, d) tensors. SLAProcessor runs the original processor inside ``layer_scope`` so those
-calls reach the layer's SLA module. A call with ``encoder_hidden_states`` (cross-attention) or an
-``attention_mask`` runs the original processor untouched and is counted.
+(B, H, N, d) tensors. SLAProcessor runs the original processor inside the layer's routing
+scope (``sdpa_routing.open_scope``/``close_scope``) so those calls reach the layer's SLA module.
+A call with ``encoder_hidden_states`` (cross-attention) or an ``attention_mask`` runs the
+original processor untouched and is counted.
 
 The wrapper holds no weights: the SLA module is registered on the attention module itself
 (``<layer>.sla``), so it is in the model's parameters and state_dict whatever the processor is.
@@ -16,10 +17,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import torch
 from torch import nn
 
-from .sdpa_routing import LayerRoute, layer_scope
+from .sdpa_routing import LayerRoute, close_scope, count_fallback, open_scope
 
 _OWN = ("inner", "route")
 
@@ -43,21 +43,26 @@ class SLAProcessor:
     def __call__(self, attn: nn.Module, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         return self._run(attn, hidden_states, *args, **kwargs)
 
-    # Opaque to torch.compile: the scope swaps a torch function and counts calls, which Dynamo can
-    # neither trace nor guard cheaply. A compiled block gets one graph break around this layer's
-    # attention; SLA's fused op is a custom op either way.
-    @torch.compiler.disable
+    # Under torch.compile the scope is opened and closed by two eager calls (graph breaks), and
+    # the SDPA call inside reaches the (eager) router: the layer's projections, norms and RoPE
+    # stay in the compiled graphs, as they do without SLA.
     def _run(self, attn: nn.Module, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         encoder_hidden_states = args[0] if args else kwargs.get("encoder_hidden_states")
         attention_mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
         if self.route.sla is None or encoder_hidden_states is not None:
-            self.route.count_fallback("cross_attention")
+            count_fallback(self.route, "cross_attention")
             return self.inner(attn, hidden_states, *args, **kwargs)
         if attention_mask is not None:
-            self.route.count_fallback("mask")
+            count_fallback(self.route, "mask")
             return self.inner(attn, hidden_states, *args, **kwargs)
-        with layer_scope(self.route):
-            return self.inner(attn, hidden_states, *args, **kwargs)
+        scope = open_scope(self.route)
+        try:
+            out = self.inner(attn, hidden_states, *args, **kwargs)
+        except BaseException:
+            close_scope(scope, False)
+            raise
+        close_scope(scope, True)
+        return out
 
     def __getattr__(self, name: str) -> Any:
         if name in _OWN or name.startswith("__"):

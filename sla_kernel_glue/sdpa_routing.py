@@ -13,6 +13,9 @@ compute it, and to torch's own SDPA otherwise (counted per layer and reason, log
 - Re-entrant: scopes nest (an injected layer inside another); the innermost layer is active.
 - Keyword arguments: diffusers calls SDPA as ``query=, key=, value=, attn_mask=, dropout_p=,
   is_causal=, scale=, enable_gqa=``; the router takes every argument by position or by name.
+- torch.compile: opening and closing a scope, counting a fallback and the router itself run
+  eagerly (``torch.compiler.disable``; a graph break each), so the code around the attention
+  call (a layer's projections, norms, RoPE) compiles with SLA injected as it does without.
 - Scale: SLA computes softmax(q k^T / sqrt(d)). A call with another ``scale`` stays dense
   (reason "scale"); ``scale=None`` or 1/sqrt(d) goes to SLA.
 """
@@ -118,18 +121,40 @@ def _uninstall() -> None:
 @contextlib.contextmanager
 def layer_scope(route: LayerRoute) -> Iterator[None]:
     """Make ``route`` the active layer while the block runs; count a run with no SDPA call."""
-    _install()
-    frame = _Frame(route)
-    token = _active.set(frame)
+    scope = open_scope(route)
     ok = False
     try:
         yield
         ok = True
     finally:
-        _active.reset(token)
-        _uninstall()
-        if ok and frame.sdpa_calls == 0:
-            route.count_fallback("no_sdpa_call")
+        close_scope(scope, ok)
+
+
+# open_scope/close_scope are what layer_scope does, as two calls that torch.compile runs eagerly
+# (one graph break each): code between them, such as a diffusers processor's projections and
+# RoPE, still compiles, and its SDPA call reaches the router (also run eagerly).
+@torch.compiler.disable
+def open_scope(route: LayerRoute) -> tuple[_Frame, contextvars.Token]:
+    """Install the router and make ``route`` the active layer; pair with close_scope."""
+    _install()
+    frame = _Frame(route)
+    return frame, _active.set(frame)
+
+
+@torch.compiler.disable
+def close_scope(scope: tuple[_Frame, contextvars.Token], ok: bool) -> None:
+    """End open_scope's scope; ok (no exception): count a run that made no SDPA call."""
+    frame, token = scope
+    _active.reset(token)
+    _uninstall()
+    if ok and frame.sdpa_calls == 0:
+        frame.route.count_fallback("no_sdpa_call")
+
+
+@torch.compiler.disable
+def count_fallback(route: LayerRoute, reason: str) -> None:
+    """route.count_fallback, run eagerly under torch.compile (a counter is not graph material)."""
+    route.count_fallback(reason)
 
 
 def dense_reason(
@@ -168,6 +193,7 @@ def dense_reason(
     return None
 
 
+@torch.compiler.disable  # eager under torch.compile: the graph breaks at the attention call only
 def _router(
     query: torch.Tensor,
     key: torch.Tensor,

@@ -1,8 +1,8 @@
 """torch.compile for training: each repeated transformer block compiled on its own (regional).
 
-Dense and SLA models compile alike. SLA's attention stays outside the compiled graphs (its
-processor is opaque to Dynamo: one graph break per self-attention layer), so only the rest of the
-block (norms, modulation, projections, FFN) is fused; the fused SLA kernels are custom ops anyway.
+Dense and SLA models compile alike. In an SLA layer only the attention call itself runs eagerly
+(the SDPA router and SLA's kernels, with graph breaks where its scope opens and closes): the
+layer's projections, norms and RoPE compile as they do without SLA.
 
 Inductor's mix-order reductions are switched off while a compiled model runs: with them, torch
 2.10-2.13 computes wrong gradients for the chunks of Wan's shared ``scale_shift_table`` at 16K+
@@ -21,8 +21,9 @@ from torch import nn
 INDUCTOR_SETTINGS = {"triton.mix_order_reduction": False}
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """Compile every repeated block of a diffusers model in place; returns how many were compiled."""
+def compile_blocks(model: nn.Module, **compile_kwargs) -> int:
+    """Compile every repeated block of a diffusers model in place (``torch.compile`` keyword
+    arguments pass through); returns how many blocks were compiled."""
     names = getattr(model, "_repeated_blocks", None)
     if not names:
         raise ValueError(
@@ -33,7 +34,7 @@ def compile_blocks(model: nn.Module) -> int:
     if not blocks:
         raise ValueError(f"compile: no {', '.join(names)} block found in {type(model).__name__}")
     for block in blocks:
-        block.compile()
+        block.compile(**compile_kwargs)
     return len(blocks)
 
 

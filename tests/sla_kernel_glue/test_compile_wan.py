@@ -52,6 +52,36 @@ def test_compiled_blocks_run_sla_match_eager_and_do_not_recompile():
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
 
 
+def test_sla_layers_projections_are_compiled_only_attention_is_eager():
+    """Every linear layer of a block (q, k, v, out of both attentions, the FFN) is in a compiled
+    graph with SLA injected, as without it; SLA still computes both self-attention calls."""
+    import collections
+
+    graphs: list[collections.Counter] = []
+
+    def recording_backend(gm, example_inputs):
+        nodes = (n for n in gm.graph.nodes if n.op == "call_function")
+        graphs.append(collections.Counter(str(n.target) for n in nodes))
+        return gm.forward
+
+    model = tiny_wan().train()
+    handle = apply_sla(model, SPARSE)
+    torch._dynamo.reset()
+    try:
+        compile_blocks(model, backend=recording_backend)
+        model(**wan_inputs()).sample.sum().backward()
+        calls = handle.sla_calls()
+    finally:
+        uncompile_blocks(model)
+        handle.remove()
+        torch._dynamo.reset()
+    linears = sum(n for g in graphs for op, n in g.items() if "linear" in op)
+    per_block = sum(isinstance(m, torch.nn.Linear) for m in model.blocks[0].modules())
+    assert per_block == 10
+    assert linears == per_block  # both blocks share one set of graphs; none of them eager
+    assert calls == 2
+
+
 def test_compile_blocks_refuses_a_model_without_repeated_blocks():
     with pytest.raises(ValueError, match="no repeated blocks"):
         compile_blocks(torch.nn.Linear(2, 2))
