@@ -1,5 +1,5 @@
 """SLA inside torch.compile'd Wan blocks (orchestrator.recipe.compile): SLA still runs, the result
-matches eager, and repeated steps do not recompile (the SLA processor is opaque to Dynamo)."""
+matches eager, repeated steps do not recompile, and only the attention call runs eagerly."""
 
 import pytest
 import torch
