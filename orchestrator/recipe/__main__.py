@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep-sampling", default=defaults.timestep_sampling)
     p.add_argument("--freeze-base", action="store_true", help="train only SLA's proj_l (train_base false)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     p.add_argument("--base-cache-dir", help="where pre-trained base models are cached")
     return p
 
@@ -62,6 +63,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, SLAConfig |
         sample_steps=args.sample_steps,
         base_steps=args.base_steps, base_lr=args.base_lr, base_cache_dir=args.base_cache_dir,
         gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
     )
     return train, (None if args.dense else SLAConfig.parse(args.sla))
 

@@ -72,6 +72,8 @@ class TrainConfig:
     base_steps, base_lr: full-attention pre-training of a preset's base model (cached by config);
         base_cache_dir: where (None: $SLA_SWEEP_CACHE or ~/.cache/sla-sweep).
     gradient_checkpointing: recompute block activations in backward (long sequences on a GPU).
+    compile: torch.compile each transformer block after SLA injection (dense and SLA alike; only
+        SLA's attention call stays eager). Costs compile time once per trial; pays off on long runs.
     """
 
     model: str = "tiny"
@@ -98,6 +100,7 @@ class TrainConfig:
     base_lr: float = 1e-3
     base_cache_dir: str | None = None
     gradient_checkpointing: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.data, Mapping):  # from_dict / YAML: a nested mapping
@@ -183,7 +186,7 @@ def _errors(c: TrainConfig) -> list[str]:
     ):
         if getattr(c, key) not in allowed:
             errors.append(f"{key} ({getattr(c, key)!r}) must be one of {', '.join(allowed)}")
-    for key in ("train_base", "gradient_checkpointing"):
+    for key in ("train_base", "gradient_checkpointing", "compile"):
         if not isinstance(getattr(c, key), bool):
             errors.append(f"{key} ({getattr(c, key)!r}) must be true or false")
     if c.base_cache_dir is not None and not isinstance(c.base_cache_dir, str):

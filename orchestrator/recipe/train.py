@@ -6,6 +6,7 @@ loop) -> cleanup. `run_trial` is the entry point; Ray, MLflow and printing live 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -26,6 +27,7 @@ from . import evaluate as ev
 from .base_model import folder_fingerprint, load_base_model
 from .callbacks import Callback, PrintCallback
 from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
+from .compile import compile_blocks, compile_settings, uncompile_blocks
 from .config import TrainConfig
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
 from .reference import base_reference
@@ -61,6 +63,7 @@ class TrialRecipe:
         self.mixed_precision = ("bf16" if cuda else "no") if train.mixed_precision == "auto" else train.mixed_precision
         self.handle: Any = None
         self.start_step = 0
+        self._compile_scope = contextlib.ExitStack()  # Inductor settings while compiled blocks run
 
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -69,6 +72,7 @@ class TrialRecipe:
         self._setup_model()
         self._setup_reference()
         self._setup_sla()
+        self._setup_compile()
         self._setup_optimizer()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self._setup_resume()
@@ -166,6 +170,16 @@ class TrialRecipe:
             }
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in sla_params)
+
+    def _setup_compile(self) -> None:
+        """torch.compile every transformer block (after SLA injection, before DDP wraps the model),
+        under Inductor settings that hold until cleanup."""
+        if not self.train_cfg.compile:
+            return
+        self._compile_scope.enter_context(compile_settings())
+        blocks = compile_blocks(self.model)
+        if self.accelerator.is_main_process:
+            print(f"[recipe] torch.compile: {blocks} blocks (compiled at the first step)")
 
     def _setup_optimizer(self) -> None:
         cfg = self.train_cfg
@@ -302,6 +316,9 @@ class TrialRecipe:
 
     # ---- cleanup ---------------------------------------------------------------------------
     def cleanup(self) -> None:
+        if self.train_cfg.compile and hasattr(self, "model"):
+            uncompile_blocks(self.accelerator.unwrap_model(self.model))
+        self._compile_scope.close()
         acc = getattr(self, "accelerator", None)
         if acc is None:
             return

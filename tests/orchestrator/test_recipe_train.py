@@ -172,3 +172,28 @@ def test_keep_checkpoints_prunes_after_the_callback(cache, tmp_path):
     run_trial(tiny(cache, steps=3, checkpoint_every=1, keep_checkpoints=2), None, tmp_path, callback=Check())
     assert [step for step, _ in seen] == [1, 2, 3] and all("trial.json" in names for _, names in seen)
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000003"]
+
+
+@pytest.mark.slow
+def test_compiled_trial_trains_like_the_eager_one(cache, tmp_path):
+    """train.compile: every block compiled after SLA injection; the same losses and checkpoint
+    layout as eager (within compiler rounding), SLA still computing self-attention."""
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
+    config = tiny(cache, steps=2)
+    eager = RecordingCallback()
+    counters.clear()
+    run_trial(config, SLA, tmp_path / "eager", callback=eager)
+    assert counters["stats"]["unique_graphs"] == 0
+    compiled = RecordingCallback()
+    final = run_trial(config.replace(compile=True), SLA, tmp_path / "compiled", callback=compiled)
+    assert counters["stats"]["unique_graphs"] > 0  # the blocks really ran compiled
+    assert inductor_config.triton.mix_order_reduction  # the recipe's setting ended with it
+    for (_, a), (_, b) in zip(eager.series("train/loss"), compiled.series("train/loss"), strict=True):
+        assert b == pytest.approx(a, rel=1e-3)
+    assert final["val/loss"] == pytest.approx(eager.metrics[-1][1]["val/loss"], rel=1e-3)
+    assert final["sla/self_attn_fallback_calls"] == 0.0 and final["val/attn_rel_err"] > 0
+    a = model_state(tmp_path / "eager" / "checkpoint_000002")
+    b = model_state(tmp_path / "compiled" / "checkpoint_000002")
+    assert a.keys() == b.keys()  # compiled in place: no _orig_mod prefixes in the checkpoint
