@@ -8,7 +8,6 @@ float16 reference itself is not finite (no marginal block: its linear-branch gra
 eps^2 and overflows float16), the floor alone is the bound.
 """
 
-import json
 import math
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from .script_json import run_json_script
 from .triton_interp_cases import CASES, NAMES
 
 pytest.importorskip("triton")
@@ -24,15 +24,7 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module")
 def interp_results():
     script = Path(__file__).with_name("triton_interp_cases.py")
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_script(str(script))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -7,12 +7,9 @@ running it on a zero tensor, with the same gradients. The kernels run under the 
 interpreter in a subprocess (TRITON_INTERPRET=1 must be set before triton is imported).
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from .script_json import run_json_script
 
 pytest.importorskip("triton")
 
@@ -57,15 +54,7 @@ print(json.dumps({{
 
 @pytest.fixture(scope="module")
 def result():
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_script("-c", _SCRIPT)
 
 
 def test_backward_saves_no_full_size_tensor_beyond_inputs_and_outputs(result):
