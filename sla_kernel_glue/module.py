@@ -6,6 +6,7 @@ import collections
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import SLAConfig
@@ -19,7 +20,8 @@ class SparseLinearAttention(nn.Module):
 
     Constructor compatible with the reference package; further settings (kl, linear_scope,
     backend) by keyword, or pass a whole SLAConfig with ``from_config``. proj_l is a d -> d
-    linear layer, zero-initialised, kept in float32 whatever the model is cast to.
+    linear layer, zero-initialised, kept in float32 whatever the model is cast to; it computes in
+    the dtype of q, k, v (float32 weights cast on the fly, like autocast's linear layers).
     """
 
     def __init__(
@@ -111,10 +113,13 @@ class SparseLinearAttention(nn.Module):
             # exactly; skipping proj_l saves two float32 passes over (B, H, N, d) each way.
             out = outs.o_sparse.to(q.dtype)
             return (out, outs.density) if return_sparsity else out
-        # proj_l runs in float32 even under autocast; the sum is cast back to the input dtype.
+        # proj_l computes in the inputs' dtype from its float32 weights, as autocast runs every
+        # other linear layer (the matmul accumulates in float32; the weight gradient arrives in
+        # float32). Under bf16 that avoids float32 copies of o_s and o_l, one each way.
+        dtype = q.dtype
+        weight, bias = self.proj_l.weight.to(dtype), self.proj_l.bias.to(dtype)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            out = outs.o_sparse.float() + self.proj_l(outs.o_linear.float())
-        out = out.to(q.dtype)
+            out = outs.o_sparse.to(dtype) + F.linear(outs.o_linear.to(dtype), weight, bias)
         if return_sparsity:
             return out, outs.density
         return out
