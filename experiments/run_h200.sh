@@ -10,7 +10,8 @@
 #   kernels-small  timings and stages at the training step's attention shape (B 1, H 12, N 32768)
 #   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
 #             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
-#             (STEP_FLAGS="--compile --profile DIR", STEP_TOPK, STEP_SLA, STEP_NAME)
+#             (STEP_FLAGS="--compile --profile DIR", STEP_TOPK, STEP_SLA, STEP_NAME, STEP_EXTRA: the
+#             extra configs, space-separated dicts without spaces)
 #   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
 #   compare   sla-sweep compare + infer (SLA and dense) on the sweep's best trial
 #
@@ -68,7 +69,7 @@ for phase in "$@"; do
         name=${STEP_NAME:-step_32k}
         timeout -k 15 "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l \
             --topk ${STEP_TOPK:-0.05 0.1 0.2} --sla "${STEP_SLA:-{'linear_scope': 'marginal'\}}" \
-            --extra "{'topk': 0.05, 'linear_scope': 'all'}" "{'topk': 0.05, 'linear_scope': 'none'}" \
+            --extra ${STEP_EXTRA:-"{'topk':0.05,'linear_scope':'all'}" "{'topk':0.05,'linear_scope':'none'}"} \
             --steps 3 ${STEP_FLAGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" ;;
     sweep)
         sweep=$(last_sweep)
