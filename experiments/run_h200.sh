@@ -4,6 +4,7 @@
 #   experiments/run_h200.sh OUTDIR PHASE [PHASE ...]
 #
 #   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py), GPUTESTS_SHARDS at once
+#             (GPUTESTS_K: a pytest -k expression to run some of them)
 #   kernels   python -m sla_kernel_glue.bench_sla: real-size checks against the float64 reference,
 #             then N 8192 and 32768 (KERNELS_N) against SDPA cuDNN/flash with peak memory
 #             (KERNELS_FLAGS=--skip-check for timings only)
@@ -50,14 +51,16 @@ for phase in "$@"; do
     case "$phase" in
     gputests)  # GPUTESTS_SHARDS pytest processes side by side: Triton compiles on all cores
         shards=${GPUTESTS_SHARDS:-4}
-        python -m pytest -q -p no:cacheprovider --collect-only tests/sla_kernel_glue/test_triton_gpu.py \
+        python -m pytest -q -p no:cacheprovider --collect-only tests/sla_kernel_glue/test_triton_gpu.py ${GPUTESTS_K:+-k "$GPUTESTS_K"} \
             | grep '::' > "$out/gputests_ids.txt"
+        pids=()
         for i in $(seq 0 $((shards - 1))); do
             awk -v n="$shards" -v i="$i" 'NR % n == i' "$out/gputests_ids.txt" > "$out/gputests_shard$i.txt"
             timeout -k 15 "${GPUTESTS_TIMEOUT:-420}" python -m pytest -q -p no:cacheprovider \
                 $(cat "$out/gputests_shard$i.txt") > "$out/gputests_shard$i.log" 2>&1 &
+            pids+=($!)
         done
-        wait
+        wait "${pids[@]}"  # the shards only: a bare wait would also wait for the nvidia-smi sampler
         tail -n 3 "$out"/gputests_shard*.log | tee "$out/gputests.log" ;;
     kernels)
         timeout -k 15 "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
