@@ -3,10 +3,13 @@
     python -m orchestrator.bench_step --preset wan-1.3b --layers 10 --topk 0.05 0.1 0.2 --out step.json
     python -m orchestrator.bench_step --preset tiny --steps 2          # CPU smoke run
     python -m orchestrator.bench_step --preset wan-1.3b-6l --compile --profile prof/   # GPU
+    python -m orchestrator.bench_step --preset wan-1.3b-6l --inference --compile        # sampling
 
 --compile compiles each transformer block with torch.compile (orchestrator.recipe.compile), for
 dense and SLA alike; --profile writes, per config, a table of the step's kernels by device
-time (torch.profiler over one step after the timed ones).
+time (torch.profiler over one step after the timed ones). --inference times one denoising
+forward pass under no_grad instead (what each sampling step of `sla-sweep infer` costs), and
+attention forward only.
 
 One training step = flow-matching loss, backward, AdamW step, under bf16 autocast on CUDA (fp32 on
 the CPU). Every config starts from the same weights and batch. Attention's share of a step is
@@ -28,8 +31,8 @@ from pathlib import Path
 import torch
 
 from orchestrator.models.wan_presets import PRESETS
-from orchestrator.recipe.compile import compile_blocks, compile_settings, uncompile_blocks
-from orchestrator.recipe.flow_matching import class_prompts, flow_loss
+from orchestrator.recipe.compile import compiled_blocks
+from orchestrator.recipe.flow_matching import class_prompts, flow_loss, predict_velocity
 from sla_kernel_glue import SLAConfig, SparseLinearAttention, apply_sla, attention_flops
 
 
@@ -63,8 +66,17 @@ def build_model(preset: str, layers: int | None, device: torch.device):
 
 
 def step_time(
-    model, batch, context, device, *, steps: int, autocast: bool, profile: Path | None = None
+    model,
+    batch,
+    context,
+    device,
+    *,
+    steps: int,
+    autocast: bool,
+    inference: bool = False,
+    profile: Path | None = None,
 ) -> float:
+    """Median seconds of a training step (or, inference, of one denoising forward pass)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     x0, noise, t = batch
 
@@ -74,6 +86,13 @@ def step_time(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def one_forward() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            predict_velocity(model, noise, t, context)
+
+    if inference:
+        one_step = one_forward  # noqa: F811 - the timed function for --inference
 
     seconds = _timed(one_step, device, warmup=1, reps=steps)
     if profile is not None:
@@ -96,13 +115,21 @@ def write_profile(fn, device: torch.device, path: Path) -> None:
 
 
 def attention_time(
-    config: dict, sla: SLAConfig | None, tokens: int, batch: int, device, *, autocast: bool
+    config: dict,
+    sla: SLAConfig | None,
+    tokens: int,
+    batch: int,
+    device,
+    *,
+    autocast: bool,
+    backward: bool = True,
 ) -> float:
-    """Seconds of one self-attention call forward+backward at the step's shapes."""
+    """Seconds of one self-attention call at the step's shapes: forward+backward, or forward
+    only under no_grad (backward=False)."""
     heads, d = config["num_attention_heads"], config["attention_head_dim"]
     dtype = torch.bfloat16 if autocast else torch.float32
     q, k, v = (
-        torch.randn(batch, heads, tokens, d, device=device, dtype=dtype, requires_grad=True)
+        torch.randn(batch, heads, tokens, d, device=device, dtype=dtype, requires_grad=backward)
         for _ in range(3)
     )
     grad = torch.randn_like(q)
@@ -112,6 +139,10 @@ def attention_time(
         fn = SparseLinearAttention.from_config(d, sla).to(device)
 
     def call() -> None:
+        if not backward:
+            with torch.no_grad():
+                fn(q, k, v)
+            return
         out = fn(q, k, v)
         out.backward(grad)
 
@@ -136,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every transformer block (dense and SLA alike)")  # fmt: skip
+    p.add_argument("--inference", action="store_true",
+                   help="time one denoising forward pass under no_grad instead of a training step")  # fmt: skip
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="write each config's profiled step (ops by device time) into DIR")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -173,11 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         handle = apply_sla(model, sla) if sla is not None else None
         name = "dense" if sla is None else f"topk {sla.topk} {sla.linear_scope}"
         profile = None if args.profile is None else args.profile / (name.replace(" ", "_") + ".txt")
+        if args.compile:
+            torch._dynamo.reset()  # each config compiles its own graphs
         try:
-            with compile_settings() if args.compile else contextlib.nullcontext():
-                if args.compile:
-                    torch._dynamo.reset()  # each config compiles its own graphs
-                    compile_blocks(model)
+            with compiled_blocks(model) if args.compile else contextlib.nullcontext():
                 step_s = step_time(
                     model,
                     batch,
@@ -185,21 +217,23 @@ def main(argv: list[str] | None = None) -> int:
                     device,
                     steps=args.steps,
                     autocast=autocast,
+                    inference=args.inference,
                     profile=profile,
                 )
             calls = handle.sla_calls() if handle is not None else 0
         finally:
-            uncompile_blocks(model)
             if handle is not None:
                 handle.remove()
-        attn_s = attention_time(config, sla, tokens, args.batch, device, autocast=autocast)
+        attn_s = attention_time(
+            config, sla, tokens, args.batch, device, autocast=autocast, backward=not args.inference
+        )
         flops = attention_flops(
             args.batch,
             config["num_attention_heads"],
             tokens,
             config["attention_head_dim"],
             sla,
-            backward=True,
+            backward=not args.inference,
         )
         row = {
             "config": name,
@@ -216,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["speedup_vs_dense"] = dense / row["step_s"]
         print(
-            f"{row['config']:>10}: step {row['step_s'] * 1e3:9.1f} ms  x{row['speedup_vs_dense']:.2f} vs dense  attention share {row['attention_share']:.0%}"
+            f"{row['config']:>10}: {'forward' if args.inference else 'step'} {row['step_s'] * 1e3:9.1f} ms  x{row['speedup_vs_dense']:.2f} vs dense  attention share {row['attention_share']:.0%}"
         )
     result = {
         "device": gpu,
@@ -225,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": tokens,
         "batch": args.batch,
         "compile": args.compile,
+        "mode": "inference" if args.inference else "training",
         "rows": rows,
         "torch": torch.__version__,
     }

@@ -1,6 +1,6 @@
 """`sla-sweep compare SWEEP_DIR`: every finished trial against the full-attention control.
 
-    sla-sweep compare sla_runs/topk-20261129-101500 [--num-samples 4] [--seed 0] [--device auto]
+    sla-sweep compare sla_runs/topk-20261129-101500 [--num-samples 4] [--seed 0] [--device auto] [--compile]
 
 Loads each trial's latest checkpoint (SLA trials with SLA on, the control dense), samples the same
 noise and prompts from every one of them, and reports per trial:
@@ -9,7 +9,9 @@ noise and prompts from every one of them, and reports per trial:
 - PSNR (dB) of the trial's samples against the control's samples from the same noise;
 - generation time and the inference speed-up over the control (SLA against dense attention on
   the same model size). The first call of each model is a warm-up (Triton compiles and autotunes
-  there) and is not timed; CUDA is synchronised around the timed call.
+  there) and is not timed; CUDA is synchronised around the timed call. With --compile every
+  model's transformer blocks are torch.compiled (SLA's attention call stays eager) and the
+  warm-up is the whole timed workload, so that no compilation lands in the timing.
 
 Writes <sweep>/compare.json (or --out) and prints a table. Needs a finished control trial.
 """
@@ -17,6 +19,7 @@ Writes <sweep>/compare.json (or --out) and prints a table. Needs a finished cont
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -25,7 +28,12 @@ from typing import Any
 
 
 def compare_sweep(
-    sweep_dir: Path, *, num_samples: int = 4, seed: int = 0, device: str = "auto"
+    sweep_dir: Path,
+    *,
+    num_samples: int = 4,
+    seed: int = 0,
+    device: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Generate from every finished trial of the sweep and compare it with the control."""
     import torch
@@ -33,6 +41,7 @@ def compare_sweep(
     from orchestrator.infer import pick_device
     from orchestrator.infer_model import InferenceError, load_checkpoint_model
     from orchestrator.infer_target import from_sweep, load_rows
+    from orchestrator.recipe.compile import compiled_blocks
     from orchestrator.recipe.evaluate import psnr
     from orchestrator.samples import generate, sample_inputs
 
@@ -54,14 +63,17 @@ def compare_sweep(
         attention = "dense" if row.sla is None else "sla"
         loaded = load_checkpoint_model(target.directory, attention=attention, device=dev)
         noise, labels = sample_inputs(loaded.settings, num_samples=num_samples, seed=seed)
-        generate(loaded.model, loaded.settings, noise[:1], labels[:1], device=dev)  # warm-up
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        clips = generate(loaded.model, loaded.settings, noise, labels, device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        with compiled_blocks(loaded.model) if compile else contextlib.nullcontext():
+            # warm-up: compiled, every batch shape of the timed call; eager, one clip will do
+            warm = num_samples if compile else 1
+            generate(loaded.model, loaded.settings, noise[:warm], labels[:warm], device=dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            clips = generate(loaded.model, loaded.settings, noise, labels, device=dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
         clips_by_trial[row.trial_id] = clips
         results.append(
             {
@@ -89,7 +101,7 @@ def compare_sweep(
         r["speedup_vs_control"] = control["generate_s"] / r["generate_s"]
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     return {"sweep": str(sweep_dir), "device": gpu, "num_samples": num_samples, "seed": seed,
-            "trials": results}  # fmt: skip
+            "compile": compile, "trials": results}  # fmt: skip
 
 
 def format_comparison(result: dict[str, Any]) -> str:
@@ -128,14 +140,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every trial")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--out", type=Path, help="where the JSON goes (default: SWEEP_DIR/compare.json)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every model's transformer blocks (dense and SLA alike)")  # fmt: skip
 
 
 def handle(args: argparse.Namespace) -> int:
     """Compare every finished trial's samples, loss and generation time with the control."""
     try:
         result = compare_sweep(
-            args.sweep_dir, num_samples=args.num_samples, seed=args.seed, device=args.device
-        )
+            args.sweep_dir, num_samples=args.num_samples, seed=args.seed, device=args.device,
+            compile=args.compile,
+        )  # fmt: skip
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep compare: error: {exc}", file=sys.stderr)
         return 2

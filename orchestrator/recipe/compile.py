@@ -47,6 +47,18 @@ def compile_settings() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def compiled_blocks(model: nn.Module, **compile_kwargs) -> Iterator[int]:
+    """The model's blocks compiled (under compile_settings) for the duration of a with block;
+    yields how many; the model's own forwards are back on exit."""
+    with compile_settings():
+        count = compile_blocks(model, **compile_kwargs)
+        try:
+            yield count
+        finally:
+            uncompile_blocks(model)
+
+
 def uncompile_blocks(model: nn.Module) -> None:
     """Drop the compiled forwards that compile_blocks installed (nn.Module.compile is in place)."""
     for m in model.modules():

@@ -82,3 +82,19 @@ def test_table_names_trials_by_the_settings_that_vary():
     assert lines[1].startswith("control (full attention)") and lines[1].split()[-1] == "1.00x"
     assert lines[2].startswith("a ")  # nothing varies for it but the absent key: its trial id
     assert lines[3].startswith("linear_scope=none") and "+0.0200" in lines[3] and lines[3].endswith("4.00x")
+
+
+def test_compiled_compare_matches_eager(smoke_sweep):
+    # --compile: every model's blocks compiled (dense control and SLA trials alike); the same
+    # samples within compiler rounding, so the same PSNR against the control up to that rounding.
+    from torch._dynamo.utils import counters
+
+    _, outcome = smoke_sweep
+    eager = compare_sweep(outcome.sweep_dir, num_samples=1, device="cpu")
+    counters.clear()
+    compiled = compare_sweep(outcome.sweep_dir, num_samples=1, device="cpu", compile=True)
+    assert counters["stats"]["unique_graphs"] > 0 and compiled["compile"] is True
+    assert [t["trial"] for t in compiled["trials"]] == [t["trial"] for t in eager["trials"]]
+    for a, b in zip(eager["trials"][1:], compiled["trials"][1:], strict=True):
+        assert b["sla_calls"] == a["sla_calls"] > 0
+        assert b["psnr_vs_control_db"] == pytest.approx(a["psnr_vs_control_db"], abs=0.5)
