@@ -91,12 +91,10 @@ def step_time(
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             predict_velocity(model, noise, t, context)
 
-    if inference:
-        one_step = one_forward  # noqa: F811 - the timed function for --inference
-
-    seconds = _timed(one_step, device, warmup=1, reps=steps)
+    timed = one_forward if inference else one_step
+    seconds = _timed(timed, device, warmup=1, reps=steps)
     if profile is not None:
-        write_profile(one_step, device, profile)
+        write_profile(timed, device, profile)
     return seconds
 
 

@@ -6,7 +6,7 @@ import collections
 import logging
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .config import SLAConfig
