@@ -27,7 +27,7 @@ from . import evaluate as ev
 from .base_model import folder_fingerprint, load_base_model
 from .callbacks import Callback, PrintCallback
 from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
-from .compile import compile_blocks, compile_settings, uncompile_blocks
+from .compile import compiled_blocks
 from .config import TrainConfig
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
 from .reference import base_reference
@@ -63,7 +63,7 @@ class TrialRecipe:
         self.mixed_precision = ("bf16" if cuda else "no") if train.mixed_precision == "auto" else train.mixed_precision
         self.handle: Any = None
         self.start_step = 0
-        self._compile_scope = contextlib.ExitStack()  # Inductor settings while compiled blocks run
+        self._compile_scope = contextlib.ExitStack()  # compiled blocks and their Inductor settings, until cleanup
 
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -173,11 +173,10 @@ class TrialRecipe:
 
     def _setup_compile(self) -> None:
         """torch.compile every transformer block (after SLA injection, before DDP wraps the model),
-        under Inductor settings that hold until cleanup."""
+        under Inductor settings that hold until cleanup, which also restores the blocks' forwards."""
         if not self.train_cfg.compile:
             return
-        self._compile_scope.enter_context(compile_settings())
-        blocks = compile_blocks(self.model)
+        blocks = self._compile_scope.enter_context(compiled_blocks(self.model))
         if self.accelerator.is_main_process:
             print(f"[recipe] torch.compile: {blocks} blocks (compiled at the first step)")
 
@@ -316,8 +315,6 @@ class TrialRecipe:
 
     # ---- cleanup ---------------------------------------------------------------------------
     def cleanup(self) -> None:
-        if self.train_cfg.compile and hasattr(self, "model"):
-            uncompile_blocks(self.accelerator.unwrap_model(self.model))
         self._compile_scope.close()
         acc = getattr(self, "accelerator", None)
         if acc is None:
