@@ -163,9 +163,10 @@ def finish(spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0:
 def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
     """Mean seconds per trial: Ray start-up (Tune actor, Train controller, worker group,
     torch.distributed) before the worker loop, split into the Tune trial actor's start and the
-    Train start-up it then waits for (itself split at the worker process's creation: the Train
-    controller and worker scheduling before it, the worker's imports and process group after); the recipe's setup and first evaluation, its training and
-    evaluations, and Ray's teardown after the last report."""
+    Train start-up it then waits for (itself split at the worker process's creation: controller
+    and worker scheduling before it, the worker's imports and process group after); the recipe's
+    setup and first evaluation; its training and evaluations; Ray's teardown after the last
+    report."""
     spans = {"trial_ray_start_s": ("start", "loop_start"),
              "trial_tune_actor_start_s": ("start", "trainable_start"),
              "trial_train_start_s": ("trainable_start", "loop_start"),
