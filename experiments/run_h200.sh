@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The whole loop on one H200 (issue 9) in phases, so that it fits 10-minute device calls:
+# The whole loop on one H200 in phases, so that it fits 10-minute device calls:
 #
 #   experiments/run_h200.sh OUTDIR PHASE [PHASE ...]
 #
 #   gputests  the GPU kernel tests (tests/sla_kernel_glue/test_triton_gpu.py), GPUTESTS_SHARDS at once
 #             (GPUTESTS_K: a pytest -k expression to run some of them)
-#   kernels   python -m sla_kernel_glue.bench_sla: real-size checks against the float64 reference,
+#   kernels   python -m benchmarks.sla_kernels: real-size checks against the float64 reference,
 #             then N 8192 and 32768 (KERNELS_N) against SDPA cuDNN/flash with peak memory
 #             (KERNELS_FLAGS=--skip-check for timings only)
 #   kernels-small  timings and stages at the training step's attention shape (B 1, H 12, N 32768)
-#   step      python -m orchestrator.bench_step: one training step of wan-1.3b-6l (32,768 tokens),
+#   step      python -m benchmarks.train_step: one training step of wan-1.3b-6l (32,768 tokens),
 #             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
 #             (STEP_FLAGS="--compile --profile DIR", STEP_TOPK, STEP_SLA, STEP_NAME, STEP_EXTRA: the
 #             extra configs, space-separated dicts without spaces)
@@ -63,14 +63,14 @@ for phase in "$@"; do
         wait "${pids[@]}"  # the shards only: a bare wait would also wait for the nvidia-smi sampler
         tail -n 3 "$out"/gputests_shard*.log | tee "$out/gputests.log" ;;
     kernels)
-        timeout -k 15 "${KERNELS_TIMEOUT:-420}" python -m sla_kernel_glue.bench_sla --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
+        timeout -k 15 "${KERNELS_TIMEOUT:-420}" python -m benchmarks.sla_kernels --n ${KERNELS_N:-8192 32768} --blkq 64 128 \
             ${KERNELS_FLAGS:-} --out "$out/kernels" 2>&1 | tee "$out/kernels.log" ;;
     kernels-small)  # the training step's attention shape: B 1, H 12 (Wan 1.3B) at 32,768 tokens
-        timeout -k 15 "${KERNELS_TIMEOUT:-300}" python -m sla_kernel_glue.bench_sla --n 32768 --batch 1 --heads 12 \
+        timeout -k 15 "${KERNELS_TIMEOUT:-300}" python -m benchmarks.sla_kernels --n 32768 --batch 1 --heads 12 \
             --blkq 64 --topk 0.05 --scope all none --skip-check --out "$out/kernels_b1h12" 2>&1 | tee "$out/kernels_b1h12.log" ;;
     step)  # STEP_FLAGS: e.g. --compile, --profile DIR; STEP_NAME names the outputs
         name=${STEP_NAME:-step_32k}
-        timeout -k 15 "${STEP_TIMEOUT:-200}" python -m orchestrator.bench_step --preset wan-1.3b-6l \
+        timeout -k 15 "${STEP_TIMEOUT:-200}" python -m benchmarks.train_step --preset wan-1.3b-6l \
             --topk ${STEP_TOPK:-0.05 0.1 0.2} --sla "${STEP_SLA:-{'linear_scope': 'marginal'\}}" \
             --extra ${STEP_EXTRA:-"{'topk':0.05,'linear_scope':'all'}" "{'topk':0.05,'linear_scope':'none'}"} \
             --steps 3 ${STEP_FLAGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" ;;

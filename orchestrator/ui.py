@@ -28,6 +28,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
+from orchestrator.sweep.records import SWEEP_FILE
+
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 120.0
 
@@ -54,13 +57,13 @@ def resolve_store(target: str) -> Store:
         raise UIError(
             f"DIR ({target!r}) is not a directory nor a tracking URI (sqlite:///..., http://...)"
         )
-    if (path / "sweep.json").is_file():
-        meta = json.loads((path / "sweep.json").read_text())
+    if (path / SWEEP_FILE).is_file():
+        meta = json.loads((path / SWEEP_FILE).read_text())
         return Store(
             meta["tracking_uri"], str(meta.get("experiment_id")), meta.get("parent_run_id")
         )
-    if (path / "mlflow.db").is_file():
-        return Store(f"sqlite:///{path / 'mlflow.db'}")
+    if (path / MLFLOW_DB).is_file():
+        return Store(sqlite_store(path))
     raise UIError(
         f"{path} is neither a sweep directory (sweep.json) nor holds an MLflow store (mlflow.db)"
     )
@@ -201,14 +204,3 @@ def handle(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m orchestrator.ui ...`: the same as `sla-sweep ui ...`."""
-    parser = argparse.ArgumentParser(prog="sla-sweep ui", description=handle.__doc__)
-    add_arguments(parser)
-    return handle(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

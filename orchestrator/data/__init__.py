@@ -5,4 +5,11 @@ from .digits_clips import DigitsClips
 from .folder import FolderClips, FolderDataError
 from .sampling import StepSampler
 
-__all__ = ["DigitsClips", "FolderClips", "FolderDataError", "StepSampler", "build_datasets", "collate"]
+__all__ = [
+    "DigitsClips",
+    "FolderClips",
+    "FolderDataError",
+    "StepSampler",
+    "build_datasets",
+    "collate",
+]

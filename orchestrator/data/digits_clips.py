@@ -44,7 +44,9 @@ def _split_digits(split: str, digit_size: int) -> tuple[np.ndarray, np.ndarray]:
     chosen = order[n_val:] if split == "train" else order[:n_val]
     small = torch.from_numpy(images[chosen]).unsqueeze(1)  # (n, 1, 8, 8)
     if digit_size != 8:
-        small = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+        small = F.interpolate(
+            small, size=(digit_size, digit_size), mode="bilinear", align_corners=False
+        )
     return small.squeeze(1).clamp(0, 1).numpy(), labels[chosen]
 
 
@@ -79,14 +81,21 @@ class DigitsClips(Dataset):
     ) -> None:
         digit_size = default_digit_size(size) if digit_size is None else digit_size
         errors = []
-        for name, value in (("num_clips", num_clips), ("frames", frames), ("size", size), ("channels", channels)):
+        for name, value in (
+            ("num_clips", num_clips),
+            ("frames", frames),
+            ("size", size),
+            ("channels", channels),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 errors.append(f"{name} ({value!r}) must be a positive integer")
         if split not in SPLITS:
             errors.append(f"split ({split!r}) must be one of {', '.join(SPLITS)}")
         if isinstance(size, int) and size % 2:
             errors.append(f"size ({size}) must be even: the transformer patches 2x2 pixels")
-        if not isinstance(digit_size, int) or not 1 <= digit_size <= (size if isinstance(size, int) else 0):
+        if not isinstance(digit_size, int) or not 1 <= digit_size <= (
+            size if isinstance(size, int) else 0
+        ):
             errors.append(f"digit_size ({digit_size!r}) must be an integer in [1, size={size}]")
         if errors:
             raise ValueError("; ".join(errors))

@@ -27,7 +27,9 @@ class FolderDataError(ValueError):
 class FolderClips(Dataset):
     """Clips (C, F, H, W) loaded from a folder, label 0 each; see the module docstring."""
 
-    def __init__(self, root: str | Path, *, channels: int, split: str = "train", num_val: int = 1) -> None:
+    def __init__(
+        self, root: str | Path, *, channels: int, split: str = "train", num_val: int = 1
+    ) -> None:
         root = Path(root).expanduser()
         if split not in SPLITS:
             raise ValueError(f"split ({split!r}) must be one of {', '.join(SPLITS)}")
@@ -100,7 +102,9 @@ def _load_pt(path: Path, channels: int) -> torch.Tensor:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types; name the file and the cause
-        raise FolderDataError(f"{path.name}: not a tensor file readable with weights_only=True ({exc})") from exc
+        raise FolderDataError(
+            f"{path.name}: not a tensor file readable with weights_only=True ({exc})"
+        ) from exc
     if not isinstance(value, torch.Tensor):
         raise FolderDataError(f"{path.name}: holds a {type(value).__name__}, expected one tensor")
     if not value.is_floating_point():
@@ -108,7 +112,9 @@ def _load_pt(path: Path, channels: int) -> torch.Tensor:
     if value.dim() == 3:
         value = value.unsqueeze(0).expand(channels, *value.shape)
     elif value.dim() != 4:
-        raise FolderDataError(f"{path.name}: shape {tuple(value.shape)} is not (C, F, H, W) or (F, H, W)")
+        raise FolderDataError(
+            f"{path.name}: shape {tuple(value.shape)} is not (C, F, H, W) or (F, H, W)"
+        )
     if value.shape[0] != channels:
         raise FolderDataError(
             f"{path.name}: {value.shape[0]} channels, the model takes {channels} (or give (F, H, W))"

@@ -16,7 +16,9 @@ import numpy as np
 class StepSampler:
     """Indices of the samples for (step, micro-batch, rank)."""
 
-    def __init__(self, num_samples: int, *, batch_size: int, grad_accum: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self, num_samples: int, *, batch_size: int, grad_accum: int, world_size: int, seed: int
+    ) -> None:
         if num_samples <= 0:
             raise ValueError(f"num_samples ({num_samples}) must be positive")
         self.num_samples, self.batch_size = num_samples, batch_size

@@ -56,24 +56,68 @@ class WanPreset:
 
 PRESETS: dict[str, WanPreset] = {
     "tiny": WanPreset(
-        heads=2, head_dim=32, layers=2, ffn_dim=128, in_channels=4, text_dim=32, freq_dim=32,
-        frames=4, size=16, text_len=8, note="CPU tests: 256 tokens, a training step well under 1 s",
+        heads=2,
+        head_dim=32,
+        layers=2,
+        ffn_dim=128,
+        in_channels=4,
+        text_dim=32,
+        freq_dim=32,
+        frames=4,
+        size=16,
+        text_len=8,
+        note="CPU tests: 256 tokens, a training step well under 1 s",
     ),
     "small": WanPreset(
-        heads=4, head_dim=32, layers=4, ffn_dim=512, in_channels=4, text_dim=64, freq_dim=64,
-        frames=8, size=32, text_len=16, note="CPU demo / small GPU: 2,048 tokens",
+        heads=4,
+        head_dim=32,
+        layers=4,
+        ffn_dim=512,
+        in_channels=4,
+        text_dim=64,
+        freq_dim=64,
+        frames=8,
+        size=32,
+        text_len=16,
+        note="CPU demo / small GPU: 2,048 tokens",
     ),
     "medium": WanPreset(
-        heads=8, head_dim=64, layers=8, ffn_dim=2048, in_channels=16, text_dim=512, freq_dim=256,
-        frames=16, size=64, text_len=64, note="GPU: 16,384 tokens",
+        heads=8,
+        head_dim=64,
+        layers=8,
+        ffn_dim=2048,
+        in_channels=16,
+        text_dim=512,
+        freq_dim=256,
+        frames=16,
+        size=64,
+        text_len=64,
+        note="GPU: 16,384 tokens",
     ),
     "wan-1.3b": WanPreset(
-        heads=12, head_dim=128, layers=30, ffn_dim=8960, in_channels=16, text_dim=4096, freq_dim=256,
-        frames=32, size=64, text_len=512, note="Wan2.1-1.3B shape on one H200: 32,768 tokens",
+        heads=12,
+        head_dim=128,
+        layers=30,
+        ffn_dim=8960,
+        in_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        frames=32,
+        size=64,
+        text_len=512,
+        note="Wan2.1-1.3B shape on one H200: 32,768 tokens",
     ),
     "wan-1.3b-6l": WanPreset(
-        heads=12, head_dim=128, layers=6, ffn_dim=8960, in_channels=16, text_dim=4096, freq_dim=256,
-        frames=32, size=64, text_len=512,
+        heads=12,
+        head_dim=128,
+        layers=6,
+        ffn_dim=8960,
+        in_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        frames=32,
+        size=64,
+        text_len=512,
         note="6 of Wan2.1-1.3B's 30 layers at 32,768 tokens: its per-layer cost, a sweep in minutes",
     ),
 }
@@ -111,11 +155,21 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
+LOCAL_TEXT_LEN = 64  # L of the text context for a local model directory (presets name their own)
+
+
+def text_len(model: str) -> int:
+    """L of the text context the recipe feeds `model` (a preset name or a local directory)."""
+    return PRESETS[model].text_len if model in PRESETS else LOCAL_TEXT_LEN
+
+
 def model_source_error(model: str) -> str | None:
     """Why `model` is neither a preset nor a local diffusers Wan model directory (None if fine)."""
     if model in PRESETS:
         return None
-    allowed = f"a preset ({', '.join(PRESETS)}) or a local diffusers WanTransformer3DModel directory"
+    allowed = (
+        f"a preset ({', '.join(PRESETS)}) or a local diffusers WanTransformer3DModel directory"
+    )
     path = Path(model).expanduser()
     if not path.exists():
         return f"model ({model!r}) must be {allowed}; no such preset and the path does not exist"

@@ -25,7 +25,7 @@ from diffusers import WanTransformer3DModel
 from orchestrator.data import StepSampler, build_datasets, collate
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 
-from .config import TrainConfig
+from .config import TrainConfig, autocast_dtype
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
 
 BASE_FORMAT = 1  # bump when the pre-training procedure changes, so old caches are not reused
@@ -33,7 +33,9 @@ _BASE_SEED_OFFSET = 104729  # the base's data/noise stream differs from any tria
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SLA_SWEEP_CACHE", "~/.cache/sla-sweep")).expanduser() / "base_models"
+    return (
+        Path(os.environ.get("SLA_SWEEP_CACHE", "~/.cache/sla-sweep")).expanduser() / "base_models"
+    )
 
 
 def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
@@ -49,8 +51,8 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
         "data": {  # what the base trains on (not num_val; frames/size resolved against the preset)
             "source": train.data.source,
             "num_train": train.data.num_train,
-            "frames": train.data.frames or PRESETS[train.model].frames,
-            "size": train.data.size or PRESETS[train.model].size,
+            "frames": train.clip_shape[0],
+            "size": train.clip_shape[1],
         },
         "seed": train.seed,
         "steps": train.base_steps,
@@ -71,12 +73,11 @@ def load_base_model(
     *,
     device: torch.device,
     mixed_precision: str,
-    clip_shape: tuple[int, int],
     log: Callable[[str], None] = print,
 ) -> tuple[WanTransformer3DModel, str]:
     """(model in float32 on the CPU, its base id); pre-trains and caches a preset's base if needed.
 
-    clip_shape: (frames, size) of the trial's digits clips (the base trains on the same shape).
+    The base trains on the trial's own clip shape (train.clip_shape) in `mixed_precision` (resolved).
     """
     base_id = base_model_id(train, mixed_precision)
     if train.model not in PRESETS:
@@ -88,8 +89,10 @@ def load_base_model(
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f"{base_id}.lock"):
         if not (final / "config.json").is_file():
-            log(f"pre-training base model {base_id} ({train.base_steps} steps, full attention) into {cache}")
-            model = _pretrain(train, device=device, mixed_precision=mixed_precision, clip_shape=clip_shape, log=log)
+            log(
+                f"pre-training base model {base_id} ({train.base_steps} steps, full attention) into {cache}"
+            )
+            model = _pretrain(train, device=device, mixed_precision=mixed_precision, log=log)
             tmp = cache / f".{base_id}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp, safe_serialization=True)
@@ -100,7 +103,9 @@ def load_base_model(
 def folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime in ns) of every file under a data folder, sorted."""
     return sorted(
-        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
     )
 
 
@@ -119,26 +124,34 @@ def _pretrain(
     *,
     device: torch.device,
     mixed_precision: str,
-    clip_shape: tuple[int, int],
     log: Callable[[str], None],
 ) -> WanTransformer3DModel:
     """A plain single-process full-attention flow-matching loop from the preset's init."""
     preset = PRESETS[train.model]
     seed = train.seed + _BASE_SEED_OFFSET
-    frames, size = clip_shape
+    frames, size = train.clip_shape
     dataset, _ = build_datasets(
-        train.data.source, channels=preset.in_channels, frames=frames, size=size,
-        num_train=train.data.num_train, num_val=train.data.num_val, seed=train.seed,
+        train.data.source,
+        channels=preset.in_channels,
+        frames=frames,
+        size=size,
+        num_train=train.data.num_train,
+        num_val=train.data.num_val,
+        seed=train.seed,
     )
     model = build_preset(train.model, seed=train.seed).to(device).train()
     if train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     prompts = class_prompts(preset.text_len, preset.text_dim)
-    sampler = StepSampler(len(dataset), batch_size=train.batch_size, grad_accum=1, world_size=1, seed=seed)
+    sampler = StepSampler(
+        len(dataset), batch_size=train.batch_size, grad_accum=1, world_size=1, seed=seed
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.base_lr, weight_decay=0.0)
     warmup = max(1, train.base_steps // 10)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # a no-op unless fp16
+    dtype = autocast_dtype(mixed_precision)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=dtype is torch.float16
+    )  # a no-op unless fp16
     start = time.perf_counter()
     for step in range(train.base_steps):
         for group in optimizer.param_groups:
@@ -146,9 +159,16 @@ def _pretrain(
         clips, labels = collate(dataset, sampler.indices(step, 0, 0))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(clips.shape, generator=generator)
-        t = sample_timesteps(clips.shape[0], generator=generator, sampling=train.timestep_sampling, shift=train.timestep_shift)
+        t = sample_timesteps(
+            clips.shape[0],
+            generator=generator,
+            sampling=train.timestep_sampling,
+            shift=train.timestep_shift,
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = flow_loss(model, clips.to(device), noise.to(device), t.to(device), prompts[labels].to(device))
+            loss = flow_loss(
+                model, clips.to(device), noise.to(device), t.to(device), prompts[labels].to(device)
+            )
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,5 +176,7 @@ def _pretrain(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % max(1, train.base_steps // 5) == 0:
-            log(f"base step {step + 1}/{train.base_steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.1f}s")
+            log(
+                f"base step {step + 1}/{train.base_steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.1f}s"
+            )
     return model.cpu()

@@ -46,7 +46,9 @@ class CallbackList:
 class PrintCallback:
     """Progress lines on the main process: step, loss, step time, throughput, eval metrics."""
 
-    def __init__(self, total_steps: int, *, is_main: bool = True, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, total_steps: int, *, is_main: bool = True, stream: IO[str] | None = None
+    ) -> None:
         self.total_steps = total_steps
         self.is_main = is_main
         self.stream = stream if stream is not None else sys.stdout
@@ -61,7 +63,13 @@ class PrintCallback:
             parts.append(f"{metrics['perf/step_s'] * 1000:.0f} ms/step")
         if "perf/tokens_per_s" in metrics:
             parts.append(f"{metrics['perf/tokens_per_s']:,.0f} tok/s")
-        for key in ("val/loss", "val/loss_gap", "val/attn_rel_err", "val/sample_psnr", "flops/attention_ratio"):
+        for key in (
+            "val/loss",
+            "val/loss_gap",
+            "val/attn_rel_err",
+            "val/sample_psnr",
+            "flops/attention_ratio",
+        ):
             if key in metrics:
                 parts.append(f"{key} {metrics[key]:.4g}")
         if metrics.get("sla/fallback_calls"):
@@ -71,7 +79,11 @@ class PrintCallback:
     def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, float]) -> None:
         self.on_metrics(step, metrics)
         if self.is_main:
-            print(f"step {step:>6d}/{self.total_steps}  checkpoint {directory}", file=self.stream, flush=True)
+            print(
+                f"step {step:>6d}/{self.total_steps}  checkpoint {directory}",
+                file=self.stream,
+                flush=True,
+            )
 
 
 class RecordingCallback:

@@ -1,9 +1,9 @@
 """Checkpoint directories: accelerate state + sla_attention.pt + trial.json, and resuming them.
 
-    <workdir>/checkpoint_NNNNNN/
-      accelerate state (model incl. SLA proj_l, optimizer, RNG), written by every rank
-      sla_attention.pt   (rank 0; absent for the full-attention control)
-      trial.json         (rank 0: step, SLA config or null, metrics, base model id, train config)
+<workdir>/checkpoint_NNNNNN/
+  accelerate state (model incl. SLA proj_l, optimizer, RNG), written by every rank
+  sla_attention.pt   (rank 0; absent for the full-attention control)
+  trial.json         (rank 0: step, SLA config or null, metrics, base model id, train config)
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def save_checkpoint(
         }
         tmp = directory / (TRIAL_FILE + ".tmp")
         tmp.write_text(json.dumps(trial, indent=2, sort_keys=True, default=str))
-        tmp.replace(directory / TRIAL_FILE)  # trial.json appears last: its presence marks completion
+        tmp.replace(
+            directory / TRIAL_FILE
+        )  # trial.json appears last: its presence marks completion
     accelerator.wait_for_everyone()
     return directory
 
@@ -76,7 +78,9 @@ def read_trial(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / TRIAL_FILE
     if not directory.is_dir():
-        raise ValueError(f"resume_from ({str(directory)!r}) is not a checkpoint directory (it does not exist)")
+        raise ValueError(
+            f"resume_from ({str(directory)!r}) is not a checkpoint directory (it does not exist)"
+        )
     if not path.is_file():
         raise ValueError(
             f"resume_from ({str(directory)!r}) has no {TRIAL_FILE}: not a complete checkpoint directory"
@@ -92,7 +96,12 @@ def read_trial(directory: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    accelerator: Accelerator, handle: Any, directory: Path, *, sla: SLAConfig | None, base_model: str
+    accelerator: Accelerator,
+    handle: Any,
+    directory: Path,
+    *,
+    sla: SLAConfig | None,
+    base_model: str,
 ) -> dict[str, Any]:
     """Restore a prepared run from a checkpoint directory; returns its trial.json (step, metrics).
 
@@ -106,7 +115,9 @@ def load_checkpoint(
     if saved_sla != running:
         problems.append(f"its SLA config {saved_sla} differs from this run's {running}")
     if trial.get("base_model") != base_model:
-        problems.append(f"its base model {trial.get('base_model')!r} differs from this run's {base_model!r}")
+        problems.append(
+            f"its base model {trial.get('base_model')!r} differs from this run's {base_model!r}"
+        )
     if problems:
         raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
     accelerator.load_state(str(directory))

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from orchestrator.models.wan_presets import PRESETS, model_source_error
+from orchestrator.models.wan_presets import PRESETS, model_source_error, text_len
+from orchestrator.values import is_non_negative_int, is_num, is_positive_int
 
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 
 
@@ -37,15 +38,19 @@ class DataConfig:
         if not isinstance(self.source, str) or not self.source:
             out.append(f"data.source ({self.source!r}) must be 'digits' or a folder path")
         elif self.source != "digits" and not Path(self.source).expanduser().is_dir():
-            out.append(f"data.source ({self.source!r}) must be 'digits' or an existing folder of clips")
+            out.append(
+                f"data.source ({self.source!r}) must be 'digits' or an existing folder of clips"
+            )
         for key in ("frames", "size"):
             value = getattr(self, key)
-            if value is not None and not _positive_int(value):
-                out.append(f"data.{key} ({value!r}) must be a positive integer or null (the preset's)")
-        if _positive_int(self.size) and self.size % 2:
+            if value is not None and not is_positive_int(value):
+                out.append(
+                    f"data.{key} ({value!r}) must be a positive integer or null (the preset's)"
+                )
+        if is_positive_int(self.size) and self.size % 2:
             out.append(f"data.size ({self.size}) must be even (the model patches 2x2 pixels)")
         for key in ("num_train", "num_val"):
-            if not _positive_int(getattr(self, key)):
+            if not is_positive_int(getattr(self, key)):
                 out.append(f"data.{key} ({getattr(self, key)!r}) must be a positive integer")
         return out
 
@@ -114,13 +119,19 @@ class TrainConfig:
         """Build from a (possibly nested) mapping; unknown keys are refused with the allowed ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         data_known = {f.name for f in dataclasses.fields(DataConfig)}
-        errors = [f"unknown train key {k!r}; allowed: {', '.join(sorted(known))}" for k in values if k not in known]
+        errors = [
+            f"unknown train key {k!r}; allowed: {', '.join(sorted(known))}"
+            for k in values
+            if k not in known
+        ]
         data = values.get("data", {})
         if not isinstance(data, Mapping):
             errors.append(f"data ({data!r}) must be a mapping of {', '.join(sorted(data_known))}")
             data = {}
         errors += [
-            f"unknown data key {k!r}; allowed: {', '.join(sorted(data_known))}" for k in data if k not in data_known
+            f"unknown data key {k!r}; allowed: {', '.join(sorted(data_known))}"
+            for k in data
+            if k not in data_known
         ]
         kwargs = {k: v for k, v in values.items() if k in known and k != "data"}
         data_kwargs = {k: v for k, v in data.items() if k in data_known}
@@ -137,20 +148,37 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def clip_shape(self) -> tuple[int, int]:
+        """(frames, size) of the digits clips: data.frames/size, else the preset's; 0 where neither
+        says (a folder's clips bring their own shape)."""
+        preset = PRESETS.get(self.model)
+        frames = self.data.frames or (preset.frames if preset else 0)
+        size = self.data.size or (preset.size if preset else 0)
+        return frames, size
+
+    @property
+    def text_len(self) -> int:
+        """L of the text context the recipe feeds the model."""
+        return text_len(self.model)
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def resolve_mixed_precision(setting: str, *, cuda: bool) -> str:
+    """The precision a run uses: "auto" is bf16 on CUDA and "no" elsewhere; others as given."""
+    if setting == "auto":
+        return "bf16" if cuda else "no"
+    return setting
 
 
-def _non_negative_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def autocast_dtype(precision: str):
+    """torch dtype of a resolved precision's autocast; None for "no" (float32, no autocast)."""
+    import torch
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    name = AUTOCAST_DTYPES.get(precision)
+    return None if name is None else getattr(torch, name)
 
 
 def _errors(c: TrainConfig) -> list[str]:
@@ -161,23 +189,36 @@ def _errors(c: TrainConfig) -> list[str]:
         reason = model_source_error(c.model)
         if reason:
             errors.append(reason)
-        elif c.model not in PRESETS and c.data.source == "digits" and (c.data.frames is None or c.data.size is None):
-            errors.append(f"data.frames and data.size must be given for a local model directory ({c.model!r})")
+        elif (
+            c.model not in PRESETS
+            and c.data.source == "digits"
+            and (c.data.frames is None or c.data.size is None)
+        ):
+            errors.append(
+                f"data.frames and data.size must be given for a local model directory ({c.model!r})"
+            )
     if isinstance(c.data, DataConfig):
         errors += c.data.errors()
     else:
         errors.append(f"data ({c.data!r}) must be a DataConfig or a mapping")
     for key in ("steps", "batch_size", "grad_accum", "log_every", "sample_steps"):
-        if not _positive_int(getattr(c, key)):
+        if not is_positive_int(getattr(c, key)):
             errors.append(f"{key} ({getattr(c, key)!r}) must be a positive integer")
-    for key in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "base_steps", "seed"):
-        if not _non_negative_int(getattr(c, key)):
+    for key in (
+        "warmup_steps",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "base_steps",
+        "seed",
+    ):
+        if not is_non_negative_int(getattr(c, key)):
             errors.append(f"{key} ({getattr(c, key)!r}) must be a non-negative integer")
     for key in ("lr", "base_lr", "timestep_shift"):
-        if not _number(getattr(c, key)) or getattr(c, key) <= 0:
+        if not is_num(getattr(c, key)) or getattr(c, key) <= 0:
             errors.append(f"{key} ({getattr(c, key)!r}) must be a positive number")
     for key in ("weight_decay", "max_grad_norm"):
-        if not _number(getattr(c, key)) or getattr(c, key) < 0:
+        if not is_num(getattr(c, key)) or getattr(c, key) < 0:
             errors.append(f"{key} ({getattr(c, key)!r}) must be a number >= 0")
     for key, allowed in (
         ("lr_schedule", LR_SCHEDULES),

@@ -41,10 +41,18 @@ class ValBatch:
         """(clips, context, noise, timesteps, sample_noise) in slices of at most `size`."""
         for start in range(0, self.clips.shape[0], size):
             s = slice(start, start + size)
-            yield self.clips[s], self.context[s], self.noise[s], self.timesteps[s], self.sample_noise[s]
+            yield (
+                self.clips[s],
+                self.context[s],
+                self.noise[s],
+                self.timesteps[s],
+                self.sample_noise[s],
+            )
 
 
-def make_val_batch(dataset: Dataset, prompts: torch.Tensor, *, seed: int, device: torch.device) -> ValBatch:
+def make_val_batch(
+    dataset: Dataset, prompts: torch.Tensor, *, seed: int, device: torch.device
+) -> ValBatch:
     """All clips of the val dataset, with fixed noise and timesteps from the seed."""
     items = [dataset[i] for i in range(len(dataset))]
     clips = torch.stack([clip for clip, _ in items])
@@ -74,7 +82,13 @@ def val_loss(model: nn.Module, val: ValBatch, *, batch_size: int, autocast: Auto
 
 @torch.no_grad()
 def samples(
-    model: nn.Module, val: ValBatch, *, batch_size: int, steps: int, shift: float, autocast: Autocast
+    model: nn.Module,
+    val: ValBatch,
+    *,
+    batch_size: int,
+    steps: int,
+    shift: float,
+    autocast: Autocast,
 ) -> torch.Tensor:
     """Euler samples from the fixed sampling noise, float32 (n, C, F, H, W)."""
     out = [
@@ -135,7 +149,12 @@ class AttentionErrorProbe:
 
 @torch.no_grad()
 def attention_rel_err(
-    model: nn.Module, layers: dict[str, nn.Module], val: ValBatch, *, batch_size: int, autocast: Autocast
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    val: ValBatch,
+    *,
+    batch_size: int,
+    autocast: Autocast,
 ) -> float:
     """val/attn_rel_err on the first val chunk (0.0 without SLA layers: dense is exact)."""
     if not layers:

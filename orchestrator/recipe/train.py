@@ -25,14 +25,12 @@ from sla_kernel_glue import SLAConfig
 
 from . import evaluate as ev
 from .base_model import folder_fingerprint, load_base_model
+from .base_outputs import base_reference
 from .callbacks import Callback, PrintCallback
 from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
 from .compile import compiled_blocks
-from .config import TrainConfig
+from .config import TrainConfig, resolve_mixed_precision
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
-from .reference import base_reference
-
-LOCAL_TEXT_LEN = 64  # prompt length for a local model directory (presets name their own)
 
 
 class TrialRecipe:
@@ -59,11 +57,14 @@ class TrialRecipe:
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.reference_cache = None if reference_cache is None else Path(reference_cache)
         self.callback = callback
-        cuda = torch.cuda.is_available()
-        self.mixed_precision = ("bf16" if cuda else "no") if train.mixed_precision == "auto" else train.mixed_precision
+        self.mixed_precision = resolve_mixed_precision(
+            train.mixed_precision, cuda=torch.cuda.is_available()
+        )
         self.handle: Any = None
         self.start_step = 0
-        self._compile_scope = contextlib.ExitStack()  # compiled blocks and their Inductor settings, until cleanup
+        self._compile_scope = (
+            contextlib.ExitStack()
+        )  # compiled blocks and their Inductor settings, until cleanup
 
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -93,31 +94,36 @@ class TrialRecipe:
     def _setup_data(self) -> None:
         cfg, data = self.train_cfg, self.train_cfg.data
         preset = PRESETS.get(cfg.model)
-        frames = data.frames or (preset.frames if preset else 0)  # 0: unused (a folder's clips)
-        size = data.size or (preset.size if preset else 0)
-        self.clip_shape = (frames, size)
+        frames, size = self.clip_shape = cfg.clip_shape  # 0: unused (a folder's clips)
         self.channels = preset.in_channels if preset else _local_in_channels(cfg.model)
         self.train_set, self.val_set = build_datasets(
-            data.source, channels=self.channels, frames=frames, size=size,
-            num_train=data.num_train, num_val=data.num_val, seed=cfg.seed,
+            data.source,
+            channels=self.channels,
+            frames=frames,
+            size=size,
+            num_train=data.num_train,
+            num_val=data.num_val,
+            seed=cfg.seed,
         )
         self.sampler = StepSampler(
-            len(self.train_set), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-            world_size=self.accelerator.num_processes, seed=cfg.seed,
+            len(self.train_set),
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            world_size=self.accelerator.num_processes,
+            seed=cfg.seed,
         )
 
     def _setup_model(self) -> None:
         cfg, acc = self.train_cfg, self.accelerator
         log = print if acc.is_main_process else (lambda _msg: None)
         model, self.base_id = load_base_model(
-            cfg, device=acc.device, mixed_precision=self.mixed_precision, clip_shape=self.clip_shape, log=log
+            cfg, device=acc.device, mixed_precision=self.mixed_precision, log=log
         )
         self.model = model.to(acc.device)
         self.shape = ModelShape.of(model)
         _, f, h, w = self.train_set[0][0].shape
         self.tokens = self.shape.tokens(f, h, w)
-        text_len = PRESETS[cfg.model].text_len if cfg.model in PRESETS else LOCAL_TEXT_LEN
-        self.prompts = class_prompts(text_len, self.shape.text_dim)
+        self.prompts = class_prompts(cfg.text_len, self.shape.text_dim)
         self.n_params = sum(p.numel() for p in model.parameters())
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -126,7 +132,9 @@ class TrialRecipe:
         """The full-attention base on the fixed val batch: its loss and its samples, computed once
         (once per sweep with a reference_cache: every trial starts from the same base)."""
         cfg = self.train_cfg
-        self.val = ev.make_val_batch(self.val_set, self.prompts, seed=cfg.seed, device=self.accelerator.device)
+        self.val = ev.make_val_batch(
+            self.val_set, self.prompts, seed=cfg.seed, device=self.accelerator.device
+        )
         common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
 
         def compute() -> tuple[float, torch.Tensor]:
@@ -166,7 +174,10 @@ class TrialRecipe:
         if not self.train_cfg.train_base:
             # SLA's own trainable weights (proj_l; frozen for sparse-only, linear_scope "none").
             sla_params = {
-                id(p) for layer in self.handle.layers.values() for p in layer.parameters() if p.requires_grad
+                id(p)
+                for layer in self.handle.layers.values()
+                for p in layer.parameters()
+                if p.requires_grad
             }
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in sla_params)
@@ -194,7 +205,11 @@ class TrialRecipe:
         self.resumed_metrics: dict[str, float] = {}
         if self.resume_from is not None:
             trial = load_checkpoint(
-                self.accelerator, self.handle, self.resume_from, sla=self.sla, base_model=self.base_id
+                self.accelerator,
+                self.handle,
+                self.resume_from,
+                sla=self.sla,
+                base_model=self.base_id,
             )
             self.start_step = trial["step"]
             # Reports before the next evaluation carry the checkpoint's eval metrics (as a straight run's do).
@@ -228,7 +243,9 @@ class TrialRecipe:
             done = step + 1
             log_now = done % cfg.log_every == 0 or done == cfg.steps
             eval_now = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
-            ckpt_now = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+            ckpt_now = (
+                cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+            ) or done == cfg.steps
             if not (log_now or eval_now or ckpt_now):
                 continue
             step_s = (self._now() - window_start) / window_steps
@@ -237,8 +254,14 @@ class TrialRecipe:
                 metrics.update(self.evaluate())
             if ckpt_now:
                 directory = save_checkpoint(
-                    acc, self.handle, checkpoint_dir(self.workdir, done), step=done, sla=self.sla,
-                    metrics=metrics, base_model=self.base_id, train=cfg.to_dict(),
+                    acc,
+                    self.handle,
+                    checkpoint_dir(self.workdir, done),
+                    step=done,
+                    sla=self.sla,
+                    metrics=metrics,
+                    base_model=self.base_id,
+                    train=cfg.to_dict(),
                 )
                 self.callback.on_checkpoint(done, directory, dict(metrics))
                 if cfg.keep_checkpoints:  # after the callback: it may have copied the directory
@@ -252,11 +275,20 @@ class TrialRecipe:
     def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
         """Clips, context, noise and timesteps: a pure function of (seed, step, micro, rank)."""
         cfg, acc = self.train_cfg, self.accelerator
-        clips, labels = collate(self.train_set, self.sampler.indices(step, micro, acc.process_index))
-        seed = np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[0]
+        clips, labels = collate(
+            self.train_set, self.sampler.indices(step, micro, acc.process_index)
+        )
+        seed = np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[
+            0
+        ]
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(clips.shape, generator=generator)
-        t = sample_timesteps(clips.shape[0], generator=generator, sampling=cfg.timestep_sampling, shift=cfg.timestep_shift)
+        t = sample_timesteps(
+            clips.shape[0],
+            generator=generator,
+            sampling=cfg.timestep_sampling,
+            shift=cfg.timestep_shift,
+        )
         device = acc.device
         return clips.to(device), self.prompts[labels].to(device), noise.to(device), t.to(device)
 
@@ -275,7 +307,9 @@ class TrialRecipe:
         return time.perf_counter()
 
     def _global_batch(self) -> int:
-        return self.train_cfg.batch_size * self.train_cfg.grad_accum * self.accelerator.num_processes
+        return (
+            self.train_cfg.batch_size * self.train_cfg.grad_accum * self.accelerator.num_processes
+        )
 
     def _train_metrics(self, losses: list[torch.Tensor], step_s: float) -> dict[str, float]:
         loss = self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean")
@@ -295,7 +329,9 @@ class TrialRecipe:
         loss = ev.val_loss(model, self.val, **common)
         layers = self.handle.layers if self.handle is not None else {}
         rel_err = ev.attention_rel_err(model, layers, self.val, **common)
-        samples = ev.samples(model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common)
+        samples = ev.samples(
+            model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common
+        )
         model.train()
         fallbacks = self.handle.fallback_counts() if self.handle is not None else {}
         # The handle counts from this process's start; a resumed run adds the checkpoint's totals,
@@ -306,11 +342,24 @@ class TrialRecipe:
             "val/loss_gap": loss - self.base_val_loss,
             "val/attn_rel_err": rel_err,
             "val/sample_psnr": ev.psnr(samples, self.base_samples),
-            **ev.step_flops(self.shape, batch=self._global_batch(), tokens=self.tokens, sla=self.sla, n_params=self.n_params),
+            **ev.step_flops(
+                self.shape,
+                batch=self._global_batch(),
+                tokens=self.tokens,
+                sla=self.sla,
+                n_params=self.n_params,
+            ),
             "sla/fallback_calls": carried.get("sla/fallback_calls", 0.0)
             + float(self.handle.total_fallbacks() if self.handle is not None else 0),
             "sla/self_attn_fallback_calls": carried.get("sla/self_attn_fallback_calls", 0.0)
-            + float(sum(n for per in fallbacks.values() for reason, n in per.items() if reason != "cross_attention")),
+            + float(
+                sum(
+                    n
+                    for per in fallbacks.values()
+                    for reason, n in per.items()
+                    if reason != "cross_attention"
+                )
+            ),
         }
 
     # ---- cleanup ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 SMOKE_SPEC = REPO / "experiments" / "smoke.yaml"
 
 
@@ -21,7 +22,7 @@ SMOKE_SPEC = REPO / "experiments" / "smoke.yaml"
 def smoke_sweep(request, tmp_path_factory):
     """(spec, SweepOutcome) of experiments/smoke.yaml, run once per session."""
     from orchestrator.spec import load_spec
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.run import run_sweep
 
     existing = os.environ.get("SLA_SWEEP_TEST_SMOKE_DIR")
     if existing:
@@ -43,10 +44,10 @@ def read_finished_sweep(sweep_dir: Path):
 
     import yaml
 
-    from orchestrator.report import best_row
     from orchestrator.spec import parse_spec
-    from orchestrator.sweep import SweepOutcome
-    from orchestrator.sweep_progress import load_rows
+    from orchestrator.sweep.records import load_rows
+    from orchestrator.sweep.report import best_row
+    from orchestrator.sweep.run import SweepOutcome
 
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), source=str(sweep_dir))
     meta = json.loads((sweep_dir / "sweep.json").read_text())

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import build_parser, main
-
-REPO = Path(__file__).resolve().parents[2]
+from orchestrator import cli
+from orchestrator.cli import COMMANDS, Command, build_parser, main
 
 
 def _ray_running() -> bool:
@@ -21,10 +20,35 @@ def _ray_running() -> bool:
     return ray.is_initialized()
 
 
-def test_subcommands_are_registered():
+def test_every_command_in_the_table_is_a_subcommand():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"run", "resume", "best", "infer", "export", "ui"} <= set(sub.choices)
+    assert set(sub.choices) == set(COMMANDS)
+    assert {"run", "resume", "best", "compare", "infer", "export", "ui"} <= set(sub.choices)
+    for name, choice in sub.choices.items():
+        assert choice.description, f"{name} has no description"
+
+
+def test_parser_builds_without_ray_or_mlflow():
+    code = (
+        "import sys; from orchestrator.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "command, missing",
+    [
+        (Command("orchestrator.infer.no_such_module"), "orchestrator.infer.no_such_module"),
+        (Command("orchestrator.infer.command", handle="no_such_handler"), "no_such_handler"),
+    ],
+)
+def test_a_missing_command_module_is_an_error(command, missing, monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "broken", command)
+    with pytest.raises((ImportError, AttributeError), match=missing):
+        build_parser()
 
 
 @pytest.mark.parametrize(
@@ -53,7 +77,9 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, monkeypatch,
 
 def test_console_script_reports_a_bad_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nmodel: tiny\nsla:\n  topk: {grid: [0.1, 1.5]}\nresources: {gpus_per_worker: 1}\n")
+    bad.write_text(
+        "name: bad\nmodel: tiny\nsla:\n  topk: {grid: [0.1, 1.5]}\nresources: {gpus_per_worker: 1}\n"
+    )
     exe = Path(sys.executable).with_name("sla-sweep")
     proc = subprocess.run([str(exe), str(bad), "--set", "resources.gpus_per_worker=0"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 SMOKE = REPO / "experiments" / "smoke.yaml"
 
 RUNNER = textwrap.dedent(

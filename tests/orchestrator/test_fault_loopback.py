@@ -3,7 +3,7 @@
 - `sla-sweep ui DIR`'s server (orchestrator.ui.UIServer: a real `mlflow server` and its
   workers): every listening socket of its process tree is bound to 127.0.0.1.
 - The Ray dashboard of the session's cluster (started with the same ray.init arguments as
-  orchestrator.sweep_cluster.connect uses for a local cluster: dashboard_host="127.0.0.1"):
+  orchestrator.sweep.cluster.connect uses for a local cluster: dashboard_host="127.0.0.1"):
   its HTTP port is bound to 127.0.0.1 only.
 
 Ray's own gRPC ports (GCS, raylet, workers, dashboard agent, metrics) bind all interfaces by

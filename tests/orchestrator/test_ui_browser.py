@@ -136,7 +136,7 @@ def test_cli_prints_the_url_and_ctrl_c_stops_everything(smoke_sweep, tmp_path):
 
     _, outcome = smoke_sweep
     port = free_port()
-    cmd = [sys.executable, "-m", "orchestrator.ui", str(outcome.sweep_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "orchestrator", "ui", str(outcome.sweep_dir), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
@@ -161,7 +161,7 @@ def test_cli_prints_the_url_and_ctrl_c_stops_everything(smoke_sweep, tmp_path):
 
 def test_inferred_samples_are_served_by_the_ui(ui, tmp_path):
     """Samples that `infer` logged to the best trial's run come back through the UI's server."""
-    from orchestrator.infer import run_infer
+    from orchestrator.infer.command import run_infer
 
     outcome, server = ui
     result = run_infer(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import socket
 
+from orchestrator.cli import main as cli_main
 from orchestrator.ui import free_port, resolve_store
-from orchestrator.ui import main as ui_main
 
 
 def test_sweep_directory_names_its_store_and_experiment(tmp_path):
@@ -28,10 +28,10 @@ def test_tracking_uri_passes_through():
 
 
 def test_dir_without_a_store_is_one_line_and_exit_2(tmp_path, capsys):
-    assert ui_main([str(tmp_path)]) == 2
+    assert cli_main(["ui", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sweep directory" in err and str(tmp_path) in err
-    assert ui_main([str(tmp_path / "missing")]) == 2
+    assert cli_main(["ui", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 

@@ -1,0 +1,127 @@
+"""`sla-sweep export TARGET OUT`: a self-contained directory for inference or a hub upload.
+
+    OUT/config.json, OUT/diffusion_pytorch_model.safetensors   the base model in diffusers format,
+                                                               without SLA tensors
+    OUT/sla_attention.pt      the SLA layers' weights (proj_l per layer) and settings
+    OUT/sla_config.json       the SLA settings as JSON
+    OUT/inference.json        clip shape, prompts, sampler settings, and where it came from
+    OUT/README.md             a short model card: keep SLA on at inference
+
+TARGET is anything `sla-sweep infer` takes (a sweep directory, a checkpoint, an MLflow run id);
+`sla-sweep infer OUT` loads the export and gives the same samples as the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.infer.options import add_tracking_uri
+
+MODEL_CARD = """\
+# {title}
+
+A diffusers `WanTransformer3DModel` fine-tuned **with Sparse-Linear Attention (SLA)** by sla-sweep.
+
+**Keep SLA on at inference.** The weights were trained together with SLA's per-layer linear
+branch (`proj_l`, stored in `sla_attention.pt`). Loading `config.json` +
+`diffusion_pytorch_model.safetensors` alone gives the base transformer with dense attention,
+and its sample quality will be worse than what was measured in the sweep.
+
+- SLA settings: `{sla}` (also in `sla_config.json`)
+- Source: {source}
+- Metrics at export: {metrics}
+
+## Use
+
+    sla-sweep infer {out}                      # samples with SLA on (PNG + GIF)
+
+or in Python:
+
+    from diffusers import WanTransformer3DModel
+    from sla_kernel_glue import load_exported
+    model, handle = load_exported("{out}", WanTransformer3DModel)   # SLA injected and loaded
+"""
+
+CARD_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
+
+
+def run_export(
+    target: str, out: Path, *, trial: str | None = None, tracking_uri: str | None = None
+) -> Path:
+    """Export TARGET's model to `out` (which must be new or empty); returns `out`."""
+    import torch
+
+    from orchestrator.infer.model import (
+        INFERENCE_FILE,
+        InferenceError,
+        load_checkpoint_model,
+        load_export_model,
+    )
+    from orchestrator.infer.target import resolve_target
+    from sla_kernel_glue import export_base_model
+
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InferenceError(f"OUT ({out}) exists and is not an empty directory; choose a new path")
+    resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)
+    if resolved.is_control:
+        raise InferenceError(
+            f"trial {resolved.trial_id} is the full-attention control: it has no SLA weights to export; "
+            "pick an SLA trial with --trial"
+        )
+    load = load_export_model if resolved.kind == "export" else load_checkpoint_model
+    loaded = load(resolved.directory, attention="sla", device=torch.device("cpu"))
+    if loaded.handle is None:
+        raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
+    export_base_model(loaded.handle, out)
+    sla = loaded.sla.to_dict()
+    source = {**loaded.source, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
+              "tracking_uri": resolved.tracking_uri}  # fmt: skip
+    (out / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
+    info = {"sla": sla, "generation": loaded.settings.to_dict(), "source": source}
+    (out / INFERENCE_FILE).write_text(
+        json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+    )
+    (out / "README.md").write_text(_model_card(out, sla, source))
+    return out
+
+
+def _model_card(out: Path, sla: dict[str, Any], source: dict[str, Any]) -> str:
+    metrics = source.get("metrics") or {}
+    shown = (
+        ", ".join(f"{k}={metrics[k]:.4g}" for k in CARD_METRICS if k in metrics) or "none recorded"
+    )
+    where = source.get("checkpoint") or source.get("export") or "unknown"
+    trial = f"trial {source['trial']} " if source.get("trial") else ""
+    return MODEL_CARD.format(
+        title=f"SLA fine-tune of {source.get('base_model') or source.get('model') or 'a Wan transformer'}",
+        sla=json.dumps(sla, sort_keys=True), source=f"{trial}{where} (step {source.get('step', '?')})",
+        metrics=shown, out=out,
+    )  # fmt: skip
+
+
+# ---- the `sla-sweep export` subcommand -----------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `sla-sweep export`."""
+    p.add_argument("target", help="a sweep directory, checkpoint directory or MLflow run id")
+    p.add_argument("out", type=Path, help="a new (or empty) directory to write the export into")
+    p.add_argument(
+        "--trial", help="a trial id of the sweep (or a unique suffix); default: the best SLA trial"
+    )
+    add_tracking_uri(p)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Export a trial as a diffusers model without SLA tensors plus sla_attention.pt."""
+    try:
+        out = run_export(args.target, args.out, trial=args.trial, tracking_uri=args.tracking_uri)
+    except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
+        print(f"sla-sweep export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported to {out} (base model + sla_attention.pt + sla_config.json + README.md)")
+    print(f"run it with SLA on: sla-sweep infer {out}")
+    return 0

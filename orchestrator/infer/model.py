@@ -1,0 +1,167 @@
+"""Rebuild a trained model for inference: from a checkpoint directory or from an export.
+
+Checkpoint (what a trial writes): build the architecture named in trial.json (a preset, or the
+local base model directory), inject SLA with the trial's saved settings, load the model weights
+of the accelerate state (model.safetensors, or pytorch_model.bin with weights_only=True) and
+replay sla_attention.pt. Export (what `sla-sweep export` writes): sla_kernel_glue.load_exported.
+
+`attention="dense"` loads the same weights and then takes SLA out again; for SLA-trained weights
+the caller must warn that quality will drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+from torch import nn
+
+from orchestrator.data.folder import clip_shape
+from orchestrator.infer.samples import GenerationSettings
+from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
+from orchestrator.recipe.checkpoint import SLA_FILE, TRIAL_FILE, read_trial
+from orchestrator.recipe.config import TrainConfig
+from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, load_exported, load_sla_state
+
+INFERENCE_FILE = "inference.json"  # an export's generation settings and provenance
+Attention = Literal["sla", "dense"]
+
+
+class InferenceError(ValueError):
+    """The target cannot be loaded for inference; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to sample from, and what the caller must know about it."""
+
+    model: nn.Module
+    handle: SLAHandle | None  # None when running dense
+    sla: SLAConfig | None  # the trial's SLA settings (None: full-attention control)
+    settings: GenerationSettings
+    source: dict[str, Any]  # provenance: checkpoint, step, base model, metrics
+
+
+def generation_settings(train: TrainConfig, model: nn.Module) -> GenerationSettings:
+    """The clip shape, prompt shape and sampler settings of a trial, as the recipe used them."""
+    cfg = model.config
+    if train.data.source == "digits":
+        frames, size = train.clip_shape
+        num_classes = 10
+    else:
+        frames, size, _ = clip_shape(train.data.source, channels=int(cfg.in_channels))
+        num_classes = 1
+    return GenerationSettings(
+        channels=int(cfg.in_channels),
+        frames=int(frames),
+        size=int(size),
+        text_len=train.text_len,
+        text_dim=int(cfg.text_dim),
+        num_classes=num_classes,
+        sample_steps=train.sample_steps,
+        timestep_shift=float(train.timestep_shift),
+        mixed_precision=train.mixed_precision,
+    )
+
+
+def running_config(sla: SLAConfig, device: torch.device) -> SLAConfig:
+    """The trial's SLA settings, with backend "triton" turned into "auto" off CUDA (said aloud)."""
+    if sla.backend == "triton" and device.type != "cuda":
+        print(
+            f"note: the trial used SLA backend 'triton'; on {device.type} the PyTorch reference runs it (backend 'auto')"
+        )
+        return sla.replace(backend="auto")
+    return sla
+
+
+def load_checkpoint_model(
+    directory: Path, *, attention: Attention, device: torch.device
+) -> LoadedModel:
+    """Rebuild the model of a checkpoint directory; see the module docstring."""
+    directory = Path(directory)
+    try:
+        trial = read_trial(directory)
+        train = TrainConfig.from_dict(trial["train"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InferenceError(f"{directory}: not a usable checkpoint directory ({exc})") from None
+    sla = None if trial.get("sla") is None else SLAConfig.from_dict(trial["sla"])
+    has_sla_file = (directory / SLA_FILE).is_file()
+    if attention == "sla" and not has_sla_file:
+        what = (
+            "a full-attention control checkpoint"
+            if sla is None
+            else "its SLA layers' weights are missing"
+        )
+        raise InferenceError(
+            f"{directory} has no {SLA_FILE} ({what}): pick an SLA trial's checkpoint, "
+            "or pass --attention dense to run these weights without SLA"
+        )
+    model = (
+        build_preset(train.model, seed=train.seed)
+        if train.model in PRESETS
+        else load_local(train.model)
+    )
+    handle = apply_sla(model, running_config(sla, device)) if sla is not None else None
+    state = _accelerate_model_state(directory)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InferenceError(
+            f"{directory}: the saved model weights do not fit the rebuilt {train.model!r} model "
+            f"(missing {_few(missing)}, unexpected {_few(unexpected)})"
+        )
+    if handle is not None and has_sla_file:
+        load_sla_state(handle, directory)
+    if attention == "dense" and handle is not None:
+        handle.remove()
+        handle = None
+    source = {
+        "kind": "checkpoint", "checkpoint": str(directory.resolve()), "step": trial["step"],
+        "base_model": trial.get("base_model"), "model": train.model, "metrics": trial.get("metrics", {}),
+    }  # fmt: skip
+    return LoadedModel(model.to(device), handle, sla, generation_settings(train, model), source)
+
+
+def load_export_model(
+    directory: Path, *, attention: Attention, device: torch.device
+) -> LoadedModel:
+    """Rebuild the model of an `sla-sweep export` directory (base model + sla_attention.pt)."""
+    directory = Path(directory)
+    info = json.loads((directory / INFERENCE_FILE).read_text())
+    try:
+        settings = GenerationSettings.from_dict(info["generation"])
+        sla = SLAConfig.from_dict(info["sla"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InferenceError(
+            f"{directory / INFERENCE_FILE}: not a valid export description ({exc})"
+        ) from None
+    backend = running_config(sla, device).backend
+    model, handle = load_exported(directory, WanTransformer3DModel, backend=backend)
+    if attention == "dense":
+        handle.remove()
+        handle = None
+    source = {**info.get("source", {}), "kind": "export", "export": str(directory.resolve())}
+    return LoadedModel(model.to(device), handle, sla, settings, source)
+
+
+def _accelerate_model_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The first model's weights in an accelerate save_state directory."""
+    safetensors_file = directory / "model.safetensors"
+    if safetensors_file.is_file():
+        return load_file(str(safetensors_file))
+    bin_file = directory / "pytorch_model.bin"
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise InferenceError(
+        f"{directory}: no model.safetensors or pytorch_model.bin (accelerate state) beside {TRIAL_FILE}"
+    )
+
+
+def _few(keys: list[str], limit: int = 3) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")

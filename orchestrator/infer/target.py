@@ -1,0 +1,187 @@
+"""What `sla-sweep infer TARGET` (and `export`) points at, resolved to a directory to load.
+
+TARGET may be:
+  - a sweep directory (sweep.json + trials.json): the best finished SLA trial by the spec's
+    metric and mode, or the trial named by --trial (its Tune trial id, or a unique suffix of it);
+  - a checkpoint directory (trial.json beside the accelerate state), or a trial directory
+    holding checkpoint_* directories (its latest complete one);
+  - an export directory (`sla-sweep export` output: inference.json + sla_attention.pt);
+  - an MLflow run id: a trial's child run, or a sweep's parent run (its best trial), looked up
+    in --tracking-uri, $MLFLOW_TRACKING_URI, or the default store ./sla_runs/mlflow.db.
+A checkpoint inside a sweep directory is matched back to its trial, so its samples can be
+logged to the trial's MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from orchestrator.infer.model import INFERENCE_FILE, InferenceError
+from orchestrator.recipe.checkpoint import TRIAL_FILE
+from orchestrator.spec.schema import DEFAULT_RESULTS_DIR, sqlite_store
+from orchestrator.sweep.records import SPEC_FILE, SWEEP_FILE, TrialRow, load_rows, read_json
+from orchestrator.sweep.report import best_row
+
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A loadable directory and, when known, the trial and MLflow run it belongs to."""
+
+    kind: str  # "checkpoint" | "export"
+    directory: Path
+    trial_id: str | None = None
+    is_control: bool = False
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    sweep_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """A short name for output folders: the trial id, else the directory's name."""
+        return self.trial_id or self.directory.name
+
+
+def resolve_target(
+    target: str, *, trial: str | None = None, tracking_uri: str | None = None
+) -> Target:
+    """Resolve TARGET (see the module docstring); InferenceError with one line when it is none."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        if (path / SWEEP_FILE).is_file():
+            return from_sweep(path, trial)
+        if trial is not None:
+            raise InferenceError(
+                f"--trial ({trial!r}) needs a sweep directory; {path} is not one (no sweep.json)"
+            )
+        if (path / INFERENCE_FILE).is_file():
+            return Target("export", path)
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is not None:
+            return _with_trial(checkpoint)
+        raise InferenceError(
+            f"{path} is neither a sweep directory (sweep.json), a checkpoint directory ({TRIAL_FILE}), "
+            f"a trial directory (checkpoint_*) nor an export ({INFERENCE_FILE})"
+        )
+    if RUN_ID_RE.match(target):
+        return from_run_id(target, trial, tracking_uri)
+    raise InferenceError(
+        f"TARGET ({target!r}) is not an existing directory nor an MLflow run id (32 hex digits)"
+    )
+
+
+def latest_checkpoint(path: Path) -> Path | None:
+    """path itself when it holds trial.json, else its latest complete checkpoint_* directory."""
+    if (path / TRIAL_FILE).is_file():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_FILE).is_file())
+    return found[-1] if found else None
+
+
+def from_sweep(sweep_dir: Path, trial: str | None) -> Target:
+    """The chosen trial of a sweep directory and its checkpoint."""
+    meta = read_json(sweep_dir / SWEEP_FILE)
+    rows = list(load_rows(sweep_dir).values())
+    if not rows:
+        raise InferenceError(
+            f"sweep {sweep_dir} has no trials yet (trials.json is missing or empty)"
+        )
+    row = _pick_trial(sweep_dir, rows, trial)
+    if not row.checkpoint or latest_checkpoint(Path(row.checkpoint)) is None:
+        raise InferenceError(
+            f"trial {row.trial_id} of {sweep_dir} has no complete checkpoint "
+            f"(recorded: {row.checkpoint or 'none'}); finish the sweep with: sla-sweep resume {sweep_dir}"
+        )
+    return Target(
+        "checkpoint", latest_checkpoint(Path(row.checkpoint)), trial_id=row.trial_id,
+        is_control=row.sla is None, run_id=row.run_id, tracking_uri=meta.get("tracking_uri"),
+        sweep_dir=sweep_dir,
+    )  # fmt: skip
+
+
+def _pick_trial(sweep_dir: Path, rows: list[TrialRow], trial: str | None) -> TrialRow:
+    if trial is not None:
+        hits = [r for r in rows if r.trial_id == trial] or [
+            r for r in rows if r.trial_id.endswith(trial)
+        ]
+        if len(hits) != 1:
+            known = ", ".join(r.trial_id for r in rows)
+            why = "matches no trial" if not hits else "matches several trials"
+            raise InferenceError(f"--trial ({trial!r}) {why} of {sweep_dir}; its trials: {known}")
+        return hits[0]
+    spec = yaml.safe_load((sweep_dir / SPEC_FILE).read_text()) or {}
+    metric, mode = spec.get("metric", "val/loss"), spec.get("mode", "min")
+    # infer runs SLA: the best SLA trial, not the full-attention control
+    best = best_row([r for r in rows if r.sla is not None], metric, mode)
+    if best is None:
+        raise InferenceError(
+            f"sweep {sweep_dir} has no finished SLA trial reporting {metric}; "
+            "pass --trial to pick one, or finish the sweep with sla-sweep resume"
+        )
+    return best
+
+
+def _with_trial(checkpoint: Path) -> Target:
+    """A checkpoint directory, matched to its trial when it lies inside a sweep directory."""
+    for parent in checkpoint.parents:
+        if (parent / SWEEP_FILE).is_file():
+            meta = read_json(parent / SWEEP_FILE)
+            for row in load_rows(parent).values():
+                recorded = Path(row.checkpoint).resolve() if row.checkpoint else None
+                if recorded is not None and recorded in (checkpoint, *checkpoint.parents):
+                    return Target(
+                        "checkpoint", checkpoint, trial_id=row.trial_id, is_control=row.sla is None,
+                        run_id=row.run_id, tracking_uri=meta.get("tracking_uri"), sweep_dir=parent,
+                    )  # fmt: skip
+            break
+    return Target("checkpoint", checkpoint)
+
+
+def default_tracking_uri() -> str:
+    """--tracking-uri's default: $MLFLOW_TRACKING_URI, else ./sla_runs/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or sqlite_store(Path.cwd() / DEFAULT_RESULTS_DIR)
+
+
+def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Target:
+    """A trial's child run -> its checkpoint; a sweep's parent run -> its best (or --trial) trial."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise InferenceError(
+            f"no MLflow store at {uri} to look up run {run_id}; pass --tracking-uri"
+        )
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise InferenceError(
+            f"run {run_id} is not in the MLflow store {uri}; pass --tracking-uri"
+        ) from None
+    tags = run.data.tags
+    if SWEEP_TAG in tags:  # the parent run of a sweep
+        return from_sweep(Path(tags[SWEEP_TAG]), trial)
+    parent_id = tags.get(PARENT_TAG)
+    trial_id = tags.get(TRIAL_TAG)
+    if not (parent_id and trial_id):
+        raise InferenceError(
+            f"run {run_id} in {uri} is not an sla-sweep trial or sweep run (no {TRIAL_TAG} tag)"
+        )
+    sweep_dir = client.get_run(parent_id).data.tags.get(SWEEP_TAG)
+    if not sweep_dir or not Path(sweep_dir).is_dir():
+        raise InferenceError(
+            f"run {run_id}: its sweep directory ({sweep_dir!r}) is not on this machine"
+        )
+    if trial is not None and trial != trial_id:
+        raise InferenceError(f"run {run_id} is trial {trial_id}, not --trial {trial!r}")
+    return from_sweep(Path(sweep_dir), trial_id)

@@ -1,0 +1,395 @@
+"""Experiment YAML -> validated ExperimentSpec. Nothing starts here: no Ray, no files written.
+
+Every problem is collected and reported at once, each naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.spec.recipe import train_kwargs
+from orchestrator.spec.schema import (
+    ALGORITHMS,
+    DEFAULT_RESULTS_DIR,
+    METRIC_NAMES,
+    MODES,
+    SCHEDULERS,
+    CheckpointSpec,
+    ExperimentSpec,
+    FailureSpec,
+    Objective,
+    ResourcesSpec,
+    SchedulerSpec,
+    SearchSpec,
+    StorageSpec,
+    sqlite_store,
+)
+from orchestrator.spec.search import parse_extra_trials, parse_sla_space
+from orchestrator.values import is_int, is_num
+
+__all__ = ["ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides"]
+
+TOP_KEYS = (
+    "name", "profile", "profiles", "model", "data", "train", "sla", "control", "search",
+    "scheduler", "resources", "max_concurrent_trials", "metric", "mode", "storage", "checkpoint",
+    "failure", "extra_trials",
+)  # fmt: skip
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SpecError(ValueError):
+    """The experiment file is invalid; `errors` holds one line per problem."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__(f"{source}: " + "; ".join(self.errors))
+
+
+def load_spec(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    cwd: Path | None = None,
+    gpus_available: int | None = None,
+) -> ExperimentSpec:
+    """Read an experiment YAML, apply `--set key=value` overrides and validate it.
+
+    Relative storage paths resolve against `cwd` (default: the working directory).
+    `gpus_available` (default: torch.cuda.device_count()) is checked against the GPUs asked for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), ["no such experiment file"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(str(path), [f"not valid YAML{where}: {problem}"]) from None
+    return parse_spec(
+        raw, overrides=overrides, source=str(path), cwd=cwd, gpus_available=gpus_available
+    )
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str], *, source: str = "--set") -> Any:
+    """Set dotted keys (`train.steps=20`, `sla.topk={grid: [0.1, 0.2]}`); values are YAML."""
+    if not overrides:
+        return raw
+    if not isinstance(raw, Mapping):
+        return raw  # parse_spec reports the top-level type
+    out = copy.deepcopy(dict(raw))
+    errors = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            errors.append(f"--set {item!r}: expected key=value, e.g. train.steps=20")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            errors.append(f"--set {key}: value {text!r} is not valid YAML")
+            continue
+        node = out
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                if child is not None and not isinstance(child, Mapping):
+                    errors.append(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+                    break
+                child = dict(child or {})
+                node[part] = child
+            node = child
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise SpecError(source, errors)
+    return out
+
+
+def parse_spec(
+    raw: Any,
+    *,
+    overrides: Sequence[str] = (),
+    source: str = "<spec>",
+    cwd: Path | None = None,
+    gpus_available: int | None = None,
+) -> ExperimentSpec:
+    """Validate an already-loaded YAML mapping; raise SpecError listing every problem.
+
+    `--set` overrides win over the chosen profile: they are applied before the profile is picked
+    (so `--set profile=gpu` works) and again after it is merged.
+    """
+    raw = apply_overrides(raw, overrides, source=source)
+    if not isinstance(raw, Mapping):
+        raise SpecError(source, [f"top level must be a mapping of {', '.join(TOP_KEYS)}"])
+    errors: list[str] = []
+    raw = apply_overrides(_select_profile(dict(raw), errors), overrides, source=source)
+    errors += _unknown(raw, TOP_KEYS, "")
+    cwd = (cwd or Path.cwd()).resolve()
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        errors.append(
+            f"name ({name!r}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    train = train_kwargs(raw.get("model"), raw.get("data"), raw.get("train"), errors, cwd)
+    sla = parse_sla_space(raw.get("sla"), errors)
+    control = _bool(raw, "control", True, errors)
+    metric = _choice(raw, "metric", "val/loss", METRIC_NAMES, errors)
+    mode = _choice(raw, "mode", "min", MODES, errors)
+    search = _search(_section(raw, "search", errors), errors)
+    scheduler = _scheduler(raw.get("scheduler", "none"), metric, mode, errors)
+    resources = _resources(_section(raw, "resources", errors), errors, gpus_available)
+    max_conc = _max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
+    storage = _storage(_section(raw, "storage", errors), cwd, errors)
+    ck = _section(raw, "checkpoint", errors)
+    errors += _unknown(ck, ("num_to_keep",), "checkpoint.")
+    num_to_keep = _int(ck, "checkpoint.num_to_keep", "num_to_keep", 2, 1, errors)
+    fail = _section(raw, "failure", errors)
+    errors += _unknown(fail, ("max_failures",), "failure.")
+    max_failures = _int(fail, "failure.max_failures", "max_failures", 0, -1, errors)
+
+    extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
+    _check_combinations(sla, extra, search, train, errors)
+    if errors:
+        raise SpecError(source, errors)
+    return ExperimentSpec(
+        name=name,
+        train=train,
+        sla=sla,
+        control=control,
+        search=search,
+        scheduler=scheduler,
+        resources=resources,
+        max_concurrent_trials=max_conc,
+        metric=metric,
+        mode=mode,
+        storage=storage,
+        checkpoint=CheckpointSpec(num_to_keep=num_to_keep),
+        failure=FailureSpec(max_failures=max_failures),
+        source=_plain(raw),
+        extra_trials=extra,
+    )
+
+
+def _max_concurrent(value: Any, errors: list[str]) -> int | None:
+    if value == "auto" or value is None:
+        return None
+    if not is_int(value) or value < 1:
+        errors.append(f"max_concurrent_trials ({value!r}) must be a positive integer or auto")
+    return value
+
+
+def _check_combinations(
+    sla, extra: list, search: SearchSpec, train: Mapping | None, errors: list[str]
+) -> None:
+    """What no single section can check: the SLA space against the search and the training."""
+    scopes = {v for p in sla or () if p.field == "linear_scope" for v in p.values}
+    scopes |= {e["linear_scope"] for e in extra if "linear_scope" in e}
+    if "none" in scopes and train is not None and train.get("train_base") is False:
+        errors.append(
+            "linear_scope none (sparse-only) has no trainable SLA weights, so it needs "
+            "train.train_base true (it is false)"
+        )
+    if search.algorithm == "grid" and sla is not None:
+        for p in sla:
+            if p.kind in ("choice", "uniform", "loguniform"):
+                errors.append(
+                    f"sla.{p.field}: {p.kind} needs search.algorithm random or optuna "
+                    "(grid search takes fixed values and {grid: [...]})"
+                )
+    if search.algorithm != "grid" and sla is not None and not any(p.kind != "fixed" for p in sla):
+        errors.append("sla: random/optuna search needs at least one grid, choice or range entry")
+
+
+# ---- sections -----------------------------------------------------------------------------------
+def _select_profile(raw: dict, errors: list[str]) -> dict:
+    profiles = raw.get("profiles", {})
+    chosen = raw.get("profile")
+    if profiles is None:
+        profiles = {}
+    if not isinstance(profiles, Mapping):
+        errors.append("profiles must be a mapping of profile name -> settings to merge")
+        return raw
+    if chosen is None or chosen == "none":
+        return raw
+    if chosen not in profiles:
+        allowed = ", ".join(map(str, profiles)) or "(none defined)"
+        errors.append(f"profile ({chosen!r}) is not defined; allowed: none, {allowed}")
+        return raw
+    patch = profiles[chosen]
+    if not isinstance(patch, Mapping):
+        errors.append(f"profiles.{chosen} must be a mapping of settings")
+        return raw
+    return _merge(raw, patch)
+
+
+def _merge(base: Mapping, patch: Mapping) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _search(sec: Mapping, errors: list[str]) -> SearchSpec:
+    errors += _unknown(sec, ("algorithm", "num_samples", "seed", "objectives"), "search.")
+    algorithm = _choice(sec, "algorithm", "grid", ALGORITHMS, errors, prefix="search.")
+    num_samples = _int(sec, "search.num_samples", "num_samples", 1, 1, errors)
+    seed = _int(sec, "search.seed", "seed", 0, 0, errors)
+    objectives: list[Objective] = []
+    raw_obj = sec.get("objectives")
+    if raw_obj is not None:
+        if algorithm != "optuna":
+            errors.append("search.objectives needs search.algorithm optuna")
+        elif not isinstance(raw_obj, list) or not raw_obj:
+            errors.append("search.objectives must be a non-empty list of {metric: ..., mode: ...}")
+        else:
+            for i, item in enumerate(raw_obj):
+                key = f"search.objectives[{i}]"
+                if not isinstance(item, Mapping):
+                    errors.append(f"{key} must be a mapping {{metric: ..., mode: min|max}}")
+                    continue
+                errors += _unknown(item, ("metric", "mode"), f"{key}.")
+                m = _choice(item, "metric", None, METRIC_NAMES, errors, prefix=f"{key}.")
+                mo = _choice(item, "mode", "min", MODES, errors, prefix=f"{key}.")
+                objectives.append(Objective(m, mo))
+    return SearchSpec(algorithm, num_samples, seed, tuple(objectives))
+
+
+def _scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> SchedulerSpec:
+    if value is None or value == "none":
+        return SchedulerSpec()
+    if value == "asha":
+        value = {"name": "asha"}
+    if not isinstance(value, Mapping):
+        errors.append(f"scheduler ({value!r}) must be none, asha, or {{name: asha, ...}}")
+        return SchedulerSpec()
+    keys = ("name", "metric", "mode", "grace_period", "reduction_factor", "max_t")
+    errors += _unknown(value, keys, "scheduler.")
+    name = _choice(value, "name", "asha", SCHEDULERS, errors, prefix="scheduler.")
+    sched_metric = _choice(value, "metric", metric, METRIC_NAMES, errors, prefix="scheduler.")
+    sched_mode = _choice(value, "mode", mode, MODES, errors, prefix="scheduler.")
+    grace = _int(value, "scheduler.grace_period", "grace_period", 1, 1, errors)
+    max_t = _int(value, "scheduler.max_t", "max_t", 100, 1, errors)
+    rf = value.get("reduction_factor", 2.0)
+    if not is_num(rf) or rf <= 1:
+        errors.append(f"scheduler.reduction_factor ({rf!r}) must be a number > 1")
+        rf = 2.0
+    return SchedulerSpec(name, sched_metric, sched_mode, grace, float(rf), max_t)
+
+
+def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> ResourcesSpec:
+    errors += _unknown(
+        sec, ("workers_per_trial", "cpus_per_worker", "gpus_per_worker"), "resources."
+    )
+    workers = _int(sec, "resources.workers_per_trial", "workers_per_trial", 1, 1, errors)
+    cpus = sec.get("cpus_per_worker", 1)
+    if not is_num(cpus) or cpus <= 0:
+        errors.append(f"resources.cpus_per_worker ({cpus!r}) must be a number > 0")
+        cpus = 1
+    gpus = sec.get("gpus_per_worker", 0)
+    if not is_num(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        errors.append(
+            f"resources.gpus_per_worker ({gpus!r}) must be 0, a fraction in (0, 1] or a whole number"
+        )
+        gpus = 0
+    if gpus > 0:
+        have = _gpu_count() if gpus_available is None else gpus_available
+        if have == 0:
+            errors.append(
+                f"resources.gpus_per_worker ({gpus}) asks for GPUs but this machine has none; "
+                "set resources.gpus_per_worker=0 or run with --address on a GPU cluster"
+            )
+    return ResourcesSpec(workers, float(cpus), float(gpus))
+
+
+def _storage(sec: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
+    errors += _unknown(sec, ("results_dir", "tracking_uri"), "storage.")
+    results = sec.get("results_dir", DEFAULT_RESULTS_DIR)
+    if not isinstance(results, str) or not results:
+        errors.append(f"storage.results_dir ({results!r}) must be a directory path")
+        results = DEFAULT_RESULTS_DIR
+    results_dir = (cwd / Path(results).expanduser()).resolve()
+    uri = sec.get("tracking_uri")
+    if uri is None:
+        uri = sqlite_store(results_dir)
+    elif not isinstance(uri, str) or not re.match(
+        r"^(sqlite|postgresql|mysql|https?|databricks)", uri
+    ):
+        errors.append(
+            f"storage.tracking_uri ({uri!r}) must be a sqlite:///, postgresql://, mysql:// or "
+            "http(s):// tracking URI"
+        )
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # a relative sqlite path would move with Ray's per-trial working directories
+        uri = f"sqlite:///{(cwd / uri[len('sqlite:///') :]).resolve()}"
+    return StorageSpec(results_dir=results_dir, tracking_uri=uri)
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def _section(raw: Mapping, key: str, errors: list[str]) -> Mapping:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        errors.append(f"{key} must be a mapping, got {type(value).__name__} {value!r}")
+        return {}
+    return value
+
+
+def _unknown(sec: Mapping, allowed: Sequence[str], prefix: str) -> list[str]:
+    return [
+        f"unknown key {prefix}{k}; allowed: {', '.join(allowed)}" for k in sec if k not in allowed
+    ]
+
+
+def _choice(sec, key, default, allowed, errors, prefix=""):
+    value = sec.get(key, default)
+    if value not in allowed:
+        errors.append(f"{prefix}{key} ({value!r}) must be one of {', '.join(allowed)}")
+        return default if default in allowed else allowed[0]
+    return value
+
+
+def _bool(sec: Mapping, key: str, default: bool, errors: list[str]) -> bool:
+    value = sec.get(key, default)
+    if not isinstance(value, bool):
+        errors.append(f"{key} ({value!r}) must be true or false")
+        return default
+    return value
+
+
+def _int(sec: Mapping, full: str, key: str, default: int, low: int, errors: list[str]) -> int:
+    value = sec.get(key, default)
+    if not is_int(value) or value < low:
+        errors.append(f"{full} ({value!r}) must be an integer >= {low}")
+        return default
+    return value
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,98 @@
+"""The `model:`, `data:` and `train:` sections of an experiment YAML -> the recipe's TrainConfig.
+
+TrainConfig (orchestrator/recipe/config.py) is the single source of truth: its fields are the
+allowed keys and its own validation checks the values.
+
+    model: tiny                      # a preset, or {preset: tiny}, or {path: /a/diffusers/dir}
+    data: {source: digits, frames: 4, size: 16, num_train: 256, num_val: 4}
+    train: {steps: 20, lr: 3e-4, ...}  # every other TrainConfig field
+
+Relative paths (model path, data folder, base_cache_dir) are made absolute against the working
+directory: Ray runs trials and workers in other directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.models.wan_presets import PRESETS
+from orchestrator.recipe import DataConfig, TrainConfig
+
+DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
+TRAIN_KEYS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "data")
+)
+
+
+def train_kwargs(model: Any, data: Any, train: Any, errors: list[str], cwd: Path) -> dict[str, Any]:
+    """TrainConfig keywords (plain values, `data` nested) from the three sections; appends errors."""
+    kwargs: dict[str, Any] = {}
+    n_before = len(errors)
+    source = _model_source(model, errors)
+    if source is not None:
+        is_path = source not in PRESETS
+        kwargs["model"] = str((cwd / Path(source).expanduser()).resolve()) if is_path else source
+    if data is not None:
+        if not isinstance(data, Mapping):
+            errors.append(f"data must be a mapping of {', '.join(DATA_KEYS)}, got {data!r}")
+        else:
+            errors += [
+                f"unknown key data.{k}; allowed: {', '.join(DATA_KEYS)}"
+                for k in data
+                if k not in DATA_KEYS
+            ]
+            data = {k: v for k, v in data.items() if k in DATA_KEYS}
+            src = data.get("source")
+            if isinstance(src, str) and src != "digits":
+                data["source"] = str((cwd / Path(src).expanduser()).resolve())
+            kwargs["data"] = data
+    if train is not None:
+        if not isinstance(train, Mapping):
+            errors.append(f"train must be a mapping of {', '.join(TRAIN_KEYS)}, got {train!r}")
+        else:
+            errors += [
+                f"unknown key train.{k}; allowed: {', '.join(TRAIN_KEYS)}"
+                for k in train
+                if k not in TRAIN_KEYS
+            ]
+            for k, v in train.items():
+                if k in TRAIN_KEYS:
+                    kwargs[k] = v
+            cache = kwargs.get("base_cache_dir")
+            if isinstance(cache, str):
+                kwargs["base_cache_dir"] = str((cwd / Path(cache).expanduser()).resolve())
+    if len(errors) == n_before:
+        try:
+            TrainConfig.from_dict(kwargs)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"train: {str(exc).removeprefix('invalid training config: ')}")
+    return kwargs
+
+
+def build_train_config(kwargs: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig of a validated spec (the plain keywords travel to Ray workers)."""
+    return TrainConfig.from_dict(dict(kwargs))
+
+
+def _model_source(model: Any, errors: list[str]) -> str | None:
+    if model is None:
+        return None
+    if isinstance(model, str):
+        return model
+    if isinstance(model, Mapping) and len(model) == 1 and next(iter(model)) in ("preset", "path"):
+        kind, value = next(iter(model.items()))
+        if not isinstance(value, str) or not value:
+            errors.append(f"model.{kind} ({value!r}) must be a string")
+            return None
+        if kind == "preset" and value not in PRESETS:
+            errors.append(f"model.preset ({value!r}) must be one of {', '.join(PRESETS)}")
+            return None
+        return value
+    errors.append(
+        f"model ({model!r}) must be a preset name ({', '.join(PRESETS)}), {{preset: NAME}} or "
+        "{path: /a/local/diffusers/model/dir}"
+    )
+    return None

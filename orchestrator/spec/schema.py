@@ -1,0 +1,123 @@
+"""The validated ExperimentSpec: frozen dataclasses, built only by orchestrator.spec.load_spec."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+# Metric names every trial reports (design.md); "best", the scheduler and Optuna pick from these.
+METRIC_NAMES = (
+    "train/loss",
+    "val/loss",
+    "val/loss_gap",
+    "val/attn_rel_err",
+    "val/sample_psnr",
+    "flops/attention",
+    "flops/attention_ratio",
+    "flops/step",
+    "perf/step_s",
+    "perf/tokens_per_s",
+    "sla/fallback_calls",
+)
+MODES = ("min", "max")
+ALGORITHMS = ("grid", "random", "optuna")
+SCHEDULERS = ("none", "asha")
+SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform")
+
+DEFAULT_RESULTS_DIR = "sla_runs"  # storage.results_dir, relative to the working directory
+MLFLOW_DB = "mlflow.db"  # the default tracking store: a sqlite file in the results directory
+
+
+def sqlite_store(directory: Path) -> str:
+    """The tracking URI of the default store in `directory` (absolute: Ray moves trials' cwd)."""
+    return f"sqlite:///{Path(directory).resolve() / MLFLOW_DB}"
+
+
+SearchKind = Literal["fixed", "grid", "choice", "uniform", "loguniform"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParam:
+    """One SLAConfig field of the search space: a fixed value, a list (grid/choice) or a range."""
+
+    field: str
+    kind: SearchKind
+    values: tuple[Any, ...]  # fixed: (v,); grid/choice: the values; uniform/loguniform: (lo, hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    algorithm: str = "grid"
+    num_samples: int = 1
+    seed: int = 0
+    objectives: tuple[Objective, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSpec:
+    name: str = "none"
+    metric: str = "val/loss"
+    mode: str = "min"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    max_t: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourcesSpec:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSpec:
+    results_dir: Path
+    tracking_uri: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    num_to_keep: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureSpec:
+    max_failures: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+    """A whole sweep, validated. `train` holds the recipe's TrainConfig keyword arguments."""
+
+    name: str
+    train: dict[str, Any]
+    sla: tuple[SearchParam, ...]
+    control: bool
+    search: SearchSpec
+    scheduler: SchedulerSpec
+    resources: ResourcesSpec
+    max_concurrent_trials: int | None
+    metric: str
+    mode: str
+    storage: StorageSpec
+    checkpoint: CheckpointSpec
+    failure: FailureSpec
+    source: dict[str, Any]  # the YAML after profile and overrides, as logged to MLflow
+    extra_trials: tuple[dict[str, Any], ...] = ()  # SLA settings run besides the search space
+
+    @property
+    def varying(self) -> tuple[SearchParam, ...]:
+        """The search-space entries that are not fixed values."""
+        return tuple(p for p in self.sla if p.kind != "fixed")
+
+    @property
+    def fixed_sla(self) -> dict[str, Any]:
+        return {p.field: p.values[0] for p in self.sla if p.kind == "fixed"}

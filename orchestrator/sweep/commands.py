@@ -1,0 +1,98 @@
+"""`sla-sweep run`, `resume` and `best`: the sweep's own commands (orchestrator.cli lists them).
+
+Bad input raises SpecError before Ray starts or any file is written; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.spec import SpecError
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="experiment YAML, e.g. experiments/topk.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a YAML value (dotted key, YAML value), e.g. train.steps=10")  # fmt: skip
+    p.add_argument(
+        "--address", help="join an existing Ray cluster (default: $RAY_ADDRESS or local)"
+    )
+    p.add_argument("--verbose", action="store_true", help="also show the Ray workers' own output")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate an experiment YAML and run its sweep: one Ray Tune trial per SLA config + the control."""
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(args.file, args.overrides)  # all validation before anything starts
+    from orchestrator.sweep.run import run_sweep
+
+    outcome = run_sweep(spec, address=args.address, verbose=args.verbose)
+    return exit_status(outcome)
+
+
+def add_resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "sweep_dir", type=Path, help="a sweep directory (printed when the sweep started)"
+    )
+    p.add_argument(
+        "--address", help="join an existing Ray cluster (default: $RAY_ADDRESS or local)"
+    )
+    p.add_argument("--verbose", action="store_true", help="also show the Ray workers' own output")
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Finish an interrupted sweep; finished trials are not run again."""
+    from orchestrator.sweep.run import read_sweep, resume_sweep
+
+    read_sweep(args.sweep_dir.resolve())  # a clear error for something that is not a sweep
+    return exit_status(resume_sweep(args.sweep_dir, address=args.address, verbose=args.verbose))
+
+
+def add_best_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "target", type=Path, help="a sweep directory, or an experiment YAML (its latest sweep)"
+    )
+
+
+def best(args: argparse.Namespace) -> int:
+    """Show a sweep's results table and its best trial: checkpoint, MLflow run, Pareto plot."""
+    from orchestrator.spec import load_spec
+    from orchestrator.sweep.records import load_rows
+    from orchestrator.sweep.report import best_row, format_table
+    from orchestrator.sweep.run import find_sweep, read_sweep
+
+    target = args.target.resolve()
+    if target.is_file():
+        sweep_dir = find_sweep(load_spec(target))
+    elif target.is_dir():
+        sweep_dir = target
+    else:
+        raise SpecError(str(args.target), ["no such sweep directory or experiment file"])
+    spec, meta = read_sweep(sweep_dir)
+    rows = list(load_rows(sweep_dir).values())
+    print(f"sweep {sweep_dir}")
+    print(format_table(rows, spec.metric, spec.mode))
+    best = best_row(rows, spec.metric, spec.mode)
+    if best is None:
+        print(f"no finished trial reports {spec.metric}", file=sys.stderr)
+        return 1
+    print(
+        f"best trial: {best.trial_id}  {best.label}  {spec.metric}={best.metrics[spec.metric]:.6g}"
+    )
+    print(f"checkpoint: {best.checkpoint}")
+    print(f"mlflow run: {best.run_id}  ({meta['tracking_uri']})")
+    if (sweep_dir / "pareto.png").is_file():
+        print(f"pareto plot: {sweep_dir / 'pareto.png'}")
+    return 0
+
+
+def exit_status(outcome) -> int:
+    """0 when every trial ended well, 1 when one failed, 130 when the sweep was interrupted."""
+    if not outcome.complete:
+        return 130  # interrupted: resumable
+    from orchestrator.sweep.records import ERROR
+
+    return 1 if any(r.status == ERROR for r in outcome.rows) else 0

@@ -1,0 +1,170 @@
+"""Driver-side MLflow logging: one experiment per YAML name, a parent run per sweep, a child run
+per trial. Only the driver writes (MlflowClient with explicit run ids), never the workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.values import is_num
+
+TRIAL_TAG = "sla_sweep.trial_id"
+SWEEP_TAG = "sla_sweep.sweep_dir"
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+NOTE_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
+
+
+class SweepRecorder:
+    """Owns the MLflow side of one sweep. Safe to re-create on resume (runs are looked up)."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp is not None
+            else self.client.create_experiment(
+                experiment_name, artifact_location=artifact_location(tracking_uri)
+            )
+        )
+        self.parent_run_id: str | None = None
+        self._child: dict[str, str] = {}
+
+    # ---- parent -------------------------------------------------------------------------------
+    def start_parent(self, sweep_dir: Path, params: Mapping[str, Any], spec_file: Path) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=sweep_dir.name, tags={SWEEP_TAG: str(sweep_dir)}
+        )
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, params)
+        self.client.log_artifact(self.parent_run_id, str(spec_file))
+        return self.parent_run_id
+
+    def attach_parent(self, run_id: str) -> None:
+        """Resume: reopen the parent run and find the child runs already made."""
+        self.parent_run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'",
+            max_results=5000,
+        )
+        for r in runs:
+            trial = r.data.tags.get(TRIAL_TAG)
+            if trial:
+                self._child[trial] = r.info.run_id
+
+    def finish_parent(self, artifacts: list[Path], status: str = "FINISHED") -> None:
+        assert self.parent_run_id is not None
+        for path in artifacts:
+            if path.exists():
+                self.client.log_artifact(self.parent_run_id, str(path))
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    # ---- children -----------------------------------------------------------------------------
+    def child_run(self, trial_id: str, run_name: str, params: Mapping[str, Any]) -> str:
+        """The trial's child run, created (with its params) the first time it is asked for."""
+        if trial_id in self._child:
+            return self._child[trial_id]
+        assert self.parent_run_id is not None, "start_parent or attach_parent first"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
+        )
+        self._child[trial_id] = run.info.run_id
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, int(step))
+            for key, value in metrics.items()
+            if "/" in key and is_num(value)
+        ]
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(run_id, metrics=batch[i : i + 900])
+
+    def end_child(self, run_id: str, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(run_id, "sla_sweep.error", error[:4000])
+        self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 90):
+            self.client.log_batch(run_id, params=items[i : i + 90])
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside it (<db dir>/mlartifacts), not into whatever working
+    directory the driver has; other stores (a server) choose their own (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: Path) -> str:
+    """The parent run's description: what was swept, the best trial, a table, how to compare."""
+    from orchestrator.sweep.report import best_row, short_label, varying_keys
+
+    keys = varying_keys(rows)
+    sla_rows = [r for r in rows if r.sla is not None]
+    lines = [
+        f"**SLA sweep `{name}`**: {len(sla_rows)} SLA trials"
+        + (" + the full-attention control" if len(sla_rows) < len(rows) else "")
+        + f", ranked by `{metric}` ({mode}).",
+        "",
+    ]
+    if best is None:
+        lines.append(f"**No finished trial reports `{metric}` yet.**")
+    else:
+        shown = ", ".join(f"{m}={best.metrics[m]:.4g}" for m in NOTE_METRICS if m in best.metrics)
+        lines.append(f"**Best trial: {best.trial_id}** ({best.label}): {shown}")
+        best_sla = best_row(sla_rows, metric, mode)
+        if best.sla is None and best_sla is not None:
+            lines.append(f"Best SLA trial: {best_sla.trial_id} ({best_sla.label})")
+    lines += ["", "| trial | config | " + " | ".join(NOTE_METRICS) + " | status |",
+              "|---" * (len(NOTE_METRICS) + 3) + "|"]  # fmt: skip
+    for r in rows:
+        values = " | ".join(f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in NOTE_METRICS)
+        lines.append(f"| {r.trial_id} | {short_label(r, keys)} | {values} | {r.status} |")
+    lines += [
+        "",
+        "Quality against FLOPs: select the child runs, Compare, Scatter Plot with x = "
+        "`flops/attention_ratio`, y = `val/loss` (or `val/sample_psnr`).",
+        f"Samples from the best SLA trial: `sla-sweep infer {sweep_dir}`",
+    ]
+    return "\n".join(lines)
+
+
+def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """{'topk': 0.1} -> {'sla.topk': 0.1}; nested mappings become dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flat_params(name, value))
+        else:
+            out[name] = value
+    return out
+
+
+def _param_str(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

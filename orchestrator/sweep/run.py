@@ -1,0 +1,349 @@
+"""Run or resume a sweep: Ray (local or joined), Tuner(...).fit(), then the report and MLflow.
+
+A sweep directory (storage.results_dir/<name>-<time>) holds spec.yaml, sweep.json (MLflow ids),
+trials.json (the driver's record of every trial), results.csv, pareto.png, tune/ (Tune's
+experiment directory: Tune syncs it wholesale on restore, so nothing of ours lives in it),
+train/<trial id>/checkpoint_* (the Ray Train runs) and base_reference/ (the base model's val loss
+and samples, computed by the first trial and loaded by the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
+from orchestrator.spec.recipe import build_train_config
+from orchestrator.sweep import search_space
+from orchestrator.sweep.cluster import connect, max_concurrent
+from orchestrator.sweep.mlflow_log import NOTE_TAG, SweepRecorder, flat_params, sweep_note
+from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.records import (
+    DONE,
+    ENDED,
+    ERROR,
+    SPEC_FILE,
+    SWEEP_FILE,
+    TRIALS_FILE,
+    TrialRow,
+    load_rows,
+    trial_sla,
+)
+from orchestrator.sweep.report import best_row, format_table, plot_pareto, write_csv
+from orchestrator.sweep.trainable import TrialSettings, sweep_trial
+
+TUNE_DIR = "tune"
+# How often a trial's Train controller polls its workers (Ray's default: every 2 s). A worker's
+# ray.train.report blocks until the controller has taken the previous report, and the trial ends
+# only at the poll after its last one, so the default costs up to 2 s per report and per trial.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = "0.5"
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep left behind."""
+
+    sweep_dir: Path
+    rows: list[TrialRow]
+    best: TrialRow | None
+    complete: bool
+    tracking_uri: str
+    parent_run_id: str
+    timings: dict[str, float]
+
+
+def run_sweep(
+    spec: ExperimentSpec, *, address: str | None = None, verbose: bool = False
+) -> SweepOutcome:
+    """Run every trial of `spec` and report; returns when Tune is done or interrupted."""
+    t0 = time.monotonic()
+    prepare_base_model(spec)
+    t_base = time.monotonic()
+    sweep_dir = _new_sweep_dir(spec)
+    spec_file = sweep_dir / SPEC_FILE
+    spec_file.write_text(yaml.safe_dump(spec.source, sort_keys=False))
+    recorder = SweepRecorder(spec.storage.tracking_uri, spec.name)
+    parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
+    meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
+            "experiment_id": recorder.experiment_id, "parent_run_id": parent,
+            "expected_trials": expected_trials(spec)}  # fmt: skip
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=1))
+    print(f"[sla-sweep] sweep {sweep_dir}")
+    print(
+        f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})"
+    )
+    with connect(address, spec, log_to_driver=verbose) as cluster:
+        t_ray = time.monotonic()
+        from ray import tune
+
+        _quiet_tune_output()
+
+        settings = trial_settings(spec, sweep_dir)
+        metric, mode = search_space.tune_metric(spec)
+        tuner = tune.Tuner(
+            _trainable(settings),
+            param_space=search_space.param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=search_space.search_alg(spec),
+                scheduler=search_space.scheduler(spec),
+                num_samples=search_space.num_samples(spec),
+                max_concurrent_trials=max_concurrent(spec, cluster),
+                reuse_actors=reuse_trial_actors(spec),
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(sweep_dir),
+                callbacks=[_progress(spec, sweep_dir, parent, settings)],
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+        t_fit = time.monotonic()
+    timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base, "fit_s": t_fit - t_ray}
+    return finish(spec, sweep_dir, timings, t0)
+
+
+def resume_sweep(
+    sweep_dir: Path, *, address: str | None = None, verbose: bool = False
+) -> SweepOutcome:
+    """Finish an interrupted sweep: unfinished and errored trials run again, finished ones don't."""
+    t0 = time.monotonic()
+    sweep_dir = Path(sweep_dir).resolve()
+    spec, meta = read_sweep(sweep_dir)
+    print(f"[sla-sweep] resuming {sweep_dir}")
+    with connect(address, spec, log_to_driver=verbose):
+        t_ray = time.monotonic()
+        from ray import tune
+
+        _quiet_tune_output()
+
+        done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status in DONE)
+        tuner = tune.Tuner.restore(
+            str(sweep_dir / TUNE_DIR),
+            _trainable(dataclasses.replace(trial_settings(spec, sweep_dir), finished=done)),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        tuner.fit()
+        t_fit = time.monotonic()
+    return finish(spec, sweep_dir, {"ray_start_s": t_ray - t0, "fit_s": t_fit - t_ray}, t0)
+
+
+def finish(
+    spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0: float
+) -> SweepOutcome:
+    """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights."""
+    meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    rows = list(load_rows(sweep_dir).values())
+    ended = sum(r.status in ENDED for r in rows)
+    complete = ended == len(rows) and len(rows) >= meta["expected_trials"]
+    best = best_row(rows, spec.metric, spec.mode)
+    csv_path = write_csv(rows, sweep_dir / "results.csv")
+    plot_path = plot_pareto(rows, sweep_dir / "pareto.png", spec.metric, spec.mode)
+    print(format_table(rows, spec.metric, spec.mode))
+    recorder = SweepRecorder(meta["tracking_uri"], spec.name)
+    recorder.attach_parent(meta["parent_run_id"])
+    if best is not None and best.run_id:
+        weights = Path(best.checkpoint or "") / "sla_attention.pt"
+        if best.checkpoint and weights.is_file():
+            recorder.log_artifact(best.run_id, weights, "best_checkpoint")
+        recorder.set_tags(
+            meta["parent_run_id"], {"best_trial": best.trial_id, "best_run_id": best.run_id}
+        )
+    note = sweep_note(spec.name, rows, spec.metric, spec.mode, best, sweep_dir)
+    recorder.set_tags(meta["parent_run_id"], {NOTE_TAG: note})  # the parent run's description
+    timings["total_s"] = time.monotonic() - t0
+    timings.update(trial_overheads(rows))
+    (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    print("[sla-sweep] time: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    status = "FINISHED" if complete and not any(r.status == ERROR for r in rows) else (
+        "KILLED" if not complete else "FAILED")  # fmt: skip
+    recorder.finish_parent([csv_path, plot_path], status=status)
+    print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}")
+    if not complete:
+        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}")
+    elif best is not None:
+        print(f"[sla-sweep] best: {best.trial_id} ({best.label}) checkpoint {best.checkpoint}")
+    else:
+        print(
+            f"[sla-sweep] no SLA trial ran all its steps and reported {spec.metric}: no best trial"
+        )
+    print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
+    return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
+                        meta["parent_run_id"], timings)  # fmt: skip
+
+
+def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
+    """Mean seconds per trial: Ray start-up (Tune actor, Train controller, worker group,
+    torch.distributed) before the worker loop, split into the Tune trial actor's start and the
+    Train start-up it then waits for (itself split at the worker process's creation: controller
+    and worker scheduling before it, the worker's imports and process group after); the recipe's
+    setup and first evaluation; its training and evaluations; Ray's teardown after the last
+    report."""
+    spans = {"trial_ray_start_s": ("start", "loop_start"),
+             "trial_tune_actor_start_s": ("start", "trainable_start"),
+             "trial_train_start_s": ("trainable_start", "loop_start"),
+             "trial_worker_spawn_s": ("trainable_start", "worker_created"),
+             "trial_worker_init_s": ("worker_created", "loop_start"),
+             "trial_recipe_setup_s": ("loop_start", "first_report"),
+             "trial_training_s": ("first_report", "last_report"),
+             "trial_ray_teardown_s": ("last_report", "end")}  # fmt: skip
+    out = {}
+    for key, (a, b) in spans.items():
+        values = [r.times[b] - r.times[a] for r in rows if a in r.times and b in r.times]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def reuse_trial_actors(spec: ExperimentSpec) -> bool:
+    """Whether a finished trial's Tune actor runs the next trial (saves its process start and
+    imports, most of the gap between trials). Only without a scheduler: a trial the scheduler
+    stops early is still inside TorchTrainer.fit(), so Tune could not reset its actor in time
+    and would fail the next trial instead."""
+    return spec.scheduler.name == "none"
+
+
+def expected_trials(spec: ExperimentSpec) -> int:
+    """How many trials a complete run of `spec` has (an interrupted one has fewer ended)."""
+    if spec.search.algorithm == "optuna":
+        return search_space.num_samples(spec)
+    return len(search_space.expand_trials(spec)) * search_space.num_samples(spec)
+
+
+def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
+    """The spec and MLflow ids a sweep directory was started with."""
+    for name in (SPEC_FILE, SWEEP_FILE, f"{TUNE_DIR}/tuner.pkl"):
+        if not (sweep_dir / name).is_file():
+            raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
+    loaded = {}
+    for name, load in (
+        (SPEC_FILE, yaml.safe_load),
+        (SWEEP_FILE, json.loads),
+        (TRIALS_FILE, json.loads),
+    ):
+        path = sweep_dir / name
+        try:
+            loaded[name] = load(path.read_text()) if path.is_file() else None
+        except (
+            yaml.YAMLError,
+            json.JSONDecodeError,
+        ) as exc:  # a damaged sweep: one line, no traceback
+            why = str(exc).strip().splitlines()[0]
+            raise SpecError(str(path), [f"damaged sweep file, cannot be parsed ({why})"]) from None
+    spec = parse_spec(loaded[SPEC_FILE], source=str(sweep_dir / SPEC_FILE))
+    return spec, loaded[SWEEP_FILE]
+
+
+def find_sweep(spec: ExperimentSpec) -> Path:
+    """The most recent sweep directory of this spec's name."""
+    base = spec.storage.results_dir
+    found = sorted(p for p in base.glob(f"{spec.name}-*") if (p / SWEEP_FILE).is_file())
+    if not found:
+        raise SpecError(spec.name, [f"no sweep named {spec.name!r} under {base}"])
+    return found[-1]
+
+
+def trial_settings(spec: ExperimentSpec, sweep_dir: Path) -> TrialSettings:
+    r = spec.resources
+    return TrialSettings(
+        train=dict(spec.train),
+        fixed_sla=spec.fixed_sla,
+        workers_per_trial=r.workers_per_trial,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=r.gpus_per_worker,
+        num_to_keep=spec.checkpoint.num_to_keep,
+        max_failures=spec.failure.max_failures,
+        train_storage=str(sweep_dir / "train"),
+        reference_cache=str(Path(sweep_dir).resolve() / "base_reference"),
+        worker_env={"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))},
+        controller_env={TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)},
+    )
+
+
+def prepare_base_model(spec: ExperimentSpec) -> None:
+    """Pre-train (or find cached) the full-attention base once, before any trial starts."""
+    import torch
+
+    from orchestrator.models.wan_presets import PRESETS
+    from orchestrator.recipe.base_model import load_base_model
+    from orchestrator.recipe.config import resolve_mixed_precision
+
+    train = build_train_config(spec.train)
+    gpu = spec.resources.gpus_per_worker > 0
+    if train.model not in PRESETS or train.base_steps == 0:
+        return  # a local model directory or a seeded init: nothing to pre-train
+    if gpu and not torch.cuda.is_available():
+        return  # the workers' precision differs from this machine's: the first trial trains it
+    mixed = resolve_mixed_precision(train.mixed_precision, cuda=gpu)
+    device = torch.device("cuda" if gpu else "cpu")
+    load_base_model(train, device=device, mixed_precision=mixed,
+                    log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
+
+
+def _quiet_tune_output() -> None:
+    """Our progress lines replace Tune's tables: with the legacy reporter, verbose=0 is silent."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _trainable(settings: TrialSettings):
+    from ray import tune
+
+    # The trial's Tune actor only waits on its TorchTrainer: no CPUs of its own (a bundle may not
+    # be empty, hence the token memory request); the Train workers hold the trial's resources.
+    fn = tune.with_parameters(sweep_trial, settings=settings)
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+
+
+def _progress(spec: ExperimentSpec, sweep_dir: Path, parent: str, settings: TrialSettings):
+    from sla_kernel_glue import SLAConfig
+
+    train_params = dataclasses.asdict(build_train_config(spec.train))
+    return SweepProgress(
+        sweep_dir, spec.storage.tracking_uri, spec.name, parent,
+        functools.partial(trial_sla, settings.fixed_sla), train_params,
+        [f.name for f in dataclasses.fields(SLAConfig)],
+    )  # fmt: skip
+
+
+def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
+    space = {
+        p.field: (p.values[0] if p.kind == "fixed" else {p.kind: list(p.values)}) for p in spec.sla
+    }
+    return {
+        **flat_params("sla", space),
+        "control": spec.control,
+        "search.algorithm": spec.search.algorithm,
+        "search.num_samples": spec.search.num_samples,
+        "scheduler": spec.scheduler.name,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        **flat_params("resources", dataclasses.asdict(spec.resources)),
+    }
+
+
+def _new_sweep_dir(spec: ExperimentSpec) -> Path:
+    base = spec.storage.results_dir
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(100):
+        path = base / (f"{spec.name}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new sweep directory under {base}")
+
+
+__all__ = ["SweepOutcome", "run_sweep", "resume_sweep", "read_sweep", "find_sweep"]

@@ -1,0 +1,84 @@
+"""The Tune function trainable: one Tune trial = one Ray Train TorchTrainer run of the recipe.
+
+The trial's own Tune actor only launches and waits (no CPUs of its own); the Train workers hold
+the trial's CPUs/GPUs. Worker reports reach Tune through TuneReportCallback, with the persisted
+checkpoint's path under "checkpoint_path". The Train run is named after the Tune trial id and
+stored under the sweep directory, so rerunning a trial (resume, retry) continues from its last
+checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator.sweep.records import trial_sla
+from orchestrator.sweep.worker import train_loop_per_worker
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares (from the ExperimentSpec), passed by tune.with_parameters."""
+
+    train: dict[str, Any]
+    fixed_sla: dict[str, Any]
+    workers_per_trial: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    num_to_keep: int
+    max_failures: int
+    train_storage: str  # absolute: Ray changes the working directory of trials and workers
+    worker_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Set in the trial's Tune actor before it builds the TorchTrainer: Ray Train's controller
+    # takes its settings (RAY_TRAIN_*) from the process that calls fit().
+    controller_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where the first trial leaves the base model's val loss and samples for the others (absolute).
+    reference_cache: str | None = None
+    # Trials the sweep's own record (trials.json) has as finished; a resumed sweep does not rerun
+    # them even when Tune's experiment state, saved only now and then, was older than the kill.
+    finished: frozenset[str] = frozenset()
+
+
+def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune function trainable: build the TorchTrainer for this trial and run it to the end."""
+    trainable_start = time.time()
+    trial_id = ray.tune.get_context().get_trial_id()
+    if trial_id in settings.finished:
+        return
+    os.environ.update(settings.controller_env)
+    resources = {"CPU": settings.cpus_per_worker}
+    if settings.gpus_per_worker:
+        resources["GPU"] = settings.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": settings.train,
+            "sla": trial_sla(settings.fixed_sla, config["trial"]),
+            "trainable_start": trainable_start,
+            "reference_cache": settings.reference_cache,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers_per_trial,
+            use_gpu=settings.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=trial_id,
+            storage_path=str(Path(settings.train_storage).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.num_to_keep),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            callbacks=[TuneReportCallback()],
+            worker_runtime_env={"env_vars": dict(settings.worker_env)}
+            if settings.worker_env
+            else None,
+        ),
+    )
+    trainer.fit()

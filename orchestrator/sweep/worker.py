@@ -1,0 +1,84 @@
+"""What runs on each Ray Train worker of a trial: the training recipe, reporting through Ray.
+
+Ray Train has set up torch.distributed before this runs, so the recipe's Accelerator() joins
+that process group. Every rank calls ray.train.report the same number of times (it is a barrier);
+every rank hands its own checkpoint directory, and Ray merges them into one checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray.train
+
+from orchestrator.sweep.records import (
+    LOOP_START_KEY,
+    STEP_KEY,
+    TRAINABLE_START_KEY,
+    WORKER_CREATED_KEY,
+)
+
+
+class RayReportCallback:
+    """The recipe's callback protocol (on_metrics / on_checkpoint) -> ray.train.report."""
+
+    def __init__(self, trainable_start: float | None = None) -> None:
+        # For the sweep's overhead accounting: Tune actor -> Train start-up -> recipe.
+        self.loop_start = time.time()
+        self.trainable_start = trainable_start
+        self.worker_created = psutil.Process().create_time()
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        ray.train.report(self._payload(step, metrics))
+
+    def on_checkpoint(self, step: int, directory: Path, metrics: dict[str, Any]) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+        ray.train.report(self._payload(step, metrics), checkpoint=checkpoint)
+
+    def _payload(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
+        payload = {
+            **_numeric(metrics),
+            STEP_KEY: int(step),
+            LOOP_START_KEY: self.loop_start,
+            WORKER_CREATED_KEY: self.worker_created,
+        }
+        if self.trainable_start is not None:
+            payload[TRAINABLE_START_KEY] = self.trainable_start
+        return payload
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one trial on this worker: config = {"train": TrainConfig kwargs, "sla": dict|None,
+    "trainable_start": unix time (optional), "reference_cache": a directory (optional)}."""
+    # Imported here, not at the top: the trial's Tune actor imports this module only to hand the
+    # function to Ray Train, and diffusers, accelerate and the kernels cost it seconds per trial.
+    from orchestrator.recipe import run_trial
+    from orchestrator.spec.recipe import build_train_config
+    from sla_kernel_glue import SLAConfig
+
+    callback = RayReportCallback(config.get("trainable_start"))
+    train = build_train_config(config["train"])
+    sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
+    rank = ray.train.get_context().get_world_rank()
+    cache = config.get("reference_cache")
+    common = {"callback": callback, "reference_cache": None if cache is None else Path(cache)}
+    with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            run_trial(train, sla, Path(workdir), **common)
+            return
+        # A restarted worker (failure_config) or a resumed sweep continues from the last checkpoint.
+        with checkpoint.as_directory() as resume_dir:
+            run_trial(train, sla, Path(workdir), resume_from=Path(resume_dir), **common)
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
