@@ -36,7 +36,11 @@ def build_datasets(
     )
 
 
-def collate(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack the clips (B, C, F, H, W) and labels (B,) of the given dataset indices."""
-    items = [dataset[i] for i in indices]
+def collate(
+    dataset: Dataset, indices: list[int], generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the clips (B, C, F, H, W) and labels (B,) of the given dataset indices; a dataset
+    that draws its items (encoded clips: the VAE posterior) draws them from `generator`."""
+    draw = getattr(dataset, "draw", None) if generator is not None else None
+    items = [draw(i, generator) if draw else dataset[i] for i in indices]
     return torch.stack([clip for clip, _ in items]), torch.tensor([label for _, label in items])

@@ -64,7 +64,7 @@ def generation_settings(train: TrainConfig, model: nn.Module) -> GenerationSetti
         text_dim=int(cfg.text_dim),
         num_classes=num_classes,
         sample_steps=train.sample_steps,
-        timestep_shift=float(train.timestep_shift),
+        timestep_shift=train.flow_shift,
         mixed_precision=train.mixed_precision,
     )
 

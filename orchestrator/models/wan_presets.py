@@ -164,15 +164,25 @@ def text_len(model: str) -> int:
 
 
 def model_source_error(model: str) -> str | None:
-    """Why `model` is neither a preset nor a local diffusers Wan model directory (None if fine)."""
+    """Why `model` is neither a preset, a local Wan pipeline directory nor a local diffusers
+    WanTransformer3DModel directory (None if fine)."""
     if model in PRESETS:
         return None
     allowed = (
-        f"a preset ({', '.join(PRESETS)}) or a local diffusers WanTransformer3DModel directory"
+        f"a preset ({', '.join(PRESETS)}), a local diffusers Wan pipeline directory "
+        "(model_index.json) or a WanTransformer3DModel directory"
     )
+    from orchestrator.models.pipeline import PipelineError, is_pipeline_dir, read_pipeline
+
     path = Path(model).expanduser()
     if not path.exists():
         return f"model ({model!r}) must be {allowed}; no such preset and the path does not exist"
+    if is_pipeline_dir(path):
+        try:
+            read_pipeline(path)
+        except PipelineError as exc:
+            return f"model ({model!r}): {exc}"
+        return None
     config = path / "config.json"
     if not config.is_file():
         return f"model ({model!r}) must be {allowed}; {path} has no config.json"
@@ -196,8 +206,13 @@ def build_preset(name: str, *, seed: int) -> WanTransformer3DModel:
 
 
 def load_local(path: str | Path) -> WanTransformer3DModel:
-    """Load a local diffusers WanTransformer3DModel directory (never a hub download)."""
+    """Load a local WanTransformer3DModel directory, or a pipeline's transformer/ (never a hub
+    download)."""
     error = model_source_error(str(path))
     if error is not None:
         raise ValueError(error)
-    return WanTransformer3DModel.from_pretrained(Path(path).expanduser(), local_files_only=True)
+    from orchestrator.models.pipeline import is_pipeline_dir
+
+    path = Path(path).expanduser()
+    subfolder = "transformer" if is_pipeline_dir(path) else None
+    return WanTransformer3DModel.from_pretrained(path, subfolder=subfolder, local_files_only=True)

@@ -59,7 +59,7 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
         "lr": train.base_lr,
         "batch_size": train.batch_size,
         "timestep_sampling": train.timestep_sampling,
-        "timestep_shift": train.timestep_shift,
+        "timestep_shift": train.flow_shift,
         "mixed_precision": mixed_precision,
     }
     if train.data.source != "digits":  # the user's clips: a changed folder means another base
@@ -163,7 +163,7 @@ def _pretrain(
             clips.shape[0],
             generator=generator,
             sampling=train.timestep_sampling,
-            shift=train.timestep_shift,
+            shift=train.flow_shift,
         )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = flow_loss(

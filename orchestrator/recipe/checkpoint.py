@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from sla_kernel_glue import SLAConfig
 
 TRIAL_FILE = "trial.json"
+VALIDATION_DIR = "validation"  # a step's validation videos and frame grids (pipelines)
 SLA_FILE = "sla_attention.pt"
 
 

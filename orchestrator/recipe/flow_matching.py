@@ -81,11 +81,33 @@ def euler_sample(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """Integrate the flow ODE from noise (t = 1) to data (t = 0) in `steps` Euler steps."""
+    return guided_euler_sample(
+        model, noise, context, None, steps=steps, shift=shift, guidance=1.0, autocast=autocast
+    )
+
+
+@torch.no_grad()
+def guided_euler_sample(
+    model: nn.Module,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    negative: torch.Tensor | None,
+    *,
+    steps: int,
+    shift: float,
+    guidance: float,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Euler steps of the flow ODE with classifier-free guidance: v = v_neg + g (v_pos - v_neg),
+    the negative prompt's context in `negative` (guidance 1 skips it)."""
     grid = shift_timesteps(torch.linspace(1.0, 0.0, steps + 1), shift).tolist()
     x = noise.float()
     for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
         t = torch.full((x.shape[0],), t_now, device=x.device)
         with autocast():
             v = predict_velocity(model, x.to(noise.dtype), t, context)
+            if guidance != 1.0:
+                v_neg = predict_velocity(model, x.to(noise.dtype), t, negative)
+                v = v_neg + guidance * (v - v_neg)
         x = x + (t_next - t_now) * v
     return x

@@ -27,7 +27,13 @@ from . import evaluate as ev
 from .base_model import folder_fingerprint, load_base_model
 from .base_outputs import base_reference
 from .callbacks import Callback, PrintCallback
-from .checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (
+    VALIDATION_DIR,
+    checkpoint_dir,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from .compile import compiled_blocks
 from .config import TrainConfig, resolve_mixed_precision
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
@@ -46,6 +52,7 @@ class TrialRecipe:
         callback: Callback | None = None,
         resume_from: Path | None = None,
         reference_cache: Path | None = None,
+        encoded: Path | None = None,
     ) -> None:
         if not isinstance(train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
@@ -57,9 +64,11 @@ class TrialRecipe:
         self.resume_from = None if resume_from is None else Path(resume_from)
         self.reference_cache = None if reference_cache is None else Path(reference_cache)
         self.callback = callback
+        self.encoded = None if encoded is None else Path(encoded)  # a pipeline's manifest
         self.mixed_precision = resolve_mixed_precision(
             train.mixed_precision, cuda=torch.cuda.is_available()
         )
+        self.shift = train.flow_shift  # the timestep shift (a pipeline's scheduler's by default)
         self.handle: Any = None
         self.start_step = 0
         self._compile_scope = (
@@ -72,6 +81,7 @@ class TrialRecipe:
         self._setup_data()
         self._setup_model()
         self._setup_reference()
+        self._setup_validation()
         self._setup_sla()
         self._setup_compile()
         self._setup_optimizer()
@@ -92,6 +102,40 @@ class TrialRecipe:
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def _setup_data(self) -> None:
+        cfg = self.train_cfg
+        if cfg.is_pipeline:
+            self._setup_encoded_data()
+        else:
+            self._setup_pixel_data()
+        self.sampler = StepSampler(
+            len(self.train_set),
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            world_size=self.accelerator.num_processes,
+            seed=cfg.seed,
+        )
+
+    def _setup_encoded_data(self) -> None:
+        """A pipeline's clips and captions, encoded before the trials (here, when run alone)."""
+        from orchestrator.data.encoded import CaptionTable, EncodedClips, read_manifest
+
+        from .pipeline_data import prepare_encoded
+
+        if self.encoded is None:
+            log = print if self.accelerator.is_main_process else (lambda _msg: None)
+            with self.accelerator.main_process_first():
+                self.encoded = prepare_encoded(
+                    self.train_cfg, device=self.accelerator.device, log=log
+                )
+        self.manifest = read_manifest(self.encoded)
+        self.train_set = EncodedClips(self.manifest, "train")
+        self.val_set = EncodedClips(self.manifest, "val")
+        self.train_prompts = CaptionTable.of_split(self.manifest, "train")
+        self.val_prompts = CaptionTable.of_split(self.manifest, "val")
+        self.channels = int(self.manifest["latent_shape"][0])
+        self.clip_shape = tuple(self.manifest["latent_shape"][1:])
+
+    def _setup_pixel_data(self) -> None:
         cfg, data = self.train_cfg, self.train_cfg.data
         preset = PRESETS.get(cfg.model)
         frames, size = self.clip_shape = cfg.clip_shape  # 0: unused (a folder's clips)
@@ -105,13 +149,6 @@ class TrialRecipe:
             num_val=data.num_val,
             seed=cfg.seed,
         )
-        self.sampler = StepSampler(
-            len(self.train_set),
-            batch_size=cfg.batch_size,
-            grad_accum=cfg.grad_accum,
-            world_size=self.accelerator.num_processes,
-            seed=cfg.seed,
-        )
 
     def _setup_model(self) -> None:
         cfg, acc = self.train_cfg, self.accelerator
@@ -123,7 +160,8 @@ class TrialRecipe:
         self.shape = ModelShape.of(model)
         _, f, h, w = self.train_set[0][0].shape
         self.tokens = self.shape.tokens(f, h, w)
-        self.prompts = class_prompts(cfg.text_len, self.shape.text_dim)
+        if not cfg.is_pipeline:  # one fixed random "prompt" per digit class
+            self.train_prompts = self.val_prompts = class_prompts(cfg.text_len, self.shape.text_dim)
         self.n_params = sum(p.numel() for p in model.parameters())
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -133,13 +171,13 @@ class TrialRecipe:
         (once per sweep with a reference_cache: every trial starts from the same base)."""
         cfg = self.train_cfg
         self.val = ev.make_val_batch(
-            self.val_set, self.prompts, seed=cfg.seed, device=self.accelerator.device
+            self.val_set, self.val_prompts, seed=cfg.seed, device=self.accelerator.device
         )
         common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
 
         def compute() -> tuple[float, torch.Tensor]:
             loss = ev.val_loss(self.model, self.val, **common)
-            sampler = {"steps": cfg.sample_steps, "shift": cfg.timestep_shift}
+            sampler = {"steps": cfg.sample_steps, "shift": self.shift}
             return loss, ev.samples(self.model, self.val, **sampler, **common)
 
         self.model.eval()
@@ -149,6 +187,25 @@ class TrialRecipe:
         self.base_samples = reference.samples.to(self.accelerator.device)
         self.reference_cached = reference.cached
 
+    def _setup_validation(self) -> None:
+        """A pipeline's validation videos: the fixed prompts and noise, and the base's videos
+        (before SLA goes in: the untouched base), computed once per sweep."""
+        self.videos, self.base_videos = None, None
+        cfg = self.train_cfg
+        if not (cfg.is_pipeline and cfg.validation.prompts):
+            return
+        from .validation import VideoValidation
+
+        self.videos = VideoValidation(
+            cfg.validation, self.manifest, frames=int(cfg.data.frames), size=cfg.data.hw,
+            shift=self.shift, device=self.accelerator.device, autocast=self.accelerator.autocast,
+        )  # fmt: skip
+        if self.accelerator.is_main_process:
+            directory = None if self.reference_cache is None else self.reference_cache / "videos"
+            self.model.eval()
+            self.base_videos = self.videos.base_videos(self.model, self.base_id, directory)
+            self.model.train()
+
     def _reference_key(self) -> dict[str, Any]:
         """What the base's val loss and samples depend on: the base, the val batch, the sampler,
         the precision and the device type."""
@@ -157,13 +214,15 @@ class TrialRecipe:
             "base_model": self.base_id, "model": cfg.model, "data": dataclasses.asdict(cfg.data),
             "clip_shape": self.clip_shape, "channels": self.channels, "seed": cfg.seed,
             "batch_size": cfg.batch_size, "sample_steps": cfg.sample_steps,
-            "timestep_shift": cfg.timestep_shift, "mixed_precision": self.mixed_precision,
+            "timestep_shift": self.shift, "mixed_precision": self.mixed_precision,
             "device": self.accelerator.device.type,
         }  # fmt: skip
         if cfg.model not in PRESETS:  # a local model directory: its files, not just its path
             key["model_files"] = folder_fingerprint(Path(cfg.model).expanduser())
         if cfg.data.source != "digits":
             key["data_files"] = folder_fingerprint(Path(cfg.data.source).expanduser())
+        if cfg.is_pipeline:  # what the val batch is: the encoded clips and captions
+            key["encoded_val"] = self.manifest["val"]
         return key
 
     def _setup_sla(self) -> None:
@@ -243,9 +302,14 @@ class TrialRecipe:
             done = step + 1
             log_now = done % cfg.log_every == 0 or done == cfg.steps
             eval_now = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
+            video_now = self.videos is not None and (
+                done == cfg.steps or (cfg.validation.every and done % cfg.validation.every == 0)
+            )
             ckpt_now = (
-                cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-            ) or done == cfg.steps
+                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                or done == cfg.steps
+                or video_now  # validation videos travel in their checkpoint
+            )
             if not (log_now or eval_now or ckpt_now):
                 continue
             step_s = (self._now() - window_start) / window_steps
@@ -253,44 +317,79 @@ class TrialRecipe:
             if eval_now or ckpt_now:
                 metrics.update(self.evaluate())
             if ckpt_now:
-                directory = save_checkpoint(
-                    acc,
-                    self.handle,
-                    checkpoint_dir(self.workdir, done),
-                    step=done,
-                    sla=self.sla,
-                    metrics=metrics,
-                    base_model=self.base_id,
-                    train=cfg.to_dict(),
+                self._checkpoint(
+                    done, metrics, videos=self._validate_videos(metrics) if video_now else None
                 )
-                self.callback.on_checkpoint(done, directory, dict(metrics))
-                if cfg.keep_checkpoints:  # after the callback: it may have copied the directory
-                    acc.wait_for_everyone()
-                    prune_checkpoints(self.workdir, cfg.keep_checkpoints, protect=self.resume_from)
             else:
                 self.callback.on_metrics(done, dict(metrics))
             losses, window_start, window_steps = [], self._now(), 0
         return metrics
 
+    def _checkpoint(self, done: int, metrics: dict[str, float], videos=None) -> None:
+        """Save, add the validation videos (main process), report, then prune old checkpoints."""
+        cfg, acc = self.train_cfg, self.accelerator
+        directory = save_checkpoint(
+            acc,
+            self.handle,
+            checkpoint_dir(self.workdir, done),
+            step=done,
+            sla=self.sla,
+            metrics=metrics,
+            base_model=self.base_id,
+            train=cfg.to_dict(),
+        )
+        if videos is not None and acc.is_main_process:
+            from .validation import write_videos
+
+            fps = cfg.data.fps or DEFAULT_VIDEO_FPS
+            write_videos(videos, directory / VALIDATION_DIR, fps=fps)
+            write_videos(self.base_videos, directory / VALIDATION_DIR, fps=fps, prefix="base_")
+        acc.wait_for_everyone()
+        self.callback.on_checkpoint(done, directory, dict(metrics))
+        if cfg.keep_checkpoints:  # after the callback: it may have copied the directory
+            acc.wait_for_everyone()
+            prune_checkpoints(self.workdir, cfg.keep_checkpoints, protect=self.resume_from)
+
+    def _validate_videos(self, metrics: dict[str, float]):
+        """The trial's validation videos (main process), their scores against the base's in
+        `metrics`; None on the other processes."""
+        if not self.accelerator.is_main_process:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        videos, cost = self.videos.decode(self.videos.generate(model))
+        model.train()
+        metrics.update(self.videos.score(videos, self.base_videos))
+        metrics.update(cost)
+        return videos
+
     def _micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
         """Clips, context, noise and timesteps: a pure function of (seed, step, micro, rank)."""
         cfg, acc = self.train_cfg, self.accelerator
-        clips, labels = collate(
-            self.train_set, self.sampler.indices(step, micro, acc.process_index)
+        stream = [cfg.seed, step, micro, acc.process_index]
+        # Encoded clips draw their latents from the VAE posterior, on a stream of their own.
+        draws = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([*stream, 1]).generate_state(1)[0])
         )
-        seed = np.random.SeedSequence([cfg.seed, step, micro, acc.process_index]).generate_state(1)[
-            0
-        ]
+        clips, labels = collate(
+            self.train_set, self.sampler.indices(step, micro, acc.process_index), draws
+        )
+        seed = np.random.SeedSequence(stream).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(clips.shape, generator=generator)
         t = sample_timesteps(
             clips.shape[0],
             generator=generator,
             sampling=cfg.timestep_sampling,
-            shift=cfg.timestep_shift,
+            shift=self.shift,
         )
         device = acc.device
-        return clips.to(device), self.prompts[labels].to(device), noise.to(device), t.to(device)
+        return (
+            clips.to(device),
+            self.train_prompts[labels].to(device),
+            noise.to(device),
+            t.to(device),
+        )
 
     def _lr(self, step: int) -> float:
         cfg = self.train_cfg
@@ -329,9 +428,7 @@ class TrialRecipe:
         loss = ev.val_loss(model, self.val, **common)
         layers = self.handle.layers if self.handle is not None else {}
         rel_err = ev.attention_rel_err(model, layers, self.val, **common)
-        samples = ev.samples(
-            model, self.val, steps=cfg.sample_steps, shift=cfg.timestep_shift, **common
-        )
+        samples = ev.samples(model, self.val, steps=cfg.sample_steps, shift=self.shift, **common)
         model.train()
         fallbacks = self.handle.fallback_counts() if self.handle is not None else {}
         # The handle counts from this process's start; a resumed run adds the checkpoint's totals,
@@ -382,24 +479,22 @@ def _local_in_channels(path: str) -> int:
     return int(json.loads((Path(path).expanduser() / "config.json").read_text())["in_channels"])
 
 
+DEFAULT_VIDEO_FPS = 16.0  # of validation MP4s when data.fps does not say (Wan2.1 makes 16 fps)
+
+
 def run_trial(
-    train: TrainConfig,
-    sla: SLAConfig | None,
-    workdir: Path,
-    *,
-    callback: Callback | None = None,
-    resume_from: Path | None = None,
-    reference_cache: Path | None = None,
+    train: TrainConfig, sla: SLAConfig | None, workdir: Path, **options: Any
 ) -> dict[str, float]:
     """Run one trial to completion and return its final metrics.
 
-    sla None is the full-attention control. Checkpoints go to workdir/checkpoint_NNNNNN; resume
-    from one with resume_from. The callback gets metrics and checkpoints on every rank
-    (default: progress lines on the main process). reference_cache: a directory shared by the
-    trials of a sweep, where the base's val loss and samples are computed once and then loaded.
+    sla None is the full-attention control. Checkpoints go to workdir/checkpoint_NNNNNN. Options
+    (TrialRecipe's keywords): callback gets metrics and checkpoints on every rank (default:
+    progress lines on the main process); resume_from: a checkpoint to continue from;
+    reference_cache: a directory shared by the trials of a sweep, where the base's val loss,
+    samples and validation videos are computed once and then loaded; encoded: a pipeline's
+    manifest of encoded clips and captions (default: encoded here first).
     """
-    recipe = TrialRecipe(train, sla, workdir, callback=callback, resume_from=resume_from,
-                         reference_cache=reference_cache)  # fmt: skip
+    recipe = TrialRecipe(train, sla, workdir, **options)
     try:
         recipe.setup()
         return recipe.train()

@@ -39,7 +39,7 @@ __all__ = ["ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_over
 TOP_KEYS = (
     "name", "profile", "profiles", "model", "data", "train", "sla", "control", "search",
     "scheduler", "resources", "max_concurrent_trials", "metric", "mode", "storage", "checkpoint",
-    "failure", "extra_trials",
+    "failure", "extra_trials", "validation",
 )  # fmt: skip
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -141,7 +141,8 @@ def parse_spec(
         errors.append(
             f"name ({name!r}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
         )
-    train = train_kwargs(raw.get("model"), raw.get("data"), raw.get("train"), errors, cwd)
+    sections = (raw.get(k) for k in ("model", "data", "train"))
+    train = train_kwargs(*sections, errors, cwd, validation=raw.get("validation"))
     sla = parse_sla_space(raw.get("sla"), errors)
     control = _bool(raw, "control", True, errors)
     metric = _choice(raw, "metric", "val/loss", METRIC_NAMES, errors)

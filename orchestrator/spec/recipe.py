@@ -3,12 +3,14 @@
 TrainConfig (orchestrator/recipe/config.py) is the single source of truth: its fields are the
 allowed keys and its own validation checks the values.
 
-    model: tiny                      # a preset, or {preset: tiny}, or {path: /a/diffusers/dir}
+    model: tiny                      # a preset, {preset: tiny}, or {path: DIR}: a diffusers Wan
+                                     # pipeline (model_index.json) or transformer directory
     data: {source: digits, frames: 4, size: 16, num_train: 256, num_val: 4}
+    validation: {prompts: [...], seeds: [0], steps: 20, guidance_scale: 5.0, every: 0}
     train: {steps: 20, lr: 3e-4, ...}  # every other TrainConfig field
 
-Relative paths (model path, data folder, base_cache_dir) are made absolute against the working
-directory: Ray runs trials and workers in other directories.
+Relative paths (model path, data folder, cache directories) are made absolute against the
+working directory: Ray runs trials and workers in other directories.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from typing import Any
 
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.recipe import DataConfig, TrainConfig
+from orchestrator.recipe.config import ValidationConfig
 
 DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConfig))
+VALIDATION_KEYS = tuple(f.name for f in dataclasses.fields(ValidationConfig))
 TRAIN_KEYS = tuple(
-    f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "data")
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "data", "validation")
 )
 
 
-def train_kwargs(model: Any, data: Any, train: Any, errors: list[str], cwd: Path) -> dict[str, Any]:
-    """TrainConfig keywords (plain values, `data` nested) from the three sections; appends errors."""
+def train_kwargs(
+    model: Any, data: Any, train: Any, errors: list[str], cwd: Path, validation: Any = None
+) -> dict[str, Any]:
+    """TrainConfig keywords (plain values, `data` and `validation` nested) from the sections;
+    appends errors."""
     kwargs: dict[str, Any] = {}
     n_before = len(errors)
     source = _model_source(model, errors)
@@ -48,7 +55,21 @@ def train_kwargs(model: Any, data: Any, train: Any, errors: list[str], cwd: Path
             src = data.get("source")
             if isinstance(src, str) and src != "digits":
                 data["source"] = str((cwd / Path(src).expanduser()).resolve())
+            if isinstance(data.get("cache_dir"), str):
+                data["cache_dir"] = str((cwd / Path(data["cache_dir"]).expanduser()).resolve())
             kwargs["data"] = data
+    if validation is not None:
+        if not isinstance(validation, Mapping):
+            errors.append(
+                f"validation must be a mapping of {', '.join(VALIDATION_KEYS)}, got {validation!r}"
+            )
+        else:
+            errors += [
+                f"unknown key validation.{k}; allowed: {', '.join(VALIDATION_KEYS)}"
+                for k in validation
+                if k not in VALIDATION_KEYS
+            ]
+            kwargs["validation"] = {k: v for k, v in validation.items() if k in VALIDATION_KEYS}
     if train is not None:
         if not isinstance(train, Mapping):
             errors.append(f"train must be a mapping of {', '.join(TRAIN_KEYS)}, got {train!r}")

@@ -13,6 +13,8 @@ METRIC_NAMES = (
     "val/loss_gap",
     "val/attn_rel_err",
     "val/sample_psnr",
+    "val/video_psnr",
+    "val/video_ssim",
     "flops/attention",
     "flops/attention_ratio",
     "flops/step",

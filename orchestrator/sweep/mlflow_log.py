@@ -101,6 +101,10 @@ class SweepRecorder:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifacts(self, run_id: str, directory: Path, artifact_path: str | None = None) -> None:
+        """Every file of a directory (a checkpoint's validation videos and frame grids)."""
+        self.client.log_artifacts(run_id, str(directory), artifact_path)
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

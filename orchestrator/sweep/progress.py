@@ -14,6 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator.recipe.checkpoint import VALIDATION_DIR
 from orchestrator.sweep.mlflow_log import SweepRecorder, flat_params
 from orchestrator.sweep.records import (
     CHECKPOINT_KEY,
@@ -115,6 +116,9 @@ class SweepProgress(Callback):
             row.checkpoint = str(result[CHECKPOINT_KEY])
         run_id = self._ensure_run(row)
         self.recorder.log_metrics(run_id, metrics, step)
+        videos = Path(row.checkpoint or "") / VALIDATION_DIR
+        if result.get(CHECKPOINT_KEY) and videos.is_dir():  # the step's validation videos
+            self.recorder.log_artifacts(run_id, videos, f"{VALIDATION_DIR}/step_{step:06d}")
         shown = "  ".join(
             f"{k}={metrics[k]:.4g}" for k in ("train/loss", "val/loss") if k in metrics
         )

@@ -66,6 +66,7 @@ def run_sweep(
     """Run every trial of `spec` and report; returns when Tune is done or interrupted."""
     t0 = time.monotonic()
     prepare_base_model(spec)
+    encoded = prepare_encoded_data(spec)
     t_base = time.monotonic()
     sweep_dir = _new_sweep_dir(spec)
     spec_file = sweep_dir / SPEC_FILE
@@ -74,7 +75,7 @@ def run_sweep(
     parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
     meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
             "experiment_id": recorder.experiment_id, "parent_run_id": parent,
-            "expected_trials": expected_trials(spec)}  # fmt: skip
+            "expected_trials": expected_trials(spec), "encoded": encoded}  # fmt: skip
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=1))
     print(f"[sla-sweep] sweep {sweep_dir}")
     print(
@@ -86,7 +87,7 @@ def run_sweep(
 
         _quiet_tune_output()
 
-        settings = trial_settings(spec, sweep_dir)
+        settings = trial_settings(spec, sweep_dir, encoded=encoded)
         metric, mode = search_space.tune_metric(spec)
         tuner = tune.Tuner(
             _trainable(settings),
@@ -130,7 +131,11 @@ def resume_sweep(
         done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status in DONE)
         tuner = tune.Tuner.restore(
             str(sweep_dir / TUNE_DIR),
-            _trainable(dataclasses.replace(trial_settings(spec, sweep_dir), finished=done)),
+            _trainable(
+                dataclasses.replace(
+                    trial_settings(spec, sweep_dir, encoded=meta.get("encoded")), finished=done
+                )
+            ),
             resume_unfinished=True,
             resume_errored=True,
         )
@@ -254,7 +259,9 @@ def find_sweep(spec: ExperimentSpec) -> Path:
     return found[-1]
 
 
-def trial_settings(spec: ExperimentSpec, sweep_dir: Path) -> TrialSettings:
+def trial_settings(
+    spec: ExperimentSpec, sweep_dir: Path, *, encoded: str | None = None
+) -> TrialSettings:
     r = spec.resources
     return TrialSettings(
         train=dict(spec.train),
@@ -266,9 +273,35 @@ def trial_settings(spec: ExperimentSpec, sweep_dir: Path) -> TrialSettings:
         max_failures=spec.failure.max_failures,
         train_storage=str(sweep_dir / "train"),
         reference_cache=str(Path(sweep_dir).resolve() / "base_reference"),
+        encoded=encoded,
         worker_env={"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))},
         controller_env={TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)},
     )
+
+
+def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
+    """A pipeline's clips and captions, encoded once before any trial (what the cache lacks),
+    on this machine's GPU when it has one; the manifest's path (None: not a pipeline). Problems
+    with the data or the pipeline are a SpecError: every one listed, nothing started."""
+    import torch
+
+    from orchestrator.data.encoded import EncodeError
+    from orchestrator.data.videos import VideoDataError
+    from orchestrator.models.pipeline import PipelineError
+    from orchestrator.recipe.pipeline_data import prepare_encoded
+
+    train = build_train_config(spec.train)
+    if not train.is_pipeline:
+        return None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
+    try:
+        manifest = prepare_encoded(train, device=device, log=say)
+    except (VideoDataError, PipelineError, EncodeError) as exc:
+        raise SpecError(spec.name, [str(exc)]) from None
+    stats = json.loads(manifest.read_text())["stats"]
+    say(f"encoded data: {manifest} ({stats['seconds']:.1f} s)")
+    return str(manifest)
 
 
 def prepare_base_model(spec: ExperimentSpec) -> None:

@@ -42,6 +42,8 @@ class TrialSettings:
     controller_env: dict[str, str] = dataclasses.field(default_factory=dict)
     # Where the first trial leaves the base model's val loss and samples for the others (absolute).
     reference_cache: str | None = None
+    # A pipeline's encoded clips and captions (the manifest the driver wrote; absolute).
+    encoded: str | None = None
     # Trials the sweep's own record (trials.json) has as finished; a resumed sweep does not rerun
     # them even when Tune's experiment state, saved only now and then, was older than the kill.
     finished: frozenset[str] = frozenset()
@@ -64,6 +66,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             "sla": trial_sla(settings.fixed_sla, config["trial"]),
             "trainable_start": trainable_start,
             "reference_cache": settings.reference_cache,
+            "encoded": settings.encoded,
         },
         scaling_config=ScalingConfig(
             num_workers=settings.workers_per_trial,

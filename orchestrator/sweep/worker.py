@@ -64,8 +64,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train = build_train_config(config["train"])
     sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
     rank = ray.train.get_context().get_world_rank()
-    cache = config.get("reference_cache")
-    common = {"callback": callback, "reference_cache": None if cache is None else Path(cache)}
+    cache, encoded = config.get("reference_cache"), config.get("encoded")
+    common = {
+        "callback": callback,
+        "reference_cache": None if cache is None else Path(cache),
+        "encoded": None if encoded is None else Path(encoded),
+    }
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:

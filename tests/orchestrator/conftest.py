@@ -58,3 +58,21 @@ def read_finished_sweep(sweep_dir: Path):
         sweep_dir, rows, best, True, meta["tracking_uri"], meta["parent_run_id"], timings
     )
     return spec, outcome
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight Wan2.1-style pipeline (diffusers/transformers classes), built once."""
+    from tests.pipelines import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("pipelines"))
+
+
+@pytest.fixture(scope="session")
+def caption_folder(tmp_path_factory) -> Path:
+    """Six real 9-frame 32x32 MP4 clips, captions half as sidecar .txt, half in metadata.jsonl."""
+    from tests.media import write_caption_folder
+
+    root = tmp_path_factory.mktemp("clips")
+    write_caption_folder(root, n=6, frames=9, size=(32, 32), fps=8)
+    return root

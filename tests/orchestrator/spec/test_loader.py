@@ -34,16 +34,24 @@ def with_(**changes) -> dict:
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_every_shipped_yaml_loads(path, tmp_path):
+def test_every_shipped_yaml_loads(path, tmp_path, request):
     raw = yaml.safe_load(path.read_text())
+    sets = []
+    if isinstance(raw.get("model"), dict) and "/path/to/" in str(raw["model"].get("path")):
+        # a study of the user's pipeline and clips: as is, one clear error naming the path
+        with pytest.raises(SpecError, match=r"model \('/path/to/.*the path does not exist"):
+            load_spec(path, cwd=tmp_path, gpus_available=1)
+        pipeline = request.getfixturevalue("tiny_pipeline_dir")
+        clips = request.getfixturevalue("caption_folder")
+        sets = [f"model.path={pipeline}", f"data.source={clips}"]
     gpu_only = (raw.get("resources") or {}).get("gpus_per_worker", 0) > 0  # h200.yaml
     if gpu_only:  # on a machine without GPUs it is one clear error, before anything starts
         with pytest.raises(
             SpecError,
             match=r"resources.gpus_per_worker \(1\) asks for GPUs but this machine has none",
         ):
-            load_spec(path, cwd=tmp_path, gpus_available=0)
-    spec = load_spec(path, cwd=tmp_path, gpus_available=1 if gpu_only else 0)
+            load_spec(path, sets, cwd=tmp_path, gpus_available=0)
+    spec = load_spec(path, sets, cwd=tmp_path, gpus_available=1 if gpu_only else 0)
     assert spec.name == path.stem
     assert spec.control is True
     assert spec.varying, "a shipped sweep varies at least one SLA field"
