@@ -42,7 +42,9 @@ def test_from_dict_nested_and_unknown_keys():
     assert config.steps == 7 and config.data.frames == 2
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError) as err:
-        TrainConfig.from_dict({"stepz": 1, "data": {"fpz": 3}, "validation": {"promptz": []}, "lr": 0})
+        TrainConfig.from_dict(
+            {"stepz": 1, "data": {"fpz": 3}, "validation": {"promptz": []}, "lr": 0}
+        )
     message = str(err.value)
     assert "unknown train key 'stepz'" in message and "unknown data key 'fpz'" in message
     assert "unknown validation key 'promptz'" in message
