@@ -1,4 +1,4 @@
-"""Sparse-Linear Attention: config, PyTorch reference, Triton kernels, module, FLOPs.
+"""Sparse-Linear Attention: config, PyTorch reference, Triton kernels, function, module, FLOPs.
 
 Imports torch (and triton where present); never ray or mlflow.
 """
@@ -6,6 +6,7 @@ Imports torch (and triton where present); never ray or mlflow.
 from .config import SLAConfig
 from .export import export_base_model, load_exported
 from .flops import AttentionFlops, attention_flops
+from .functional import SLACallInfo, sla_attention
 from .injection import SLAHandle, apply_sla
 from .module import SparseLinearAttention
 from .reference import SLAOutputs, sla_reference
@@ -23,10 +24,12 @@ __all__ = [
     "SLAHandle",
     "AttentionFlops",
     "Routing",
+    "SLACallInfo",
     "SLAConfig",
     "SLAOutputs",
     "SparseLinearAttention",
     "attention_flops",
     "route",
+    "sla_attention",
     "sla_reference",
 ]

@@ -28,10 +28,9 @@ class SLAConfig:
     tie_feature_map_qk: share q's feature map with k (only matters for maps with parameters).
     kl: fraction of key blocks per row that are negligible (skipped entirely), in [0, 1).
     linear_scope: what the linear branch covers. "all" (the default): global linear attention over
-        every key, as the public reference's main branch computes it; the fused kernel then runs
-        the sparse loop alone (docs/benchmarks.md: 4.3-4.5 ms forward, 13 ms forward+backward at
-        N 32768, topk 0.05 on an H200). "marginal": SLA-1, only the non-critical, non-negligible
-        blocks (the paper's fused kernel; about 2-3x slower here, it subtracts each critical
+        every key, as thu-ml/SLA's main branch computes it; the fused kernel then runs the sparse
+        loop alone (docs/benchmarks.md has the timings). "marginal": SLA-1, only the non-critical,
+        non-negligible blocks (the paper's fused kernel; slower here, it subtracts each critical
         block's linear term in the loop). "none": no linear branch, sparse-only attention (the
         ablation of the paper's Table 2; proj_l is then frozen at 0).
     backend: "triton" (fused kernels, CUDA only; unsupported shapes are an error), "torch" (the
@@ -57,11 +56,14 @@ class SLAConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> SLAConfig:
         """Build from a mapping; unknown keys and bad values are refused, all at once."""
         if not isinstance(values, Mapping):
-            raise ValueError(f"SLA config must be a mapping of settings, got {type(values).__name__}")
+            raise ValueError(
+                f"SLA config must be a mapping of settings, got {type(values).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in values if k not in known)
         errors = [
-            f"unknown SLA config key {k!r}; allowed keys: {', '.join(sorted(known))}" for k in unknown
+            f"unknown SLA config key {k!r}; allowed keys: {', '.join(sorted(known))}"
+            for k in unknown
         ]
         kwargs = {k: v for k, v in values.items() if k in known}
         try:
@@ -162,7 +164,9 @@ def _validate(c: SLAConfig) -> list[str]:
     elif _is_number(c.topk) and 0 < c.topk <= 1 and c.topk + c.kl > 1:
         errors.append(f"topk + kl ({c.topk!r} + {c.kl!r}) must not exceed 1")
     if c.linear_scope not in LINEAR_SCOPES:
-        errors.append(f"linear_scope ({c.linear_scope!r}) must be one of {', '.join(LINEAR_SCOPES)}")
+        errors.append(
+            f"linear_scope ({c.linear_scope!r}) must be one of {', '.join(LINEAR_SCOPES)}"
+        )
     if c.backend not in BACKENDS:
         errors.append(f"backend ({c.backend!r}) must be one of {', '.join(BACKENDS)}")
     return errors

@@ -1,10 +1,10 @@
-"""The diffusers way in: a processor that wraps a layer's own processor and scopes SDPA routing.
+"""The diffusers way in: a processor that wraps a layer's own processor and scopes the SDPA redirect.
 
 diffusers attention modules (WanAttention, Attention, ...) hand every call to ``self.processor``;
 their processors call torch SDPA directly or through diffusers' attention dispatcher, whose
 native backend calls ``torch.nn.functional.scaled_dot_product_attention(query=..., ...)`` on
-(B, H, N, d) tensors. SLAProcessor runs the original processor inside the layer's routing
-scope (``sdpa_routing.open_scope``/``close_scope``) so those calls reach the layer's SLA module.
+(B, H, N, d) tensors. SLAProcessor runs the original processor inside the layer's redirect
+scope (``sdpa_redirect.open_scope``/``close_scope``) so those calls reach the layer's SLA module.
 A call with ``encoder_hidden_states`` (cross-attention) or an ``attention_mask`` runs the
 original processor untouched and is counted.
 
@@ -19,22 +19,22 @@ from typing import Any
 
 from torch import nn
 
-from .sdpa_routing import LayerRoute, close_scope, count_fallback, open_scope
+from .sdpa_redirect import InjectedLayer, close_scope, count_fallback, open_scope
 
-_OWN = ("inner", "route")
+_OWN = ("inner", "layer")
 
 
 class SLAProcessor:
-    """Wraps ``inner`` (the layer's processor); self-attention calls go through the SLA route.
+    """Wraps ``inner`` (the layer's processor); self-attention calls are redirected to SLA.
 
-    Attributes other than ``inner`` and ``route`` are read from and written to ``inner``, so
+    Attributes other than ``inner`` and ``layer`` are read from and written to ``inner``, so
     diffusers' ``set_attention_backend`` (which sets ``processor._attention_backend``) still
     reaches the original processor.
     """
 
-    def __init__(self, inner: Any, route: LayerRoute) -> None:
+    def __init__(self, inner: Any, layer: InjectedLayer) -> None:
         object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "route", route)
+        object.__setattr__(self, "layer", layer)
         # diffusers' Attention.forward keeps only the keyword arguments named in
         # inspect.signature(processor.__call__): show the wrapped processor's signature.
         call = _mirror_call(self, inner)
@@ -44,18 +44,18 @@ class SLAProcessor:
         return self._run(attn, hidden_states, *args, **kwargs)
 
     # Under torch.compile the scope is opened and closed by two eager calls (graph breaks), and
-    # the SDPA call inside reaches the (eager) router: the layer's projections, norms and RoPE
+    # the SDPA call inside reaches the (eager) redirect: the layer's projections, norms and RoPE
     # stay in the compiled graphs, as they do without SLA.
     def _run(self, attn: nn.Module, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         encoder_hidden_states = args[0] if args else kwargs.get("encoder_hidden_states")
         attention_mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        if self.route.sla is None or encoder_hidden_states is not None:
-            count_fallback(self.route, "cross_attention")
+        if self.layer.sla is None or encoder_hidden_states is not None:
+            count_fallback(self.layer, "cross_attention")
             return self.inner(attn, hidden_states, *args, **kwargs)
         if attention_mask is not None:
-            count_fallback(self.route, "mask")
+            count_fallback(self.layer, "mask")
             return self.inner(attn, hidden_states, *args, **kwargs)
-        scope = open_scope(self.route)
+        scope = open_scope(self.layer)
         try:
             out = self.inner(attn, hidden_states, *args, **kwargs)
         except BaseException:
@@ -76,8 +76,8 @@ class SLAProcessor:
             setattr(self.inner, name, value)
 
     def __repr__(self) -> str:
-        kind = "SLA" if self.route.sla is not None else "dense, counted"
-        return f"SLAProcessor({self.inner!r}, layer={self.route.path!r}, {kind})"
+        kind = "SLA" if self.layer.sla is not None else "dense, counted"
+        return f"SLAProcessor({self.inner!r}, layer={self.layer.path!r}, {kind})"
 
 
 def _mirror_call(wrapper: SLAProcessor, inner: Any):
@@ -113,25 +113,25 @@ def diffusers_head_dim(module: nn.Module) -> int | None:
     return None
 
 
-def install_processor(module: nn.Module, route: LayerRoute) -> Any:
+def install_processor(module: nn.Module, layer: InjectedLayer) -> Any:
     """Wrap the module's processor; returns the original, for ``restore_processor``."""
     original = module.processor
     if isinstance(original, SLAProcessor):
-        raise ValueError(f"layer {route.path!r} already has SLA injected; remove that handle first")
+        raise ValueError(f"layer {layer.path!r} already has SLA injected; remove that handle first")
     if isinstance(original, nn.Module):
         raise ValueError(
-            f"layer {route.path!r} has a trainable processor ({type(original).__name__}); "
+            f"layer {layer.path!r} has a trainable processor ({type(original).__name__}); "
             "SLA wraps only plain (weightless) diffusers processors"
         )
     # Plain attribute set, as diffusers' set_processor does for a non-Module processor.
-    module.processor = SLAProcessor(original, route)
+    module.processor = SLAProcessor(original, layer)
     return original
 
 
 def restore_processor(module: nn.Module, original: Any, path: str) -> None:
     """Put the original processor back; refuse if someone replaced the SLA wrapper meanwhile."""
     current = module.processor
-    if not (isinstance(current, SLAProcessor) and current.route.path == path):
+    if not (isinstance(current, SLAProcessor) and current.layer.path == path):
         raise RuntimeError(
             f"layer {path!r}: processor was replaced after SLA injection ({type(current).__name__}); "
             "not restoring over it"

@@ -7,7 +7,7 @@ A diffusers ModelMixin is written with its own ``save_pretrained`` (config.json 
 so stock ``from_pretrained`` loads it and finds no SLA keys. A plain nn.Module is written as
 ``model.safetensors`` (safetensors' save_model); load it back with a factory that builds the
 empty model. The SLA modules are taken off the model only while the base files are written and
-put back (the same objects, so optimizer references stay valid): do not run the model in another
+put back (the same objects, so optimizers still hold them): do not run the model in another
 thread during the export.
 """
 

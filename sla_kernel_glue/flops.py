@@ -38,19 +38,25 @@ def attention_flops(
     """FLOPs of one attention call, forward or forward+backward.
 
     Dense: 4 B H N^2 d forward, 14 B H N^2 d forward+backward. Sparse: density times dense.
-    Linear with proj_l: 6 B H N d^2 forward, 18 forward+backward. Router: 2 B H T_m T_n d plus
-    4 B H N d pooling, forward only (no linear term for linear_scope "none"). With config None, SLA is off: only the dense count.
+    Linear with proj_l: 6 B H N d^2 forward, 18 forward+backward (none for linear_scope "none").
+    Router: 2 B H T_m T_n d plus 4 B H N d pooling, forward only. With config None, SLA is off:
+    only the dense count.
     """
-    for name, value in (("batch", batch), ("heads", heads), ("seq_len", seq_len), ("head_dim", head_dim)):
+    sizes = {"batch": batch, "heads": heads, "seq_len": seq_len, "head_dim": head_dim}
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} ({value!r}) must be a positive integer")
     bh = batch * heads
     dense = (14 if backward else 4) * bh * seq_len**2 * head_dim
     if config is None:
-        return AttentionFlops(dense=float(dense), sparse=float(dense), linear=0.0, router=0.0, density=1.0)
+        return AttentionFlops(
+            dense=float(dense), sparse=float(dense), linear=0.0, router=0.0, density=1.0
+        )
     t_m, t_n = n_blocks(seq_len, config.blkq), n_blocks(seq_len, config.blkk)
     density = config.critical_blocks(t_n) / t_n
-    linear = 0 if config.linear_scope == "none" else (18 if backward else 6) * bh * seq_len * head_dim**2
+    linear = (
+        0 if config.linear_scope == "none" else (18 if backward else 6) * bh * seq_len * head_dim**2
+    )
     router = 2 * bh * t_m * t_n * head_dim + 4 * bh * seq_len * head_dim
     return AttentionFlops(
         dense=float(dense),

@@ -7,7 +7,7 @@
 Each selected layer gets its own SparseLinearAttention registered as the submodule ``sla`` of
 the attention module (so its proj_l is ``<layer>.sla.proj_l.weight`` in the state_dict, and
 model.parameters(), optimizers, DDP and accelerate see it). Calls reach it through one
-mechanism, SDPA routing scoped to the layer (sdpa_routing.py), entered two ways:
+mechanism, torch SDPA redirected to SLA within the layer (sdpa_redirect.py), entered two ways:
 
 - diffusers attention modules: the layer's processor is wrapped (diffusers_processors.py);
   diffusers cross-attention layers (``is_cross_attention``) get no SLA module but a counting
@@ -39,7 +39,7 @@ from .diffusers_processors import (
     restore_processor,
 )
 from .module import SparseLinearAttention
-from .sdpa_routing import LayerRoute, layer_scope
+from .sdpa_redirect import InjectedLayer, layer_scope
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SLAHandle:
         # weak: the registry maps model -> handle, and a strong ref back would keep models alive
         self._model = weakref.ref(model)
         self.config = config
-        self.routes: dict[str, LayerRoute] = {}  # every wrapped layer, SLA or dense-only
+        self.injected: dict[str, InjectedLayer] = {}  # every wrapped layer, SLA or dense-only
         self._attention: dict[str, nn.Module] = {}  # the attention module of each SLA layer
         self._undo: list[Callable[[], None]] = []
         self._logged: set[str] = set()
@@ -80,26 +80,26 @@ class SLAHandle:
     @property
     def layers(self) -> dict[str, SparseLinearAttention]:
         """SLA modules by the module path of their attention layer."""
-        return {path: r.sla for path, r in self.routes.items() if r.sla is not None}
+        return {path: r.sla for path, r in self.injected.items() if r.sla is not None}
 
     def fallback_counts(self) -> dict[str, dict[str, int]]:
         """Dense calls per layer path and reason (only layers and reasons that occurred)."""
-        return {p: dict(r.fallbacks) for p, r in self.routes.items() if r.fallbacks}
+        return {p: dict(r.fallbacks) for p, r in self.injected.items() if r.fallbacks}
 
     def total_fallbacks(self) -> int:
         """All dense calls of wrapped layers, every reason together."""
-        return sum(sum(r.fallbacks.values()) for r in self.routes.values())
+        return sum(sum(r.fallbacks.values()) for r in self.injected.values())
 
     def sla_calls(self) -> int:
         """Attention calls computed by SLA since injection (or the last reset_counts).
 
         Counters count calls as they happen: under activation checkpointing the recomputed
         forward counts again."""
-        return sum(r.sla_calls for r in self.routes.values())
+        return sum(r.sla_calls for r in self.injected.values())
 
     def reset_counts(self) -> None:
         """Zero the SLA-call and fallback counters (not the once-per-reason log memory)."""
-        for r in self.routes.values():
+        for r in self.injected.values():
             r.fallbacks.clear()
             r.sla_calls = 0
 
@@ -108,7 +108,7 @@ class SLAHandle:
         any call, the dtype of the attention module's own floating-point parameters."""
         return {
             path: r.last_dtype or _own_param_dtype(self._attention[path])
-            for path, r in self.routes.items()
+            for path, r in self.injected.items()
             if r.sla is not None
         }
 
@@ -177,7 +177,7 @@ def apply_sla(
         for path in selected:
             _inject_layer(handle, path, modules[path], cfg, head_dim)
         for path, module in modules.items():  # diffusers cross-attention: dense, but counted
-            if path not in handle.routes and is_diffusers_attention(module) and _is_cross(module):
+            if path not in handle.injected and is_diffusers_attention(module) and _is_cross(module):
                 _wrap_dense_layer(handle, path, module)
     except BaseException:
         handle.remove()
@@ -256,37 +256,37 @@ def _inject_layer(
     param = next(iter(module.parameters()), None)
     if param is not None:
         sla.to(param.device)
-    route = LayerRoute(path, sla, logged=handle._logged)
+    layer = InjectedLayer(path, sla, logged=handle._logged)
     module.add_module(SLA_ATTR, sla)
     handle._undo.append(lambda: _delete_submodule(module, path))
-    handle.routes[path] = route
+    handle.injected[path] = layer
     handle._attention[path] = module
     if is_diffusers_attention(module):
-        original = install_processor(module, route)
+        original = install_processor(module, layer)
         handle._undo.append(lambda: restore_processor(module, original, path))
     else:
-        _add_scope_hooks(handle, module, route)
+        _add_scope_hooks(handle, module, layer)
 
 
 def _wrap_dense_layer(handle: SLAHandle, path: str, module: nn.Module) -> None:
-    route = LayerRoute(path, None, logged=handle._logged)
-    original = install_processor(module, route)
-    handle.routes[path] = route
+    layer = InjectedLayer(path, None, logged=handle._logged)
+    original = install_processor(module, layer)
+    handle.injected[path] = layer
     handle._undo.append(lambda: restore_processor(module, original, path))
 
 
-def _add_scope_hooks(handle: SLAHandle, module: nn.Module, route: LayerRoute) -> None:
+def _add_scope_hooks(handle: SLAHandle, module: nn.Module, layer: InjectedLayer) -> None:
     # per thread, a stack: the same module may run in several threads, and re-entrantly
     local = threading.local()
 
     def enter(module: nn.Module, _args: Any) -> None:
-        if module._modules.get(SLA_ATTR) is not route.sla:
-            # a deep copy shares these hook functions, which would route to the original's SLA
+        if module._modules.get(SLA_ATTR) is not layer.sla:
+            # a deep copy shares these hook functions, which would redirect to the original's SLA
             raise RuntimeError(
-                f"layer {route.path!r}: its {SLA_ATTR!r} module is not the one apply_sla "
+                f"layer {layer.path!r}: its {SLA_ATTR!r} module is not the one apply_sla "
                 "registered (a copy of an SLA model?); copy before apply_sla or after remove()"
             )
-        scope = layer_scope(route)
+        scope = layer_scope(layer)
         scope.__enter__()
         local.__dict__.setdefault("scopes", []).append(scope)
 

@@ -6,11 +6,10 @@ import collections
 import logging
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from .config import SLAConfig
-from .dispatch import sla_branches
+from .functional import sla_attention
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +17,12 @@ log = logging.getLogger(__name__)
 class SparseLinearAttention(nn.Module):
     """Sparse-Linear Attention on (B, H, N, d) tensors.
 
-    Constructor compatible with the reference package; further settings (kl, linear_scope,
-    backend) by keyword, or pass a whole SLAConfig with ``from_config``. proj_l is a d -> d
-    linear layer, zero-initialised, kept in float32 whatever the model is cast to; it computes in
-    the dtype of q, k, v (float32 weights cast on the fly, like autocast's linear layers).
+    The thin module over ``sla_attention``: it holds proj_l and counts calls per backend.
+    Constructor compatible with thu-ml/SLA's ``SparseLinearAttention``; further settings (kl,
+    linear_scope, backend) by keyword, or pass a whole SLAConfig with ``from_config``. proj_l is
+    a d -> d linear layer, zero-initialised, kept in float32 whatever the model is cast to; it
+    computes in the dtype of q, k, v (float32 weights cast on the fly, like autocast's linear
+    layers).
     """
 
     def __init__(
@@ -29,7 +30,7 @@ class SparseLinearAttention(nn.Module):
         head_dim: int,
         topk: float,
         feature_map: str = "softmax",
-        BLKQ: int = 64,  # noqa: N803 - the reference package's names
+        BLKQ: int = 64,  # noqa: N803 - thu-ml/SLA's argument names
         BLKK: int = 64,  # noqa: N803
         use_bf16: bool = True,
         tie_feature_map_qk: bool = True,
@@ -97,31 +98,20 @@ class SparseLinearAttention(nn.Module):
         v: torch.Tensor,
         return_sparsity: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, float]:
-        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-            raise ValueError(
-                "SparseLinearAttention is self-attention on (B, H, N, d) tensors of one shape; got "
-                f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-            )
-        if q.shape[-1] != self.head_dim:
-            raise ValueError(f"head dim of q ({q.shape[-1]}) must equal head_dim ({self.head_dim})")
-        if not q.is_floating_point():
-            raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
-        outs, backend = sla_branches(q, k, v, config=self.config, use_bf16=self.use_bf16)
-        self.backend_calls[backend] += 1
-        if self.config.linear_scope == "none":
-            # Sparse-only: o_linear is 0 and proj_l is frozen at 0, so the output is o_sparse
-            # exactly; skipping proj_l saves two float32 passes over (B, H, N, d) each way.
-            out = outs.o_sparse.to(q.dtype)
-            return (out, outs.density) if return_sparsity else out
-        # proj_l computes in the inputs' dtype from its float32 weights, as autocast runs every
-        # other linear layer (the matmul accumulates in float32; the weight gradient arrives in
-        # float32). Under bf16 that avoids float32 copies of o_s and o_l, one each way.
-        dtype = q.dtype
-        weight, bias = self.proj_l.weight.to(dtype), self.proj_l.bias.to(dtype)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            out = outs.o_sparse.to(dtype) + F.linear(outs.o_linear.to(dtype), weight, bias)
+        """SLA on (B, H, N, d) q, k, v; with return_sparsity also the realised density k/T_n."""
+        out, info = sla_attention(
+            q,
+            k,
+            v,
+            config=self.config,
+            proj_l_weight=self.proj_l.weight,
+            proj_l_bias=self.proj_l.bias,
+            use_bf16=self.use_bf16,
+            return_info=True,
+        )
+        self.backend_calls[info.backend] += 1
         if return_sparsity:
-            return out, outs.density
+            return out, info.density
         return out
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]

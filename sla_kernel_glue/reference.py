@@ -45,7 +45,9 @@ def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.reshape(b, h, t, block, d)
 
 
-def _linear_states(phi_k: torch.Tensor, v: torch.Tensor, blkk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_states(
+    phi_k: torch.Tensor, v: torch.Tensor, blkk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per key block h_j = phi(K_j)^T V_j (B, H, T_n, d, d) and z_j = colsum phi(K_j) (B, H, T_n, d).
 
     Padding tokens are zero in phi_k (padded after phi), so they add nothing.
@@ -137,8 +139,8 @@ def sla_reference(
     if chunk_blocks is None:
         per_block = max(1, b * h * bq * routing.n_critical * bk)
         chunk_blocks = max(1, _CHUNK_ELEMENTS // per_block)
-    use_ckpt = torch.is_grad_enabled() and chunk_blocks < t_m and any(
-        t.requires_grad for t in (q, k, v)
+    use_ckpt = (
+        torch.is_grad_enabled() and chunk_blocks < t_m and any(t.requires_grad for t in (q, k, v))
     )
     outs_s, outs_l = [], []
     for i0 in range(0, t_m, chunk_blocks):

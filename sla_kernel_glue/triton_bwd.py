@@ -22,7 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import phi_bwd, phi_fwd, phi_rows, split_hi_lo, tune_configs
+from .triton_fwd import (
+    LOG2E,
+    ForwardState,
+    KernelSettings,
+    phi_bwd,
+    phi_fwd,
+    phi_rows,
+    split_hi_lo,
+    tune_configs,
+)
 
 
 @triton.jit
@@ -41,7 +50,7 @@ def _bwd_prologue_kernel(
     Q, OS, DOS, OL, DOL, DEN, DS, DL, HPART, ZPART,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr, LINEAR: tl.constexpr,
-):
+):  # fmt: skip
     """Row statistics D_s, D_l; partial sums of qt^T dO_l and -qt D_l, with qt = phi(Q)/den."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -83,7 +92,7 @@ def _sla_bwd_dq_kernel(
     N, T_M, KC, KN, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
-):
+):  # fmt: skip
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = i * BQ + tl.arange(0, BQ)
@@ -153,7 +162,7 @@ def _sla_bwd_dkdv_kernel(
     N, L, LN, T_N, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
-):
+):  # fmt: skip
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     offs_n = j * BK + tl.arange(0, BK)
@@ -254,26 +263,12 @@ def column_lists(
 
 
 def sla_backward(
-    do_s: torch.Tensor,
-    do_l: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o_s: torch.Tensor,
-    o_l: torch.Tensor,
-    lse: torch.Tensor,
-    den: torch.Tensor,
-    h_hi: torch.Tensor,
-    h_lo: torch.Tensor,
-    ztot: torch.Tensor,
-    indices: torch.Tensor,
-    neg_indices: torch.Tensor,
-    blkq: int,
-    blkk: int,
-    fmap: int,
-    linear_mode: int,
+    do_s: torch.Tensor, do_l: torch.Tensor, saved: ForwardState, settings: KernelSettings
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv for (B*H, N, D) tensors, from the forward's saved outputs and statistics."""
+    """dq, dk, dv for (B*H, N, D) tensors, from the forward's saved inputs, outputs, statistics."""
+    q, k, v, indices, neg_indices, o_s, o_l, lse, den, h_hi, h_lo, ztot = saved
+    blkq, blkk = settings.blkq, settings.blkk
+    fmap, linear_mode = settings.fmap, settings.linear_mode
     bh, n, d = q.shape
     t_m, kc = indices.shape[1], indices.shape[2]
     t_n = triton.cdiv(n, blkk)
@@ -289,13 +284,14 @@ def sla_backward(
     _bwd_prologue_kernel[(n_chunks, bh)](
         q, o_s, do_s, o_l, do_l, den, d_s, d_l, hpart, zpart, n, chunk,
         D=d, BLK=blk, FMAP=fmap, LINEAR=linear_mode, num_warps=8 if d >= 128 else 4,
-    )
+    )  # fmt: skip
     dh_hi, dh_lo = split_hi_lo(hpart.sum(dim=1), q.dtype)
     dztot = zpart.sum(dim=1)
     del hpart, zpart
     sm_scale = d**-0.5
-    qk_scale = sm_scale * 1.4426950408889634
-    bq_sub = min(blkq, 64)  # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
+    qk_scale = sm_scale * LOG2E
+    # dK/dV walks 64-row query slices: a 128-row tile overflows shared memory
+    bq_sub = min(blkq, 64)
     col_rows, col_start, col_cnt = column_lists(indices, t_n, blkq // bq_sub)
     kn = neg_indices.shape[2]
     nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
@@ -310,13 +306,12 @@ def sla_backward(
         neg_rows, neg_start, neg_cnt, dh_hi, dh_lo, dztot, dk, dv,
         n, col_rows.shape[-1], neg_rows.shape[-1], t_n, qk_scale, sm_scale,
         D=d, BQ=bq_sub, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
-    )
+    )  # fmt: skip
     del col_rows, col_start, col_cnt, neg_rows, neg_start, neg_cnt
     dq = torch.empty_like(q)
     _sla_bwd_dq_kernel[(t_m, bh)](
         q, k, v, do_s, do_l, lse, d_s, d_l, den, indices, nidx, h_hi, h_lo, ztot, dq,
         n, t_m, kc, kn, qk_scale, sm_scale,
         D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
-    )
+    )  # fmt: skip
     return dq, dk, dv
-

@@ -17,17 +17,65 @@ would cost as much memory as K itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .feature_maps import LINEAR_EPS
 
 LOG2E = 1.4426950408889634
 FMAP_CODES = {"softmax": 0, "elu": 1, "relu": 2}
 # linear_mode: what the linear branch covers.
 LINEAR_EMPTY, LINEAR_MARGINAL, LINEAR_ALL = 0, 1, 2
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSettings:
+    """The integer settings of one call of the SLA kernels (the constexprs they compile for).
+
+    The custom ops (triton_op.py) carry them as one int[], by pack and unpack.
+    """
+
+    blkq: int
+    blkk: int
+    fmap: int  # a FMAP_CODES value
+    linear_mode: int  # LINEAR_EMPTY, LINEAR_MARGINAL or LINEAR_ALL
+
+    def pack(self) -> list[int]:
+        return [self.blkq, self.blkk, self.fmap, self.linear_mode]
+
+    @classmethod
+    def unpack(cls, packed: Sequence[int]) -> KernelSettings:
+        blkq, blkk, fmap, linear_mode = packed
+        return cls(blkq=blkq, blkk=blkk, fmap=fmap, linear_mode=linear_mode)
+
+
+class ForwardState(NamedTuple):
+    """What the backward needs: the forward's inputs, its outputs and its statistics.
+
+    q, k, v, o_s, o_l: (B*H, N, D) in the compute dtype; indices, neg_indices: (B*H, T_m, *)
+    int32; lse (log2 units), den: (B*H, N) float32; h_hi, h_lo: (B*H, D, D) in the compute dtype
+    (H = h_hi + h_lo); ztot: (B*H, D) float32.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    indices: torch.Tensor
+    neg_indices: torch.Tensor
+    o_s: torch.Tensor
+    o_l: torch.Tensor
+    lse: torch.Tensor
+    den: torch.Tensor
+    h_hi: torch.Tensor
+    h_lo: torch.Tensor
+    ztot: torch.Tensor
 
 
 def tune_configs(options: list[tuple[int, int]]) -> list[triton.Config]:
@@ -75,7 +123,7 @@ def _linear_totals_kernel(
     K, V, HPART, ZPART,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr,
-):
+):  # fmt: skip
     """Per-chunk partial sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -109,7 +157,7 @@ def _sla_fwd_kernel(
     N, T_M, KC, KN, qk_scale, eps,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
-):
+):  # fmt: skip
     """One query block: online softmax over its critical key blocks, and the linear branch."""
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -196,7 +244,7 @@ def linear_totals(
     _linear_totals_kernel[(n_chunks, bh)](
         k, v, hpart, zpart, n, chunk, D=d, BLK=blk, FMAP=fmap,
         num_warps=8 if d >= 128 else 4,
-    )
+    )  # fmt: skip
     return hpart.sum(dim=1), zpart.sum(dim=1)
 
 
@@ -206,26 +254,23 @@ def sla_forward(
     v: torch.Tensor,
     indices: torch.Tensor,
     neg_indices: torch.Tensor,
-    blkq: int,
-    blkk: int,
-    fmap: int,
-    linear_mode: int,
-    eps: float,
+    settings: KernelSettings,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the forward on (B*H, N, D) tensors; indices (B*H, T_m, k) int32 (critical blocks),
     neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0).
 
-    Returns o_s, o_l, lse (log2 units, float32), den (float32), H hi, H lo, Z.
+    Returns o_s, o_l, lse (log2 units, float32), den (float32), H hi, H lo, Z: ForwardState's
+    fields after the inputs. The linear branch's denominator adds feature_maps.LINEAR_EPS.
     """
     bh, n, d = q.shape
     t_m, kc = indices.shape[1], indices.shape[2]
     kn = neg_indices.shape[2]
     nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
-    if linear_mode == LINEAR_EMPTY:  # sparse only: the kernels never read the states
+    if settings.linear_mode == LINEAR_EMPTY:  # sparse only: the kernels never read the states
         ztot = torch.zeros((bh, d), dtype=torch.float32, device=q.device)
         h_hi, h_lo = q.new_zeros((bh, d, d)), q.new_zeros((bh, d, d))
     else:
-        htot, ztot = linear_totals(k, v, blkk, fmap)
+        htot, ztot = linear_totals(k, v, settings.blkk, settings.fmap)
         h_hi, h_lo = split_hi_lo(htot, q.dtype)
     o_s = torch.empty_like(q)
     o_l = torch.empty_like(q)
@@ -234,7 +279,8 @@ def sla_forward(
     _sla_fwd_kernel[(t_m, bh)](
         q, k, v, indices, nidx, h_hi, h_lo, ztot,
         o_s, o_l, lse, den,
-        n, t_m, kc, kn, d**-0.5 * LOG2E, eps,
-        D=d, BQ=blkq, BK=blkk, LINEAR=linear_mode, FMAP=fmap, HAS_NEG=kn > 0,
-    )
+        n, t_m, kc, kn, d**-0.5 * LOG2E, LINEAR_EPS,
+        D=d, BQ=settings.blkq, BK=settings.blkk, LINEAR=settings.linear_mode,
+        FMAP=settings.fmap, HAS_NEG=kn > 0,
+    )  # fmt: skip
     return o_s, o_l, lse, den, h_hi, h_lo, ztot

@@ -28,7 +28,11 @@ def _block_sum_kernel(X, OUT, N, D: tl.constexpr, BLK: tl.constexpr, SUB: tl.con
     acc = tl.zeros((D,), dtype=tl.float32)
     for r0 in range(0, BLK, SUB):
         offs = t * BLK + r0 + tl.arange(0, SUB)
-        x = tl.load(X + bh * N * D + offs[:, None] * D + offs_d[None, :], mask=(offs < N)[:, None], other=0.0)
+        x = tl.load(
+            X + bh * N * D + offs[:, None] * D + offs_d[None, :],
+            mask=(offs < N)[:, None],
+            other=0.0,
+        )
         acc += tl.sum(x.to(tl.float32), 0)
     tl.store(OUT + (bh * n_t + t) * D + offs_d, acc)
 

@@ -38,7 +38,18 @@ def phi(x, name):
     raise ValueError(name)
 
 
-def oracle_sla(q, k, v, topk, blkq=64, blkk=64, feature_map="softmax", kl=0.0, linear_scope="marginal", eps=1e-6):
+def oracle_sla(
+    q,
+    k,
+    v,
+    topk,
+    blkq=64,
+    blkk=64,
+    feature_map="softmax",
+    kl=0.0,
+    linear_scope="marginal",
+    eps=1e-6,
+):
     """Returns (o_sparse, o_linear) computed token by token from expanded block masks."""
     b, h, n, d = q.shape
     critical, negligible = oracle_masks(q, k, topk, blkq, blkk, kl)

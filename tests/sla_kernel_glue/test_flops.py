@@ -34,6 +34,8 @@ def test_bad_shapes_are_refused():
 
 def test_sparse_only_has_no_linear_term():
     both = attention_flops(1, 2, 4096, 64, SLAConfig(topk=0.1), backward=True)
-    sparse_only = attention_flops(1, 2, 4096, 64, SLAConfig(topk=0.1, linear_scope="none"), backward=True)
+    sparse_only = attention_flops(
+        1, 2, 4096, 64, SLAConfig(topk=0.1, linear_scope="none"), backward=True
+    )
     assert both.linear > 0 and sparse_only.linear == 0
     assert sparse_only.sla == pytest.approx(both.sla - both.linear)

@@ -1,5 +1,5 @@
-"""apply_sla on plain PyTorch modules that call F.scaled_dot_product_attention: routing only
-inside the injected layers' forward, every dense fallback counted, exact removal."""
+"""apply_sla on plain PyTorch modules that call F.scaled_dot_product_attention: SDPA redirected
+only inside the injected layers' forward, every dense fallback counted, exact removal."""
 
 import threading
 
@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional
 
 from sla_kernel_glue import SLAConfig, apply_sla
-from sla_kernel_glue.sdpa_routing import routing_installed
+from sla_kernel_glue.sdpa_redirect import redirect_installed
 
 TORCH_SDPA = torch._C._nn.scaled_dot_product_attention
 DENSE_EQUIVALENT = SLAConfig(topk=1.0, blkq=16, blkk=16, backend="torch")
@@ -151,7 +151,7 @@ def test_another_thread_keeps_dense_attention_while_a_layer_runs():
 
     def other_thread():
         inside.wait(timeout=30)
-        seen["installed"] = routing_installed()
+        seen["installed"] = redirect_installed()
         seen["out"] = functional.scaled_dot_product_attention(q, k, v)
         done.set()
 
@@ -221,7 +221,7 @@ def test_exception_inside_a_layer_closes_the_scope():
                 lambda *_: (_ for _ in ()).throw(RuntimeError("boom"))
             )
             net(x_input())
-        assert not routing_installed()
+        assert not redirect_installed()
         assert functional.scaled_dot_product_attention is TORCH_SDPA
 
 

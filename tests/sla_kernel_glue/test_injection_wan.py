@@ -8,7 +8,7 @@ from torch.nn import functional
 
 from sla_kernel_glue import SLAConfig, SparseLinearAttention, apply_sla
 from sla_kernel_glue.diffusers_processors import SLAProcessor
-from sla_kernel_glue.sdpa_routing import routing_installed
+from sla_kernel_glue.sdpa_redirect import redirect_installed
 
 SELF_LAYERS = ["blocks.0.attn1", "blocks.1.attn1"]
 CROSS_LAYERS = ["blocks.0.attn2", "blocks.1.attn2"]
@@ -134,15 +134,15 @@ def test_remove_restores_processors_modules_and_outputs_exactly():
         assert sorted(again.layers) == SELF_LAYERS
 
 
-def test_routing_is_installed_only_while_a_layer_runs():
+def test_redirect_is_installed_only_while_a_layer_runs():
     model = tiny_wan()
     seen = []
     with apply_sla(model, SPARSE) as handle:
         layer = model.get_submodule("blocks.0.attn1")
-        hook = layer.to_out[0].register_forward_hook(lambda *_: seen.append(routing_installed()))
-        assert not routing_installed()
+        hook = layer.to_out[0].register_forward_hook(lambda *_: seen.append(redirect_installed()))
+        assert not redirect_installed()
         run(model, wan_inputs())
-        assert not routing_installed()
+        assert not redirect_installed()
         hook.remove()
     assert seen == [True] and handle.sla_calls() == 2
 
@@ -172,7 +172,7 @@ def test_injecting_twice_is_refused_and_targets_are_checked():
     assert not any(isinstance(getattr(m, "processor", None), SLAProcessor) for m in model.modules())
 
 
-def test_diffusers_attention_class_with_its_sdpa_processor_is_routed_too():
+def test_diffusers_attention_class_with_its_sdpa_processor_is_redirected_too():
     from diffusers.models.attention_processor import Attention
 
     torch.manual_seed(0)

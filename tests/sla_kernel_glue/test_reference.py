@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from sla_kernel_glue import SLAConfig, SparseLinearAttention, route, sla_reference
-from sla_kernel_glue.dispatch import sla_branches
+from sla_kernel_glue.functional import sla_branches
 
 from .oracle import oracle_masks, oracle_sla
 
@@ -112,12 +112,14 @@ def test_low_precision_inputs(dtype):
     # not on float32 copies of both branches.
     outs, _ = sla_branches(q, k, v, config=sla.config)
     w, b = (p.to(dtype) for p in (sla.proj_l.weight, sla.proj_l.bias))
-    torch.testing.assert_close(out, outs.o_sparse.to(dtype) + F.linear(outs.o_linear.to(dtype), w, b), rtol=0, atol=0)
+    torch.testing.assert_close(
+        out, outs.o_sparse.to(dtype) + F.linear(outs.o_linear.to(dtype), w, b), rtol=0, atol=0
+    )
     # Same (rounded) inputs in float32: the same routing; the two differ by rounding only.
-    ref = sla(q.float(), k.float(), v.float())
+    full = sla(q.float(), k.float(), v.float())
     tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
-    assert not torch.equal(out, ref.to(dtype))  # it is not a float32 computation rounded once
+    torch.testing.assert_close(out.float(), full, rtol=tol, atol=tol)
+    assert not torch.equal(out, full.to(dtype))  # it is not a float32 computation rounded once
 
 
 def test_return_sparsity_and_shape_errors():
@@ -131,7 +133,7 @@ def test_return_sparsity_and_shape_errors():
         SparseLinearAttention(4, 0.25)(q, k, v)
 
 
-def test_from_config_and_reference_constructor_agree():
+def test_from_config_and_thu_ml_constructor_agree():
     a = SparseLinearAttention(64, 0.1, "elu", 128, 64, True, True)
     b = SparseLinearAttention.from_config(64, "{'topk': 0.1, 'feature_map': 'elu', 'blkq': 128}")
     assert a.config == b.config

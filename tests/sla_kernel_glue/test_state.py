@@ -48,7 +48,9 @@ def test_round_trip_is_bit_exact_and_keeps_parameter_objects(tmp_path):
     params = {p: s.proj_l.weight for p, s in fresh_handle.layers.items()}
     assert load_sla_state(fresh_handle, tmp_path) is True
     for p, sla in fresh_handle.layers.items():
-        assert sla.proj_l.weight is params[p]  # copied in place: optimizers keep their references
+        assert (
+            sla.proj_l.weight is params[p]
+        )  # copied in place: optimizers still hold these tensors
         assert torch.equal(sla.proj_l.weight, handle.layers[p].proj_l.weight)
         assert torch.equal(sla.proj_l.bias, handle.layers[p].proj_l.bias)
     assert torch.equal(run(fresh, inputs), expected)

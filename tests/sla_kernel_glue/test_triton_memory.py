@@ -1,7 +1,7 @@
 """What SLA's Triton op keeps for its backward: no (B*H, N, d) tensor beyond q, k, v, o_s, o_l.
 
-Issue 3 ("no N^2 memory"): phi(K) and phi(Q)/den are recomputed inside the kernels, not stored, so
-the saved tensors are q, k, v, o_s, o_l plus O(N) row statistics, the block indices and O(d^2)
+No N^2 memory: phi(K) and phi(Q)/den are recomputed inside the kernels, not stored, so the saved
+tensors are q, k, v, o_s, o_l plus O(N) row statistics, the block indices and O(d^2)
 states per head. Also: a backward through o_sparse alone skips the linear branch instead of
 running it on a zero tensor, with the same gradients. The kernels run under the Triton
 interpreter in a subprocess (TRITON_INTERPRET=1 must be set before triton is imported).
@@ -21,7 +21,7 @@ import os; os.environ["TRITON_INTERPRET"] = "1"
 import json
 import torch
 from sla_kernel_glue import SLAConfig
-from sla_kernel_glue.triton_kernels import sla_triton
+from sla_kernel_glue.triton_backend import sla_triton
 
 cfg = SLAConfig(**{SETTINGS!r})
 gen = torch.Generator().manual_seed(0)

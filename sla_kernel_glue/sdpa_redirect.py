@@ -1,19 +1,20 @@
-"""Route torch's scaled_dot_product_attention to one layer's SLA module, only inside that layer.
+"""Redirect torch's scaled_dot_product_attention to one layer's SLA module, only inside that layer.
 
 The one mechanism behind both ways into a model (diffusers processors and plain modules): while
-an injected layer runs, ``layer_scope(route)`` makes ``route`` the active layer of the current
+an injected layer runs, ``layer_scope(layer)`` makes ``layer`` the active layer of the current
 thread/context (a ContextVar) and keeps ``torch.nn.functional.scaled_dot_product_attention``
-pointed at a router. The router sends a call to the active layer's SLA module when SLA can
-compute it, and to torch's own SDPA otherwise (counted per layer and reason, logged once).
+pointed at ``_sla_or_dense_sdpa``, which sends a call to the active layer's SLA module when SLA
+can compute it, and to torch's own SDPA otherwise (counted per layer and reason, logged once).
 
-- Scoped, not process-wide: the router is installed when the first scope opens and torch's
-  function is put back when the last one closes (a reference count under a lock), in ``finally``.
+- Scoped, not process-wide: the redirect is installed when the first scope opens and torch's
+  function is put back when the last one closes (a count of open scopes under a lock), in
+  ``finally``.
 - Threads: another thread that calls SDPA while a scope is open sees no active layer in its own
   context and gets torch's dense SDPA; so does a bare call outside any scope.
 - Re-entrant: scopes nest (an injected layer inside another); the innermost layer is active.
 - Keyword arguments: diffusers calls SDPA as ``query=, key=, value=, attn_mask=, dropout_p=,
-  is_causal=, scale=, enable_gqa=``; the router takes every argument by position or by name.
-- torch.compile: opening and closing a scope, counting a fallback and the router itself run
+  is_causal=, scale=, enable_gqa=``; the stand-in takes every argument by position or by name.
+- torch.compile: opening and closing a scope, counting a fallback and the stand-in itself run
   eagerly (``torch.compiler.disable``; a graph break each), so the code around the attention
   call (a layer's projections, norms, RoPE) compiles with SLA injected as it does without.
 - Scale: SLA computes softmax(q k^T / sqrt(d)). A call with another ``scale`` stays dense
@@ -53,7 +54,7 @@ FALLBACK_REASONS = (
 
 
 @dataclasses.dataclass(eq=False)
-class LayerRoute:
+class InjectedLayer:
     """One injected layer: its SLA module (None for a counted dense-only layer) and counters."""
 
     path: str
@@ -62,7 +63,7 @@ class LayerRoute:
     sla_calls: int = 0
     # dtype of q/k/v in this layer's latest SLA call (the attention compute dtype), None before.
     last_dtype: torch.dtype | None = None
-    logged: set[str] | None = None  # reasons already logged, shared by all routes of one handle
+    logged: set[str] | None = None  # reasons already logged, shared by all layers of one handle
 
     def count_fallback(self, reason: str) -> None:
         """Count one dense call for ``reason`` and log it the first time the handle sees it."""
@@ -80,7 +81,7 @@ class LayerRoute:
 
 @dataclasses.dataclass(eq=False)
 class _Frame:
-    route: LayerRoute
+    layer: InjectedLayer
     sdpa_calls: int = 0
 
 
@@ -92,9 +93,9 @@ _installed = 0  # open scopes, all threads together
 _torch_sdpa = functional.scaled_dot_product_attention  # torch's own function, captured at import
 
 
-def routing_installed() -> bool:
-    """True while some layer scope is open and the router stands in for torch's SDPA."""
-    return functional.scaled_dot_product_attention is _router
+def redirect_installed() -> bool:
+    """True while some layer scope is open and _sla_or_dense_sdpa stands in for torch's SDPA."""
+    return functional.scaled_dot_product_attention is _sla_or_dense_sdpa
 
 
 def _install() -> None:
@@ -104,9 +105,9 @@ def _install() -> None:
             if functional.scaled_dot_product_attention is not _torch_sdpa:
                 raise RuntimeError(
                     "torch.nn.functional.scaled_dot_product_attention is already replaced by "
-                    f"{functional.scaled_dot_product_attention!r}; SLA routing needs torch's own function"
+                    f"{functional.scaled_dot_product_attention!r}; SLA's redirect needs torch's own function"
                 )
-            functional.scaled_dot_product_attention = _router
+            functional.scaled_dot_product_attention = _sla_or_dense_sdpa
         _installed += 1
 
 
@@ -119,9 +120,9 @@ def _uninstall() -> None:
 
 
 @contextlib.contextmanager
-def layer_scope(route: LayerRoute) -> Iterator[None]:
-    """Make ``route`` the active layer while the block runs; count a run with no SDPA call."""
-    scope = open_scope(route)
+def layer_scope(layer: InjectedLayer) -> Iterator[None]:
+    """Make ``layer`` the active layer while the block runs; count a run with no SDPA call."""
+    scope = open_scope(layer)
     ok = False
     try:
         yield
@@ -132,12 +133,12 @@ def layer_scope(route: LayerRoute) -> Iterator[None]:
 
 # open_scope/close_scope are what layer_scope does, as two calls that torch.compile runs eagerly
 # (one graph break each): code between them, such as a diffusers processor's projections and
-# RoPE, still compiles, and its SDPA call reaches the router (also run eagerly).
+# RoPE, still compiles, and its SDPA call reaches _sla_or_dense_sdpa (also run eagerly).
 @torch.compiler.disable
-def open_scope(route: LayerRoute) -> tuple[_Frame, contextvars.Token]:
-    """Install the router and make ``route`` the active layer; pair with close_scope."""
+def open_scope(layer: InjectedLayer) -> tuple[_Frame, contextvars.Token]:
+    """Install the redirect and make ``layer`` the active layer; pair with close_scope."""
     _install()
-    frame = _Frame(route)
+    frame = _Frame(layer)
     return frame, _active.set(frame)
 
 
@@ -148,17 +149,17 @@ def close_scope(scope: tuple[_Frame, contextvars.Token], ok: bool) -> None:
     _active.reset(token)
     _uninstall()
     if ok and frame.sdpa_calls == 0:
-        frame.route.count_fallback("no_sdpa_call")
+        frame.layer.count_fallback("no_sdpa_call")
 
 
 @torch.compiler.disable
-def count_fallback(route: LayerRoute, reason: str) -> None:
-    """route.count_fallback, run eagerly under torch.compile (a counter is not graph material)."""
-    route.count_fallback(reason)
+def count_fallback(layer: InjectedLayer, reason: str) -> None:
+    """layer.count_fallback, run eagerly under torch.compile (a counter is not graph material)."""
+    layer.count_fallback(reason)
 
 
 def dense_reason(
-    route: LayerRoute,
+    layer: InjectedLayer,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -168,7 +169,7 @@ def dense_reason(
     scale: float | None,
 ) -> str | None:
     """Why SLA cannot compute this call (a FALLBACK_REASONS entry), or None when it can."""
-    if route.sla is None:
+    if layer.sla is None:
         return "cross_attention"
     if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
         return "shape"
@@ -186,7 +187,7 @@ def dense_reason(
         return "shape"
     if key.shape[-1] != query.shape[-1] or value.shape[-1] != query.shape[-1]:
         return "shape"
-    if query.shape[-1] != route.sla.head_dim:
+    if query.shape[-1] != layer.sla.head_dim:
         return "head_dim"
     if scale is not None and not math.isclose(scale, query.shape[-1] ** -0.5, rel_tol=1e-6):
         return "scale"
@@ -194,7 +195,7 @@ def dense_reason(
 
 
 @torch.compiler.disable  # eager under torch.compile: the graph breaks at the attention call only
-def _router(
+def _sla_or_dense_sdpa(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -204,6 +205,7 @@ def _router(
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> torch.Tensor:
+    """torch's SDPA signature: the active layer's SLA where it can compute the call, else dense."""
     frame = _active.get()
     args = (query, key, value)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
@@ -212,12 +214,12 @@ def _router(
     if frame is None:  # another thread, or a call outside any injected layer: dense
         return _torch_sdpa(*args, **kwargs)
     frame.sdpa_calls += 1
-    route = frame.route
-    reason = dense_reason(route, query, key, value, attn_mask, dropout_p, is_causal, scale)
+    layer = frame.layer
+    reason = dense_reason(layer, query, key, value, attn_mask, dropout_p, is_causal, scale)
     if reason is not None:
-        route.count_fallback(reason)
+        layer.count_fallback(reason)
         return _torch_sdpa(*args, **kwargs)
-    assert route.sla is not None  # dense_reason returns "cross_attention" for dense-only layers
-    route.sla_calls += 1
-    route.last_dtype = query.dtype
-    return route.sla(query, key, value)
+    assert layer.sla is not None  # dense_reason returns "cross_attention" for dense-only layers
+    layer.sla_calls += 1
+    layer.last_dtype = query.dtype
+    return layer.sla(query, key, value)

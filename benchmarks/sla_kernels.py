@@ -1,13 +1,13 @@
 """Benchmark and real-size check of SLA's Triton kernels against torch SDPA (cuDNN and flash).
 
-    python -m sla_kernel_glue.bench_sla --out results/          # checks, then timings
-    python -m sla_kernel_glue.bench_sla --skip-check --n 8192   # timings only
+    python -m benchmarks.sla_kernels --out results/          # checks, then timings
+    python -m benchmarks.sla_kernels --skip-check --n 8192   # timings only
 
 Checks: forward and gradients of sla_triton (float32 inputs, bf16 compute) against the float64
 reference, next to the error of the reference run in bf16 (the tolerance rule of style.md), and
 whether the Triton router picks the same blocks as router.route. Timings: triton.testing.do_bench
 medians of forward and forward+backward, and the peak memory of one forward+backward.
-Not on the training path: a script beside the kernels.
+Needs a CUDA GPU; not on the training path.
 """
 
 from __future__ import annotations
@@ -23,11 +23,19 @@ import torch.nn.functional as F  # noqa: N812
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .config import SLAConfig
-from .reference import sla_reference
-from .router import route
-from .triton_kernels import sla_triton
-from .triton_router import block_sums, route_triton
+from sla_kernel_glue import SLAConfig, route, sla_reference
+from sla_kernel_glue.triton_backend import sla_triton
+from sla_kernel_glue.triton_bwd import column_lists, sla_backward
+from sla_kernel_glue.triton_fwd import (
+    FMAP_CODES,
+    LINEAR_ALL,
+    LINEAR_MARGINAL,
+    ForwardState,
+    KernelSettings,
+    linear_totals,
+    sla_forward,
+)
+from sla_kernel_glue.triton_router import block_sums, route_triton
 
 CHECK_CASES = [
     # (B, H, N, d, blkq, blkk, topk, feature_map, linear_scope)
@@ -116,9 +124,6 @@ def check_router(n: int) -> dict:
 
 def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
     """Median ms of each stage of one forward+backward, to see where the time goes."""
-    from .triton_bwd import column_lists, sla_backward
-    from .triton_fwd import LINEAR_ALL, LINEAR_MARGINAL, linear_totals, sla_forward
-
     cfg = SLAConfig(topk=topk, blkq=blkq, blkk=64)
     q, k, v = (t.reshape(b * h, n, d) for t in _qkv(b, h, n, d, torch.bfloat16, seed=5))
     do = torch.randn_like(q)
@@ -134,17 +139,16 @@ def stage_times(n: int, topk: float, blkq: int = 64, b=2, h=16, d=128) -> dict:
             lambda: scores.topk(kc, dim=-1, sorted=False).indices.sort(dim=-1)
         ),
         "router": bench(lambda: route_triton(q.view(b, h, n, d), k.view(b, h, n, d), cfg)),
-        "linear_totals": bench(lambda: linear_totals(k, v, 64, 0)),
+        "linear_totals": bench(lambda: linear_totals(k, v, 64, FMAP_CODES["softmax"])),
         "column_lists": bench(lambda: column_lists(idx, n // 64)),
     }
     for name, mode in (("marginal", LINEAR_MARGINAL), ("all", LINEAR_ALL)):
-        fwd = lambda mode=mode: sla_forward(q, k, v, idx, no_neg, blkq, 64, 0, mode, 1e-6)  # noqa: E731
-        saved = fwd()
+        settings = KernelSettings(blkq=blkq, blkk=64, fmap=FMAP_CODES["softmax"], linear_mode=mode)
+        fwd = lambda settings=settings: sla_forward(q, k, v, idx, no_neg, settings)  # noqa: E731
+        saved = ForwardState(q, k, v, idx, no_neg, *fwd())
         out[f"forward_op_{name}"] = bench(fwd)
         out[f"backward_op_{name}"] = bench(
-            lambda mode=mode, saved=saved: sla_backward(
-                do, do, q, k, v, *saved, idx, no_neg, blkq, 64, 0, mode
-            )
+            lambda settings=settings, saved=saved: sla_backward(do, do, saved, settings)
         )
     out.update({"N": n, "topk": topk, "blkq": blkq, "B": b, "H": h})
     return out
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench_sla needs a CUDA GPU", file=sys.stderr)
+        print("benchmarks.sla_kernels needs a CUDA GPU", file=sys.stderr)
         return 2
     results: dict = {
         "gpu": torch.cuda.get_device_name(),

@@ -1,7 +1,9 @@
-"""Entry points of SLA's Triton path: what it supports, and the differentiable call.
+"""SLA's Triton backend: what it supports, and sla_triton, the two branches by the kernels.
 
-Layers (style.md): router.py / reference.py (PyTorch oracle) -> triton_fwd.py, triton_bwd.py
-(kernels and launchers) -> triton_op.py (custom ops + autograd) -> sla_triton (this file).
+Layers (style.md): router.py / reference.py (PyTorch oracle) -> triton_router.py, triton_fwd.py,
+triton_bwd.py (kernels and launchers) -> triton_op.py (custom ops + autograd) -> sla_triton (this
+file) -> functional.sla_attention (the public function, which picks this backend or the
+reference) -> module.SparseLinearAttention.
 
 Precision: float16 and bfloat16 inputs compute in their own dtype; float32 inputs compute in
 bfloat16 (use_bf16=True) or float16 (use_bf16=False). Matmul accumulators and all row statistics
@@ -18,11 +20,17 @@ from __future__ import annotations
 import torch
 
 from .config import SLAConfig
-from .feature_maps import LINEAR_EPS
 from .reference import SLAOutputs
 from .router import n_blocks
-from .triton_fwd import FMAP_CODES, INTERPRET, LINEAR_ALL, LINEAR_EMPTY, LINEAR_MARGINAL
-from .triton_op import sla_fwd_op
+from .triton_fwd import (
+    FMAP_CODES,
+    INTERPRET,
+    LINEAR_ALL,
+    LINEAR_EMPTY,
+    LINEAR_MARGINAL,
+    KernelSettings,
+)
+from .triton_op import fused_sla
 from .triton_router import route_triton
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -117,18 +125,13 @@ def sla_triton(
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.to(cdt).reshape(b * h, n, d).contiguous()
 
-    outs = sla_fwd_op(
-        heads(q),
-        heads(k),
-        heads(v),
-        indices,
-        neg_indices,
-        config.blkq,
-        config.blkk,
-        FMAP_CODES[config.feature_map],
-        mode,
-        LINEAR_EPS,
+    settings = KernelSettings(
+        blkq=config.blkq,
+        blkk=config.blkk,
+        fmap=FMAP_CODES[config.feature_map],
+        linear_mode=mode,
     )
-    o_sparse = outs[0].reshape(b, h, n, d).to(q.dtype)
-    o_linear = outs[1].reshape(b, h, n, d).to(q.dtype)
+    o_s, o_l = fused_sla(heads(q), heads(k), heads(v), indices, neg_indices, settings)
+    o_sparse = o_s.reshape(b, h, n, d).to(q.dtype)
+    o_linear = o_l.reshape(b, h, n, d).to(q.dtype)
     return SLAOutputs(o_sparse=o_sparse, o_linear=o_linear, routing=routing)

@@ -1,4 +1,5 @@
-"""unsupported_reason messages and how dispatch treats them: 'triton' raises, 'auto' falls back."""
+"""unsupported_reason messages and how the backend choice treats them: 'triton' raises, 'auto' falls
+back to the reference."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ pytest.importorskip("triton")
 
 
 def _reason(shape, dtype=torch.float32, **cfg):
-    from sla_kernel_glue.triton_kernels import unsupported_reason
+    from sla_kernel_glue.triton_backend import unsupported_reason
 
     return unsupported_reason(torch.empty(shape, dtype=dtype), SLAConfig(**cfg))
 
@@ -42,12 +43,12 @@ def test_backend_triton_raises_and_auto_falls_back_counted():
     auto = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="auto")
     out = auto(q, k, v)
     assert auto.backend_calls == {"torch": 1}
-    ref = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="torch")(q, k, v)
-    torch.testing.assert_close(out, ref)
+    torch_out = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="torch")(q, k, v)
+    torch.testing.assert_close(out, torch_out)
 
 
 def test_sla_triton_raises_on_unsupported_call():
-    from sla_kernel_glue.triton_kernels import sla_triton
+    from sla_kernel_glue.triton_backend import sla_triton
 
     q = torch.randn(1, 1, 32, 48)
     with pytest.raises(ValueError, match="SLA Triton kernels cannot run this call: head dim 48"):

@@ -1,0 +1,151 @@
+"""sla_attention: Sparse-Linear Attention as one function, and the choice of backend under it.
+
+    out = sla_attention(q, k, v, config=cfg, proj_l_weight=w, proj_l_bias=b)
+
+The two branches come from the Triton kernels (triton_backend.py) or the PyTorch reference
+(reference.py). backend="triton" raises when the kernels cannot run the call; backend="auto" uses
+the reference instead, logged once per reason (return_info says which backend ran, so that a
+caller can count the fallbacks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual alias
+
+from .config import SLAConfig
+from .reference import SLAOutputs, sla_reference
+
+log = logging.getLogger(__name__)
+_logged_reasons: set[str] = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class SLACallInfo:
+    """What one sla_attention call did, besides its output."""
+
+    backend: str  # what computed the two branches: "triton" or "torch" (the reference)
+    density: float  # realised density k / T_n of the sparse branch
+
+
+def sla_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    config: SLAConfig,
+    proj_l_weight: torch.Tensor | None,
+    proj_l_bias: torch.Tensor | None = None,
+    use_bf16: bool = True,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SLACallInfo]:
+    """Sparse-Linear Attention: o_sparse + proj_l(o_linear), in q's dtype.
+
+    q, k, v: (B, H, N, d) self-attention inputs of one shape and one floating-point dtype;
+        softmax scale 1/sqrt(d). No mask, causal attention, dropout or GQA.
+    config: the SLA settings (block sizes, topk, kl, feature map, linear_scope, backend).
+    proj_l_weight (d, d), proj_l_bias (d,) or None: the linear branch's output projection. They
+        compute in q's dtype (cast on the fly, as autocast runs a linear layer; keep them float32).
+        Not applied for linear_scope "none" (sparse-only: no linear branch), where both may be None.
+    use_bf16: the dtype the Triton kernels compute float32 inputs in: bfloat16, else float16.
+    return_info: also return an SLACallInfo (the backend that ran, the realised density).
+
+    Differentiable in q, k, v, proj_l_weight and proj_l_bias (not through the block choice).
+    """
+    _check_inputs(q, k, v, config, proj_l_weight, proj_l_bias)
+    outs, backend = sla_branches(q, k, v, config=config, use_bf16=use_bf16)
+    dtype = q.dtype
+    if config.linear_scope == "none":
+        # Sparse-only: o_linear is 0 and there is no projection to apply; skipping it saves two
+        # passes over (B, H, N, d) each way.
+        out = outs.o_sparse.to(dtype)
+    else:
+        # proj_l computes in the inputs' dtype from its float32 weights, as autocast runs every
+        # other linear layer (the matmul accumulates in float32; the weight gradient arrives in
+        # float32). Under bf16 that avoids float32 copies of o_s and o_l, one each way.
+        assert proj_l_weight is not None  # _check_inputs: required unless linear_scope "none"
+        weight = proj_l_weight.to(dtype)
+        bias = None if proj_l_bias is None else proj_l_bias.to(dtype)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            out = outs.o_sparse.to(dtype) + F.linear(outs.o_linear.to(dtype), weight, bias)
+    if return_info:
+        return out, SLACallInfo(backend=backend, density=outs.density)
+    return out
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: SLAConfig,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> None:
+    if not isinstance(config, SLAConfig):
+        raise TypeError(
+            f"config must be an SLAConfig, got {type(config).__name__}; build one with "
+            "SLAConfig.parse(...)"
+        )
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            "SLA is self-attention on (B, H, N, d) tensors of one shape; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    d = q.shape[-1]
+    if weight is not None and tuple(weight.shape) != (d, d):
+        raise ValueError(
+            f"head dim of q ({d}) must equal head_dim ({weight.shape[-1]}) of proj_l_weight "
+            f"{tuple(weight.shape)}, which must be (d, d)"
+        )
+    if bias is not None and tuple(bias.shape) != (d,):
+        raise ValueError(f"proj_l_bias {tuple(bias.shape)} must be (d,) = ({d},)")
+    if weight is None and config.linear_scope != "none":
+        raise ValueError(
+            f"proj_l_weight is required for linear_scope {config.linear_scope!r}; "
+            "only linear_scope 'none' (sparse-only) has no projection"
+        )
+    if not q.is_floating_point():
+        raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
+
+
+def triton_unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
+    """Why the Triton path cannot run this call, or None when it can."""
+    if not q.is_cuda:
+        return f"device {q.device.type} is not CUDA"
+    try:
+        from .triton_backend import unsupported_reason
+    except ImportError as exc:  # triton missing, or the kernel module not importable
+        return f"Triton kernels unavailable ({exc})"
+    return unsupported_reason(q, config)
+
+
+def _reference_dtype(dtype: torch.dtype) -> torch.dtype:
+    # The reference computes low-precision inputs in float32: it is the accurate path.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def run_reference(q, k, v, config: SLAConfig) -> SLAOutputs:
+    dt = _reference_dtype(q.dtype)
+    return sla_reference(q.to(dt), k.to(dt), v.to(dt), config=config)
+
+
+def sla_branches(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, config: SLAConfig, use_bf16: bool = True
+) -> tuple[SLAOutputs, str]:
+    """Both branches of SLA and the name of the backend that computed them ("triton"/"torch")."""
+    if config.backend == "torch":
+        return run_reference(q, k, v, config), "torch"
+    reason = triton_unsupported_reason(q, config)
+    if reason is None:
+        from .triton_backend import sla_triton
+
+        return sla_triton(q, k, v, config=config, use_bf16=use_bf16), "triton"
+    if config.backend == "triton":
+        raise ValueError(f"SLA backend 'triton' cannot run this call: {reason}")
+    if reason not in _logged_reasons:
+        _logged_reasons.add(reason)
+        log.warning("SLA backend 'auto' uses the PyTorch reference: %s", reason)
+    return run_reference(q, k, v, config), "torch"
