@@ -172,7 +172,7 @@ class FileDigests:
     def _save(self, token: str, digest: str) -> None:
         """Merge one new digest into the memo file (another process may be writing it too)."""
         self.memo.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.memo.with_suffix(".lock")):
+        with file_lock(self.memo.with_suffix(".lock")):
             try:
                 on_disk = json.loads(self.memo.read_text())
             except (OSError, ValueError):
@@ -192,7 +192,8 @@ def _sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def file_lock(path: Path):
+    """An exclusive lock on `path` (created) for the block: one process at a time, across processes."""
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -107,20 +107,12 @@ PRESETS: dict[str, WanPreset] = {
         text_len=512,
         note="Wan2.1-1.3B shape on one H200: 32,768 tokens",
     ),
-    "wan-1.3b-6l": WanPreset(
-        heads=12,
-        head_dim=128,
-        layers=6,
-        ffn_dim=8960,
-        in_channels=16,
-        text_dim=4096,
-        freq_dim=256,
-        frames=32,
-        size=64,
-        text_len=512,
-        note="6 of Wan2.1-1.3B's 30 layers at 32,768 tokens: its per-layer cost, a sweep in minutes",
-    ),
 }
+PRESETS["wan-1.3b-6l"] = dataclasses.replace(
+    PRESETS["wan-1.3b"],
+    layers=6,
+    note="6 of Wan2.1-1.3B's 30 layers at 32,768 tokens: its per-layer cost, a sweep in minutes",
+)
 
 
 @dataclasses.dataclass(frozen=True)

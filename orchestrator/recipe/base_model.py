@@ -9,8 +9,6 @@ directory is the base as is; base_steps 0 means the preset's seeded random initi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +21,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from orchestrator.data import StepSampler, build_datasets, collate
+from orchestrator.data.cache import file_lock
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 
 from .config import TrainConfig, autocast_dtype
@@ -107,16 +106,6 @@ def folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
         for p in root.rglob("*")
         if p.is_file()
     )
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _pretrain(

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .base_model import file_lock
+from orchestrator.data.cache import file_lock
 
 REFERENCE_FORMAT = 1  # bump when the evaluation changes, so old files are not reused
 

@@ -219,14 +219,9 @@ class TrainConfig:
                 if k not in section_known
             ]
             kwargs[name] = section(**{k: v for k, v in given.items() if k in section_known})
-        try:
-            config = cls(**kwargs)
-        except ValueError as exc:
-            errors.append(str(exc))
-            config = None
-        if errors:
-            raise ValueError("; ".join(errors))
-        assert config is not None
+        config, problem = _construct(cls, kwargs)
+        if problem or errors:  # every problem at once: the unknown keys and the values'
+            raise ValueError("; ".join([*errors, *([problem] if problem else [])]))
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +260,14 @@ class TrainConfig:
 
 
 NESTED = {"data": DataConfig, "validation": ValidationConfig}  # TrainConfig's nested sections
+
+
+def _construct(cls: type, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(cls(**kwargs), None), or (None, why) when the values are invalid."""
+    try:
+        return cls(**kwargs), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def resolve_mixed_precision(setting: str, *, cuda: bool) -> str:

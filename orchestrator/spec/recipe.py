@@ -42,55 +42,44 @@ def train_kwargs(
     if source is not None:
         is_path = source not in PRESETS
         kwargs["model"] = str((cwd / Path(source).expanduser()).resolve()) if is_path else source
+    data = _section("data", data, DATA_KEYS, errors)
     if data is not None:
-        if not isinstance(data, Mapping):
-            errors.append(f"data must be a mapping of {', '.join(DATA_KEYS)}, got {data!r}")
-        else:
-            errors += [
-                f"unknown key data.{k}; allowed: {', '.join(DATA_KEYS)}"
-                for k in data
-                if k not in DATA_KEYS
-            ]
-            data = {k: v for k, v in data.items() if k in DATA_KEYS}
-            src = data.get("source")
-            if isinstance(src, str) and src != "digits":
-                data["source"] = str((cwd / Path(src).expanduser()).resolve())
-            if isinstance(data.get("cache_dir"), str):
-                data["cache_dir"] = str((cwd / Path(data["cache_dir"]).expanduser()).resolve())
-            kwargs["data"] = data
+        src = data.get("source")
+        if isinstance(src, str) and src != "digits":
+            data["source"] = str((cwd / Path(src).expanduser()).resolve())
+        if isinstance(data.get("cache_dir"), str):
+            data["cache_dir"] = str((cwd / Path(data["cache_dir"]).expanduser()).resolve())
+        kwargs["data"] = data
+    validation = _section("validation", validation, VALIDATION_KEYS, errors)
     if validation is not None:
-        if not isinstance(validation, Mapping):
-            errors.append(
-                f"validation must be a mapping of {', '.join(VALIDATION_KEYS)}, got {validation!r}"
-            )
-        else:
-            errors += [
-                f"unknown key validation.{k}; allowed: {', '.join(VALIDATION_KEYS)}"
-                for k in validation
-                if k not in VALIDATION_KEYS
-            ]
-            kwargs["validation"] = {k: v for k, v in validation.items() if k in VALIDATION_KEYS}
+        kwargs["validation"] = validation
+    train = _section("train", train, TRAIN_KEYS, errors)
     if train is not None:
-        if not isinstance(train, Mapping):
-            errors.append(f"train must be a mapping of {', '.join(TRAIN_KEYS)}, got {train!r}")
-        else:
-            errors += [
-                f"unknown key train.{k}; allowed: {', '.join(TRAIN_KEYS)}"
-                for k in train
-                if k not in TRAIN_KEYS
-            ]
-            for k, v in train.items():
-                if k in TRAIN_KEYS:
-                    kwargs[k] = v
-            cache = kwargs.get("base_cache_dir")
-            if isinstance(cache, str):
-                kwargs["base_cache_dir"] = str((cwd / Path(cache).expanduser()).resolve())
+        kwargs.update(train)
+        cache = kwargs.get("base_cache_dir")
+        if isinstance(cache, str):
+            kwargs["base_cache_dir"] = str((cwd / Path(cache).expanduser()).resolve())
     if len(errors) == n_before:
         try:
             TrainConfig.from_dict(kwargs)
         except (TypeError, ValueError) as exc:
             errors.append(f"train: {str(exc).removeprefix('invalid training config: ')}")
     return kwargs
+
+
+def _section(
+    name: str, value: Any, keys: tuple[str, ...], errors: list[str]
+) -> dict[str, Any] | None:
+    """The known keys of one YAML section (None when absent); appends its problems to errors."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        errors.append(f"{name} must be a mapping of {', '.join(keys)}, got {value!r}")
+        return None
+    errors += [
+        f"unknown key {name}.{k}; allowed: {', '.join(keys)}" for k in value if k not in keys
+    ]
+    return {k: v for k, v in value.items() if k in keys}
 
 
 def build_train_config(kwargs: Mapping[str, Any]) -> TrainConfig:
