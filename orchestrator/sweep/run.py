@@ -41,7 +41,7 @@ from orchestrator.sweep.trainable import TrialSettings, sweep_trial
 
 TUNE_DIR = "tune"
 # How often a trial's Train controller polls its workers (Ray's default: every 2 s). A worker's
-# ray.train.report blocks until the controller has taken the previous report, and the trial ends
+# ray.train.report blocks until the controller has taken the one before, and the trial ends
 # only at the poll after its last one, so the default costs up to 2 s per report and per trial.
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.5"

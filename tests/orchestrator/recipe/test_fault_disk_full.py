@@ -39,7 +39,7 @@ def digest(directory: Path) -> dict[str, str]:
 
 def check_first_checkpoint_survives(workdir: Path, first_digest: dict[str, str]) -> None:
     first = workdir / "checkpoint_000001"
-    assert digest(first) == first_digest, "the previous checkpoint changed"
+    assert digest(first) == first_digest, "the first checkpoint changed"
     assert latest_checkpoint(workdir) == first, "a half-written checkpoint counts as complete"
     assert not (workdir / "checkpoint_000002" / "trial.json").exists()
     assert not list(workdir.rglob("*.tmp")), "temporary files left behind"
