@@ -9,6 +9,15 @@ default <sweep dir>/samples/<trial>-<attention>-seed<S> (./sla_samples/... outsi
 and are logged as artifacts to the trial's MLflow run when the run is known. --compile runs every
 transformer block torch.compiled (as train.compile does; SLA's attention call stays eager): faster
 sampling on a GPU once the first denoising step has compiled.
+
+A pipeline trial (trained on a diffusers Wan pipeline directory) or its export generates videos
+from text instead, through stock WanPipeline (orchestrator.infer.pipeline):
+
+    sla-sweep infer <pipeline checkpoint | pipeline export> --prompt "..." [--prompt ...]
+        [--negative-prompt TEXT] [--frames F] [--size H W | --size N] [--steps S] [--guidance G]
+
+one MP4 and frame-grid PNG per prompt, frames.safetensors and videos.json in the same folder,
+logged as videos/<attention>-seed<S>.
 """
 
 from __future__ import annotations
@@ -23,7 +32,11 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.infer.options import add_device, add_tracking_uri, pick_device, positive_int
 
 if TYPE_CHECKING:
+    import torch
+
+    from orchestrator.infer.pipeline import VideoRequest
     from orchestrator.infer.target import Target
+    from sla_kernel_glue import SLAConfig, SLAHandle
 
 DENSE_WARNING = """\
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -52,57 +65,85 @@ def run_infer(
     *,
     trial: str | None = None,
     out: Path | None = None,
-    num_samples: int = 4,
+    num_samples: int | None = None,
     seed: int = 0,
     device: str = "auto",
     attention: str = "sla",
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
     compile: bool = False,
+    video: VideoRequest | None = None,
 ) -> InferResult:
-    """Resolve TARGET, rebuild the model, generate, write and log the samples."""
-    from orchestrator.infer.model import InferenceError, load_checkpoint_model, load_export_model
-    from orchestrator.infer.samples import generate, sample_inputs, write_samples, write_summary
+    """Resolve TARGET, rebuild the model, generate, write and log the samples.
+
+    A preset trial samples `num_samples` (default 4) class-conditioned clips; a pipeline trial
+    (or export) makes one video per prompt of `video` through WanPipeline
+    (orchestrator.infer.pipeline), and `video`'s options are refused for a preset trial."""
+    from orchestrator.infer.model import InferenceError
+    from orchestrator.infer.pipeline import (
+        VideoRequest,
+        pipeline_root,
+        preset_refusal,
+        run_pipeline_infer,
+    )
     from orchestrator.infer.target import resolve_target
-    from orchestrator.recipe.compile import compiled_blocks
 
     resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)
-    dev = pick_device(device)
-    load = load_export_model if resolved.kind == "export" else load_checkpoint_model
-    loaded = load(resolved.directory, attention=attention, device=dev)
-    if attention == "dense" and loaded.sla is not None:
-        print(
-            DENSE_WARNING.format(name=resolved.name, sla=loaded.sla.to_dict()),
-            file=sys.stderr,
-            flush=True,
+    video = video or VideoRequest()
+    root = pipeline_root(resolved)
+    if root is None and video.given():
+        raise InferenceError(preset_refusal(resolved, video.given()))
+    if root is not None and num_samples is not None:
+        raise InferenceError(
+            f"--num-samples ({num_samples}) is for preset trials; {resolved.name} is a pipeline "
+            "trial: it makes one video per --prompt"
         )
+    dev = pick_device(device)
+    if root is not None:
+        return run_pipeline_infer(
+            resolved, root, video, target=target, out=out, seed=seed, device=dev,
+            attention=attention, log_to_mlflow=log_to_mlflow, compile=compile,
+        )  # fmt: skip
+    return _run_preset_infer(
+        resolved, target=target, out=out, num_samples=4 if num_samples is None else num_samples,
+        seed=seed, device=dev, attention=attention, log_to_mlflow=log_to_mlflow, compile=compile,
+    )  # fmt: skip
+
+
+def _run_preset_infer(
+    resolved: Target,
+    *,
+    target: str,
+    out: Path | None,
+    num_samples: int,
+    seed: int,
+    device: torch.device,
+    attention: str,
+    log_to_mlflow: bool,
+    compile: bool,
+) -> InferResult:
+    """A preset trial's class-conditioned samples from fixed seeds (see the module docstring)."""
+    from orchestrator.infer.model import load_checkpoint_model, load_export_model
+    from orchestrator.infer.samples import generate, sample_inputs, write_samples, write_summary
+    from orchestrator.recipe.compile import compiled_blocks
+
+    load = load_export_model if resolved.kind == "export" else load_checkpoint_model
+    loaded = load(resolved.directory, attention=attention, device=device)
+    if attention == "dense" and loaded.sla is not None:
+        warn_dense(resolved.name, loaded.sla)
     noise, labels = sample_inputs(loaded.settings, num_samples=num_samples, seed=seed)
     if loaded.handle is not None:
         loaded.handle.reset_counts()
     with compiled_blocks(loaded.model) if compile else contextlib.nullcontext():
-        clips = generate(loaded.model, loaded.settings, noise, labels, device=dev)
-    sla_calls = loaded.handle.sla_calls() if loaded.handle is not None else 0
-    fallbacks = loaded.handle.fallback_counts() if loaded.handle is not None else {}
-    if loaded.handle is not None and sla_calls == 0:
-        raise InferenceError(
-            f"SLA was injected into {resolved.name} but no attention call ran through it"
-        )
-    self_fallbacks = {
-        p: {r: n for r, n in per.items() if r != "cross_attention"} for p, per in fallbacks.items()
-    }
-    self_fallbacks = {p: per for p, per in self_fallbacks.items() if per}
-    if self_fallbacks:
-        print(
-            f"warning: self-attention calls ran dense instead of SLA: {self_fallbacks}",
-            file=sys.stderr,
-        )
+        clips = generate(loaded.model, loaded.settings, noise, labels, device=device)
+    sla_calls, fallbacks = checked_sla_counts(loaded.handle, resolved.name)
 
-    out_dir = Path(out) if out is not None else _default_out(resolved, attention, seed)
+    out_dir = Path(out) if out is not None else default_out(resolved, attention, seed)
     files = write_samples(clips, noise, labels, out_dir)
     summary = {
         "target": target, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
         "attention": attention, "sla": None if loaded.sla is None else loaded.sla.to_dict(),
-        "device": str(dev), "seed": seed, "num_samples": num_samples, "classes": labels.tolist(),
+        "device": str(device), "seed": seed, "num_samples": num_samples, "classes": labels.tolist(),
         "generation": loaded.settings.to_dict(), "source": loaded.source,
         "sla_calls": sla_calls, "fallbacks": fallbacks, "compile": compile,
     }  # fmt: skip
@@ -112,11 +153,41 @@ def run_infer(
         print(
             f"SLA: {sla_calls} attention calls through SLA; dense fallbacks: {fallbacks or 'none'}"
         )
-    logged = _log_to_mlflow(resolved, out_dir, attention, seed) if log_to_mlflow else None
+    artifact_path = f"samples/{attention}-seed{seed}"
+    logged = log_to_mlflow_run(resolved, out_dir, artifact_path) if log_to_mlflow else None
     return InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
 
 
-def _default_out(resolved: Target, attention: str, seed: int) -> Path:
+def warn_dense(name: str, sla: SLAConfig) -> None:
+    """The loud warning for SLA-trained weights run with dense attention."""
+    print(DENSE_WARNING.format(name=name, sla=sla.to_dict()), file=sys.stderr, flush=True)
+
+
+def checked_sla_counts(
+    handle: SLAHandle | None, name: str
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """(SLA calls, dense fallbacks) after a generation. InferenceError when SLA was injected but
+    no attention call ran through it; a warning when self-attention calls ran dense."""
+    from orchestrator.infer.model import InferenceError
+
+    if handle is None:
+        return 0, {}
+    sla_calls, fallbacks = handle.sla_calls(), handle.fallback_counts()
+    if sla_calls == 0:
+        raise InferenceError(f"SLA was injected into {name} but no attention call ran through it")
+    self_fallbacks = {
+        p: {r: n for r, n in per.items() if r != "cross_attention"} for p, per in fallbacks.items()
+    }
+    self_fallbacks = {p: per for p, per in self_fallbacks.items() if per}
+    if self_fallbacks:
+        print(
+            f"warning: self-attention calls ran dense instead of SLA: {self_fallbacks}",
+            file=sys.stderr,
+        )
+    return sla_calls, fallbacks
+
+
+def default_out(resolved: Target, attention: str, seed: int) -> Path:
     """<sweep>/samples/<trial>-<attention>-seed<S>, or ./sla_samples/... outside a sweep."""
     base = (
         resolved.sweep_dir / "samples"
@@ -126,15 +197,15 @@ def _default_out(resolved: Target, attention: str, seed: int) -> Path:
     return base / f"{resolved.name}-{attention}-seed{seed}"
 
 
-def _log_to_mlflow(resolved: Target, out_dir: Path, attention: str, seed: int) -> str | None:
-    """Log the samples folder to the trial's run; returns the run id (None when unknown)."""
+def log_to_mlflow_run(resolved: Target, out_dir: Path, artifact_path: str) -> str | None:
+    """Log the output folder to the trial's run as `artifact_path`; returns the run id (None
+    when no run is known)."""
     if resolved.run_id is None or resolved.tracking_uri is None:
         print("MLflow: not logged (no MLflow run is known for this target)")
         return None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=resolved.tracking_uri)
-    artifact_path = f"samples/{attention}-seed{seed}"
     client.log_artifacts(resolved.run_id, str(out_dir), artifact_path)
     print(f"MLflow: logged to run {resolved.run_id} as {artifact_path} ({resolved.tracking_uri})")
     return resolved.run_id
@@ -155,8 +226,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-samples",
         type=positive_int,
-        default=4,
-        help="clips to generate (classes 0, 1, 2, ...)",
+        help="preset trials: clips to generate (classes 0, 1, 2, ...; default 4)",
     )
     p.add_argument(
         "--seed",
@@ -171,15 +241,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the samples to MLflow")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every transformer block first (SLA's attention call stays eager)")  # fmt: skip
+    add_video_arguments(p.add_argument_group("pipeline trials (text to video through WanPipeline)"))
+
+
+def add_video_arguments(group: argparse._ArgumentGroup) -> None:
+    """The text-to-video options; unset, each takes the trial's validation setting."""
+    group.add_argument("--prompt", action="append", default=[],
+                       help="one video per --prompt (default: the trial's validation prompts)")  # fmt: skip
+    group.add_argument("--negative-prompt", help="default: the trial's validation negative prompt")
+    group.add_argument(
+        "--frames",
+        type=positive_int,
+        help="frames per video, 4k+1 for the VAE (default: the trial's)",
+    )
+    group.add_argument("--size", type=positive_int, nargs="+", metavar="N",
+                       help="H W, or N for N x N: multiples of the VAE factor times the patch (default: the trial's)")  # fmt: skip
+    group.add_argument(
+        "--steps",
+        type=positive_int,
+        help="WanPipeline's num_inference_steps (default: the trial's validation.steps)",
+    )
+    group.add_argument("--guidance", type=guidance_scale,
+                       help="classifier-free guidance scale, >= 1 (1: none; default: the trial's, 5.0 unless set)")  # fmt: skip
+
+
+def guidance_scale(text: str) -> float:
+    """argparse type: a finite number >= 1."""
+    value = float(text)
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text}")
+    return value
+
+
+def video_request(args: argparse.Namespace) -> VideoRequest:
+    """The text-to-video options of the command line; InferenceError for a bad --size."""
+    from orchestrator.infer.model import InferenceError
+    from orchestrator.infer.pipeline import VideoRequest
+
+    size = args.size
+    if size is not None and len(size) not in (1, 2):
+        raise InferenceError(f"--size takes N or H W, got {len(size)} values ({size})")
+    return VideoRequest(
+        prompts=tuple(args.prompt), negative_prompt=args.negative_prompt, frames=args.frames,
+        size=None if size is None else (size[0], size[-1]), steps=args.steps,
+        guidance=args.guidance,
+    )  # fmt: skip
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Load a trained trial with SLA on and generate samples from fixed seeds."""
+    """Load a trained trial with SLA on and generate from fixed seeds (pipelines: from prompts).
+
+    A preset trial samples class-conditioned clips; a pipeline trial makes videos through
+    WanPipeline, one per --prompt."""
     try:
         run_infer(
             args.target, trial=args.trial, out=args.out, num_samples=args.num_samples, seed=args.seed,
             device=args.device, attention=args.attention, tracking_uri=args.tracking_uri,
-            log_to_mlflow=not args.no_mlflow, compile=args.compile,
+            log_to_mlflow=not args.no_mlflow, compile=args.compile, video=video_request(args),
         )  # fmt: skip
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep infer: error: {exc}", file=sys.stderr)

@@ -9,13 +9,25 @@
 
 TARGET is anything `sla-sweep infer` takes (a sweep directory, a checkpoint, an MLflow run id);
 `sla-sweep infer OUT` loads the export and gives the same samples as the checkpoint.
+
+A pipeline trial's export is a whole pipeline directory instead (orchestrator.infer.pipeline):
+the original components hard-linked or copied, transformer/ fine-tuned without SLA tensors, and
+sla_attention.pt, sla_config.json, inference.json and README.md at OUT's top.
+
+Either is written into a temporary directory beside OUT and renamed to OUT when complete: a
+failure leaves no OUT behind (an empty OUT given stays as it was).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import secrets
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +73,7 @@ def run_export(
         load_checkpoint_model,
         load_export_model,
     )
+    from orchestrator.infer.pipeline import export_pipeline, load_pipeline_trial, pipeline_root
     from orchestrator.infer.target import resolve_target
     from sla_kernel_glue import export_base_model
 
@@ -73,34 +86,66 @@ def run_export(
             f"trial {resolved.trial_id} is the full-attention control: it has no SLA weights to export; "
             "pick an SLA trial with --trial"
         )
+    cpu = torch.device("cpu")
+    root = pipeline_root(resolved)
+    if root is not None:
+        piped = load_pipeline_trial(resolved, root, attention="sla", device=cpu)
+        with staged_directory(out) as staging:
+            counts = export_pipeline(resolved, piped, staging, out=out)
+        print(
+            f"components of {root}: {counts['linked']} files hard-linked (the same files: do not"
+            f" edit them in place), {counts['copied']} copied"
+        )
+        return out
     load = load_export_model if resolved.kind == "export" else load_checkpoint_model
-    loaded = load(resolved.directory, attention="sla", device=torch.device("cpu"))
+    loaded = load(resolved.directory, attention="sla", device=cpu)
     if loaded.handle is None:
         raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
-    export_base_model(loaded.handle, out)
     sla = loaded.sla.to_dict()
     source = {**loaded.source, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
               "tracking_uri": resolved.tracking_uri}  # fmt: skip
-    (out / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
     info = {"sla": sla, "generation": loaded.settings.to_dict(), "source": source}
-    (out / INFERENCE_FILE).write_text(
-        json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
-    )
-    (out / "README.md").write_text(_model_card(out, sla, source))
+    with staged_directory(out) as staging:
+        export_base_model(loaded.handle, staging)
+        (staging / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
+        (staging / INFERENCE_FILE).write_text(
+            json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+        )
+        (staging / "README.md").write_text(_model_card(out, sla, source))
     return out
 
 
-def _model_card(out: Path, sla: dict[str, Any], source: dict[str, Any]) -> str:
+@contextlib.contextmanager
+def staged_directory(out: Path) -> Iterator[Path]:
+    """A new directory beside `out` to write into, renamed to `out` when the block completes
+    (`out` must be absent or empty); removed, with `out` left as it was, when the block fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()  # with the umask's permissions, as OUT would have
+    try:
+        yield staging
+        if out.is_dir():
+            out.rmdir()  # empty (checked before); rmdir refuses if something appeared since
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def card_metrics(source: dict[str, Any], keys: tuple[str, ...] = CARD_METRICS) -> str:
+    """The model card's metrics line: the sweep's main metrics (`keys`) at export."""
     metrics = source.get("metrics") or {}
-    shown = (
-        ", ".join(f"{k}={metrics[k]:.4g}" for k in CARD_METRICS if k in metrics) or "none recorded"
-    )
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+    return shown or "none recorded"
+
+
+def _model_card(out: Path, sla: dict[str, Any], source: dict[str, Any]) -> str:
     where = source.get("checkpoint") or source.get("export") or "unknown"
     trial = f"trial {source['trial']} " if source.get("trial") else ""
     return MODEL_CARD.format(
         title=f"SLA fine-tune of {source.get('base_model') or source.get('model') or 'a Wan transformer'}",
         sla=json.dumps(sla, sort_keys=True), source=f"{trial}{where} (step {source.get('step', '?')})",
-        metrics=shown, out=out,
+        metrics=card_metrics(source), out=out,
     )  # fmt: skip
 
 
@@ -122,6 +167,13 @@ def handle(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep export: error: {exc}", file=sys.stderr)
         return 2
+    from orchestrator.infer.pipeline import is_pipeline_export
+
+    if is_pipeline_export(out):
+        print(f"exported to {out} (the whole pipeline, transformer/ fine-tuned + sla_attention.pt"
+              " + sla_config.json + README.md)")  # fmt: skip
+        print(f'run it with SLA on: sla-sweep infer {out} --prompt "..."')
+        return 0
     print(f"exported to {out} (base model + sla_attention.pt + sla_config.json + README.md)")
     print(f"run it with SLA on: sla-sweep infer {out}")
     return 0

@@ -1,9 +1,11 @@
 """Rebuild a trained model for inference: from a checkpoint directory or from an export.
 
 Checkpoint (what a trial writes): build the architecture named in trial.json (a preset, or the
-local base model directory), inject SLA with the trial's saved settings, load the model weights
-of the accelerate state (model.safetensors, or pytorch_model.bin with weights_only=True) and
-replay sla_attention.pt. Export (what `sla-sweep export` writes): sla_kernel_glue.load_exported.
+local base model directory, or a pipeline's transformer/), inject SLA with the trial's saved
+settings, load the model weights of the accelerate state (model.safetensors, or pytorch_model.bin
+with weights_only=True) and replay sla_attention.pt. Export (what `sla-sweep export` writes):
+sla_kernel_glue.load_exported. A pipeline trial's transformer is rebuilt here too
+(`rebuild_checkpoint_model`); orchestrator.infer.pipeline generates from it through WanPipeline.
 
 `attention="dense"` loads the same weights and then takes SLA out again; for SLA-trained weights
 the caller must warn that quality will drop.
@@ -43,13 +45,19 @@ class LoadedModel:
     model: nn.Module
     handle: SLAHandle | None  # None when running dense
     sla: SLAConfig | None  # the trial's SLA settings (None: full-attention control)
-    settings: GenerationSettings
+    settings: GenerationSettings | None  # the class-conditioned sampler's (None: a pipeline trial)
     source: dict[str, Any]  # provenance: checkpoint, step, base model, metrics
+    train: TrainConfig | None = None  # a checkpoint's training config (None: an export)
 
 
 def generation_settings(train: TrainConfig, model: nn.Module) -> GenerationSettings:
     """The clip shape, prompt shape and sampler settings of a trial, as the recipe used them."""
     cfg = model.config
+    if train.is_pipeline:
+        raise InferenceError(
+            f"model {train.model!r} is a pipeline: its trials generate videos from prompts "
+            "through WanPipeline (sla-sweep infer TARGET --prompt ...), not class-conditioned clips"
+        )
     if train.data.source == "digits":
         frames, size = train.clip_shape
         num_classes = 10
@@ -82,7 +90,17 @@ def running_config(sla: SLAConfig, device: torch.device) -> SLAConfig:
 def load_checkpoint_model(
     directory: Path, *, attention: Attention, device: torch.device
 ) -> LoadedModel:
-    """Rebuild the model of a checkpoint directory; see the module docstring."""
+    """Rebuild the model of a checkpoint directory and its sampler settings; see the module
+    docstring. A pipeline trial is refused (InferenceError): see rebuild_checkpoint_model."""
+    loaded = rebuild_checkpoint_model(directory, attention=attention, device=device)
+    return dataclasses.replace(loaded, settings=generation_settings(loaded.train, loaded.model))
+
+
+def rebuild_checkpoint_model(
+    directory: Path, *, attention: Attention, device: torch.device
+) -> LoadedModel:
+    """The model of a checkpoint directory with SLA on (or dense), its training config in
+    `train` and no sampler settings (a pipeline trial's transformer, or a preset's model)."""
     directory = Path(directory)
     try:
         trial = read_trial(directory)
@@ -123,7 +141,7 @@ def load_checkpoint_model(
         "kind": "checkpoint", "checkpoint": str(directory.resolve()), "step": trial["step"],
         "base_model": trial.get("base_model"), "model": train.model, "metrics": trial.get("metrics", {}),
     }  # fmt: skip
-    return LoadedModel(model.to(device), handle, sla, generation_settings(train, model), source)
+    return LoadedModel(model.to(device), handle, sla, None, source, train)
 
 
 def load_export_model(

@@ -76,3 +76,15 @@ def caption_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("clips")
     write_caption_folder(root, n=6, frames=9, size=(32, 32), fps=8)
     return root
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Fails the test if the command under test gets as far as joining or starting Ray (the
+    session's own cluster may be up already, so "is Ray initialised" cannot tell)."""
+    import orchestrator.sweep.run as run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command reached Ray: bad input must stop before it")
+
+    monkeypatch.setattr(run, "connect", refuse)
