@@ -21,13 +21,14 @@ import dataclasses
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diffusers
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5EncoderModel
+
+if TYPE_CHECKING:  # transformers and the Wan pipeline module load only for text encoding
+    from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 PIPELINE_CLASS = "WanPipeline"
 WAN_TEXT_LEN = 512  # WanPipeline's default max_sequence_length
@@ -431,6 +432,8 @@ def load_text_encoder(
     info: PipelineInfo, *, device: torch.device | str, dtype: torch.dtype
 ) -> tuple[PreTrainedTokenizerBase, UMT5EncoderModel]:
     """The pipeline's tokenizer and its text encoder (frozen, eval mode, on `device`)."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
     tokenizer = AutoTokenizer.from_pretrained(info.root / "tokenizer", local_files_only=True)
     encoder = UMT5EncoderModel.from_pretrained(
         info.root / "text_encoder", dtype=dtype, local_files_only=True
@@ -519,6 +522,8 @@ def encode_prompts(
     The computation of WanPipeline._get_t5_prompt_embeds: clean, tokenize padded to max_len,
     encode with the attention mask, keep the first L_i positions.
     """
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # WanPipeline's own cleaning
+
     cleaned = [prompt_clean(p) for p in prompts]
     tokens = tokenizer(
         cleaned,
