@@ -5,11 +5,14 @@ free a stopped trial's resources) and no auth token file."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# The tests' own cache root (base models, encoded clips, file digests), never the user's
+# ~/.cache/sla-sweep; set before any Ray worker starts, so the workers see it too.
+os.environ["SLA_SWEEP_CACHE"] = tempfile.mkdtemp(prefix="sla-sweep-test-cache-")
 
 
 @pytest.fixture(scope="session")

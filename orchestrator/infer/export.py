@@ -62,9 +62,17 @@ CARD_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_
 
 
 def run_export(
-    target: str, out: Path, *, trial: str | None = None, tracking_uri: str | None = None
+    target: str,
+    out: Path,
+    *,
+    trial: str | None = None,
+    tracking_uri: str | None = None,
+    merge: bool = False,
 ) -> Path:
-    """Export TARGET's model to `out` (which must be new or empty); returns `out`."""
+    """Export TARGET's model to `out` (which must be new or empty); returns `out`.
+
+    A LoRA trial's adapter is written beside the untouched base (pytorch_lora_weights.safetensors,
+    which diffusers' load_lora_weights reads), or with `merge` merged into the exported weights."""
     import torch
 
     from orchestrator.infer.model import (
@@ -75,6 +83,7 @@ def run_export(
     )
     from orchestrator.infer.pipeline import export_pipeline, load_pipeline_trial, pipeline_root
     from orchestrator.infer.target import resolve_target
+    from orchestrator.recipe.lora import detach_lora, has_lora
     from sla_kernel_glue import export_base_model
 
     out = Path(out).expanduser().resolve()
@@ -90,8 +99,9 @@ def run_export(
     root = pipeline_root(resolved)
     if root is not None:
         piped = load_pipeline_trial(resolved, root, attention="sla", device=cpu)
+        _check_merge(merge, piped.transformer, resolved)
         with staged_directory(out) as staging:
-            counts = export_pipeline(resolved, piped, staging, out=out)
+            counts = export_pipeline(resolved, piped, staging, out=out, merge=merge)
         print(
             f"components of {root}: {counts['linked']} files hard-linked (the same files: do not"
             f" edit them in place), {counts['copied']} copied"
@@ -101,11 +111,15 @@ def run_export(
     loaded = load(resolved.directory, attention="sla", device=cpu)
     if loaded.handle is None:
         raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
+    _check_merge(merge, loaded.model, resolved)
     sla = loaded.sla.to_dict()
     source = {**loaded.source, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
               "tracking_uri": resolved.tracking_uri}  # fmt: skip
-    info = {"sla": sla, "generation": loaded.settings.to_dict(), "source": source}
+    info = {"sla": sla, "generation": loaded.settings.to_dict(), "source": source,
+            "lora": lora_info(loaded.model, merge)}  # fmt: skip
     with staged_directory(out) as staging:
+        if has_lora(loaded.model):
+            detach_lora(loaded.model, staging, merge=merge)
         export_base_model(loaded.handle, staging)
         (staging / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
         (staging / INFERENCE_FILE).write_text(
@@ -113,6 +127,28 @@ def run_export(
         )
         (staging / "README.md").write_text(_model_card(out, sla, source))
     return out
+
+
+def lora_info(model: Any, merge: bool) -> dict[str, Any] | None:
+    """inference.json's "lora": how a LoRA trial's adapter was exported (None: no adapter)."""
+    from orchestrator.recipe.lora import LORA_FILE, has_lora
+
+    if not has_lora(model):
+        return None
+    config = next(iter(model.peft_config.values()))
+    return {"rank": int(config.r), "alpha": float(config.lora_alpha), "merged": merge,
+            "file": None if merge else LORA_FILE}  # fmt: skip
+
+
+def _check_merge(merge: bool, model: Any, resolved: Any) -> None:
+    from orchestrator.infer.model import InferenceError
+    from orchestrator.recipe.lora import has_lora
+
+    if merge and not has_lora(model):
+        raise InferenceError(
+            f"--merge: {resolved.name} has no LoRA adapter to merge (a full fine-tune or "
+            "SLA-only trial exports its weights as they are); run export without --merge"
+        )
 
 
 @contextlib.contextmanager
@@ -157,13 +193,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trial", help="a trial id of the sweep (or a unique suffix); default: the best SLA trial"
     )
+    p.add_argument("--merge", action="store_true",
+                   help="a LoRA trial: merge the adapter into the exported weights (default: the "
+                   "adapter file beside the untouched base)")  # fmt: skip
     add_tracking_uri(p)
 
 
 def handle(args: argparse.Namespace) -> int:
     """Export a trial as a diffusers model without SLA tensors plus sla_attention.pt."""
     try:
-        out = run_export(args.target, args.out, trial=args.trial, tracking_uri=args.tracking_uri)
+        out = run_export(args.target, args.out, trial=args.trial,
+                         tracking_uri=args.tracking_uri, merge=args.merge)  # fmt: skip
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep export: error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 Checkpoint (what a trial writes): build the architecture named in trial.json (a preset, or the
 local base model directory, or a pipeline's transformer/), inject SLA with the trial's saved
 settings, load the model weights of the accelerate state (model.safetensors, or pytorch_model.bin
-with weights_only=True) and replay sla_attention.pt. Export (what `sla-sweep export` writes):
+with weights_only=True) and replay sla_attention.pt. A frozen base's (lean) checkpoint instead
+rebuilds its base, checks its fingerprint against trial.json's and loads the trial's adapter
+(LoRA) before SLA goes in. Export (what `sla-sweep export` writes):
 sla_kernel_glue.load_exported. A pipeline trial's transformer is rebuilt here too
 (`rebuild_checkpoint_model`); orchestrator.infer.pipeline generates from it through WanPipeline.
 
@@ -26,8 +28,9 @@ from torch import nn
 from orchestrator.data.folder import clip_shape
 from orchestrator.infer.samples import GenerationSettings
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
-from orchestrator.recipe.checkpoint import SLA_FILE, TRIAL_FILE, read_trial
+from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, TRIAL_FILE, read_trial
 from orchestrator.recipe.config import TrainConfig
+from orchestrator.recipe.lora import load_exported_lora
 from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, load_exported, load_sla_state
 
 INFERENCE_FILE = "inference.json"  # an export's generation settings and provenance
@@ -119,14 +122,18 @@ def rebuild_checkpoint_model(
             f"{directory} has no {SLA_FILE} ({what}): pick an SLA trial's checkpoint, "
             "or pass --attention dense to run these weights without SLA"
         )
-    model = (
-        build_preset(train.model, seed=train.seed)
-        if train.model in PRESETS
-        else load_local(train.model)
-    )
+    lean = trial.get("checkpoint") == LEAN
+    if lean:  # the base rebuilt and checked, the adapter on it
+        model = _lean_model(directory, trial, train)
+    else:
+        model = (
+            build_preset(train.model, seed=train.seed)
+            if train.model in PRESETS
+            else load_local(train.model)
+        )
     handle = apply_sla(model, running_config(sla, device)) if sla is not None else None
-    state = _accelerate_model_state(directory)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = {} if lean else _accelerate_model_state(directory)
+    missing, unexpected = ([], []) if lean else model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise InferenceError(
             f"{directory}: the saved model weights do not fit the rebuilt {train.model!r} model "
@@ -144,6 +151,23 @@ def rebuild_checkpoint_model(
     return LoadedModel(model.to(device), handle, sla, None, source, train)
 
 
+def _lean_model(directory: Path, trial: dict[str, Any], train: TrainConfig) -> nn.Module:
+    """A frozen base's checkpoint: its base (a preset's rebuilt from the cache or by the same
+    pre-training, a local or pipeline one loaded from its path), refused when its fingerprint
+    differs from trial.json's, with the trial's adapter loaded (LoRA)."""
+    from orchestrator.recipe.base_model import load_base_model
+    from orchestrator.recipe.lora import LORA_FILE, add_lora, base_identity, check_base, load_lora
+
+    saved = trial.get("base") or {}
+    precision = saved.get("mixed_precision", "no")
+    model, base_id = load_base_model(train, device=torch.device("cpu"), mixed_precision=precision)
+    check_base(saved, base_identity(train, base_id, model, mixed_precision=precision), directory)
+    if train.lora is not None:
+        add_lora(model, train.lora)
+        load_lora(model, directory / LORA_FILE, rank=train.lora.rank)
+    return model
+
+
 def load_export_model(
     directory: Path, *, attention: Attention, device: torch.device
 ) -> LoadedModel:
@@ -159,6 +183,7 @@ def load_export_model(
         ) from None
     backend = running_config(sla, device).backend
     model, handle = load_exported(directory, WanTransformer3DModel, backend=backend)
+    load_exported_lora(model, directory)  # an unmerged LoRA export's adapter
     if attention == "dense":
         handle.remove()
         handle = None

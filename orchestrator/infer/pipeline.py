@@ -46,6 +46,7 @@ from orchestrator.models.pipeline import PipelineInfo, is_pipeline_dir, read_pip
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.recipe.checkpoint import SLA_FILE, read_trial
 from orchestrator.recipe.config import TrainConfig
+from orchestrator.recipe.lora import load_exported_lora
 from orchestrator.recipe.train import DEFAULT_VIDEO_FPS
 from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, export_base_model, load_sla_state
 
@@ -241,6 +242,7 @@ def load_pipeline_trial(
         transformer = WanTransformer3DModel.from_pretrained(
             root / "transformer", local_files_only=True
         )
+        load_exported_lora(transformer, root)  # an unmerged LoRA export's adapter
         handle = None
         if attention == "sla":
             handle = apply_sla(transformer, running_config(sla, device))
@@ -410,16 +412,21 @@ frames = pipe(
 
 
 def export_pipeline(
-    resolved: Target, trial: PipelineTrial, staging: Path, *, out: Path
+    resolved: Target, trial: PipelineTrial, staging: Path, *, out: Path, merge: bool = False
 ) -> dict[str, int]:
-    """Write the whole pipeline export into `staging` (renamed to `out` by the caller).
+    """Write the whole pipeline export into `staging` (renamed to `out` by the caller); a LoRA
+    trial's adapter at its top (`pipe.load_lora_weights(OUT)`), or merged into transformer/.
 
     Returns how many component files were hard-linked and how many copied."""
-    from orchestrator.infer.export import card_metrics
+    from orchestrator.infer.export import card_metrics, lora_info
+    from orchestrator.recipe.lora import detach_lora, has_lora
 
     if trial.handle is None:
         raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
     counts = link_components(trial.info.root, staging)
+    lora = lora_info(trial.transformer, merge)
+    if has_lora(trial.transformer):
+        detach_lora(trial.transformer, staging, merge=merge)
     export_base_model(trial.handle, staging / "transformer")
     os.replace(staging / "transformer" / SLA_FILE, staging / SLA_FILE)
     sla = trial.sla.to_dict()
@@ -428,7 +435,7 @@ def export_pipeline(
     source = {**trial.source, **{k: v for k, v in known.items() if v is not None}}
     (staging / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
     meta = {"kind": PIPELINE_KIND, "sla": sla, "generation": trial.defaults.to_dict(),
-            "max_text_len": trial.info.max_text_len, "source": source}  # fmt: skip
+            "max_text_len": trial.info.max_text_len, "source": source, "lora": lora}  # fmt: skip
     (staging / INFERENCE_FILE).write_text(
         json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
     )

@@ -4,22 +4,45 @@
   accelerate state (model incl. SLA proj_l, optimizer, RNG), written by every rank
   sla_attention.pt   (rank 0; absent for the full-attention control)
   trial.json         (rank 0: step, SLA config or null, metrics, base model id, train config)
+
+A frozen base (LoRA, or train_base false) gets a lean checkpoint: the accelerate state without
+the model's weights (optimizer of the trainable parameters, RNG), the adapter as
+pytorch_lora_weights.safetensors (LoRA; diffusers' load_lora_weights reads it), sla_attention.pt,
+and in trial.json "base": the base's id, path and fingerprint instead of a copy of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from torch import nn
 
 from sla_kernel_glue import SLAConfig
 
 TRIAL_FILE = "trial.json"
 VALIDATION_DIR = "validation"  # a step's validation videos and frame grids (pipelines)
 SLA_FILE = "sla_attention.pt"
+LEAN = "lean"  # trial.json's "checkpoint" of a frozen base's checkpoint
+
+
+@dataclasses.dataclass
+class FrozenBase:
+    """What a frozen base's checkpoints hold instead of the model's weights."""
+
+    model: nn.Module  # the unwrapped model: its adapter is saved and loaded
+    identity: dict[str, Any]  # the base's id, path, mixed precision and fingerprint
+    lora: bool  # whether the model carries a LoRA adapter
+
+    def register(self, accelerator: Accelerator) -> None:
+        """Keep the model's weights out of accelerate's save_state and load_state (the optimizer,
+        scheduler and RNG state still go through accelerate)."""
+        accelerator.register_save_state_pre_hook(lambda _models, weights, _dir: weights.clear())
+        accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
 
 
 def checkpoint_dir(workdir: Path, step: int) -> Path:
@@ -36,8 +59,10 @@ def save_checkpoint(
     metrics: dict[str, float],
     base_model: str,
     train: dict[str, Any],
+    frozen: FrozenBase | None = None,
 ) -> Path:
-    """Write one checkpoint directory; every rank must call this (save_state is collective)."""
+    """Write one checkpoint directory; every rank must call this (save_state is collective).
+    With `frozen` (registered on the accelerator) it is lean: see the module docstring."""
     directory = Path(directory)
     if accelerator.is_main_process and directory.exists():
         shutil.rmtree(directory)  # a stale one from an interrupted earlier run of this trial
@@ -55,6 +80,12 @@ def save_checkpoint(
             "base_model": base_model,
             "train": train,
         }
+        if frozen is not None:
+            if frozen.lora:
+                from .lora import save_lora
+
+                save_lora(frozen.model, directory)
+            trial.update(checkpoint=LEAN, base=frozen.identity)
         tmp = directory / (TRIAL_FILE + ".tmp")
         tmp.write_text(json.dumps(trial, indent=2, sort_keys=True, default=str))
         tmp.replace(
@@ -103,10 +134,12 @@ def load_checkpoint(
     *,
     sla: SLAConfig | None,
     base_model: str,
+    frozen: FrozenBase | None = None,
 ) -> dict[str, Any]:
     """Restore a prepared run from a checkpoint directory; returns its trial.json (step, metrics).
 
-    Call after accelerator.prepare. The SLA settings and the base model must match the run's.
+    Call after accelerator.prepare. The SLA settings and the base model must match the run's; a
+    lean checkpoint resumes only a frozen-base run (`frozen`), of a base with its fingerprint.
     """
     directory = Path(directory)
     trial = read_trial(directory)
@@ -119,8 +152,20 @@ def load_checkpoint(
         problems.append(
             f"its base model {trial.get('base_model')!r} differs from this run's {base_model!r}"
         )
+    lean = trial.get("checkpoint") == LEAN
+    if lean != (frozen is not None):
+        saved = "a frozen base's (lean)" if lean else "a full fine-tune's"
+        running = "a frozen-base run (LoRA or train_base false)" if frozen else "a full fine-tune"
+        problems.append(f"it is {saved} checkpoint and this run is {running}")
     if problems:
         raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
+    if frozen is not None:
+        from .lora import LORA_FILE, check_base, load_lora
+
+        check_base(trial.get("base") or {}, frozen.identity, directory)
+        if frozen.lora:
+            rank = int(((trial.get("train") or {}).get("lora") or {}).get("rank", 0))
+            load_lora(frozen.model, directory / LORA_FILE, rank=rank)
     accelerator.load_state(str(directory))
     if handle is not None:
         from sla_kernel_glue import load_sla_state

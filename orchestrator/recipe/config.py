@@ -132,6 +132,72 @@ class ValidationConfig:
         return out
 
 
+# Every block's attention projections (self- and cross-attention) and feed-forward linears, as
+# peft matches them: by module-path suffix (so SLA's own proj_l is never a target).
+LORA_TARGETS = (
+    *(
+        f"{attn}.{proj}"
+        for attn in ("attn1", "attn2")
+        for proj in ("to_q", "to_k", "to_v", "to_out.0")
+    ),
+    "ffn.net.0.proj",
+    "ffn.net.2",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """A LoRA adapter over the frozen base (diffusers' peft integration), trained with SLA's proj_l.
+
+    rank: r of every adapted linear; alpha: the scale's numerator (None: alpha = rank, scale 1);
+    dropout: on the adapter's input while training; target_modules: module-path suffixes of the
+    linears to adapt (default: every block's attention projections and FFN linears).
+    """
+
+    rank: int = 16
+    alpha: float | None = None
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):  # YAML
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    @property
+    def lora_alpha(self) -> float:
+        """alpha as peft takes it: the given one, else the rank."""
+        return self.rank if self.alpha is None else self.alpha
+
+    def errors(self) -> list[str]:
+        out = []
+        if not is_positive_int(self.rank):
+            out.append(f"lora.rank ({self.rank!r}) must be a positive integer")
+        if self.alpha is not None and not (is_num(self.alpha) and self.alpha > 0):
+            out.append(f"lora.alpha ({self.alpha!r}) must be a positive number or null (= rank)")
+        if not (is_num(self.dropout) and 0 <= self.dropout < 1):
+            out.append(f"lora.dropout ({self.dropout!r}) must be a number in [0, 1)")
+        targets = self.target_modules
+        if not (
+            isinstance(targets, tuple)
+            and targets
+            and all(isinstance(t, str) and t for t in targets)
+        ):
+            out.append(
+                f"lora.target_modules ({targets!r}) must be a non-empty list of module names "
+                "(e.g. attn1.to_q, ffn.net.2)"
+            )
+        return out
+
+    def to_peft(self):
+        """The peft.LoraConfig that diffusers' add_adapter takes."""
+        import peft
+
+        return peft.LoraConfig(
+            r=self.rank, lora_alpha=self.lora_alpha, lora_dropout=self.dropout,
+            target_modules=list(self.target_modules), init_lora_weights=True,
+        )  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One trial's training knobs (the SLA settings travel separately, as an SLAConfig).
@@ -143,6 +209,8 @@ class TrainConfig:
     lr, warmup_steps (linear from 0), lr_schedule ("constant" or "cosine" to 0 after warmup),
         weight_decay (AdamW), max_grad_norm (0 disables clipping).
     train_base: fine-tune the base weights too (the paper does); False trains only SLA's proj_l.
+    lora: a LoRA adapter over the frozen base (None: no adapter); it trains with SLA's proj_l and
+        needs train_base false (from_dict, the YAML's way in, sets it when not given).
     mixed_precision: "auto" is bf16 on CUDA and "no" on CPU.
     timestep_sampling, timestep_shift: flow-matching t ~ logit-normal or uniform, then shifted
         (None: a pipeline's scheduler shift, 1.0 for a preset).
@@ -185,8 +253,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
         if isinstance(self.data, Mapping):  # from_dict / YAML: a nested mapping
             object.__setattr__(self, "data", DataConfig(**self.data))
         if isinstance(self.validation, Mapping):
@@ -205,8 +276,13 @@ class TrainConfig:
             if k not in known
         ]
         kwargs = {k: v for k, v in values.items() if k in known and k not in NESTED}
+        if values.get("lora") is not None and "train_base" not in values:
+            kwargs["train_base"] = False  # an adapter trains over a frozen base
         for name, section in NESTED.items():
             section_known = {f.name for f in dataclasses.fields(section)}
+            if name in OPTIONAL_NESTED and values.get(name) is None:
+                kwargs[name] = None
+                continue
             given = values.get(name, {})
             if not isinstance(given, Mapping):
                 errors.append(
@@ -237,6 +313,12 @@ class TrainConfig:
         return frames, size
 
     @property
+    def frozen_base(self) -> bool:
+        """Whether the base's weights stay as they are (LoRA, or train_base false): checkpoints
+        then hold only what trains, and name the base instead of copying it."""
+        return self.lora is not None or not self.train_base
+
+    @property
     def is_pipeline(self) -> bool:
         """Whether `model` is a diffusers pipeline directory (VAE and text encoder beside it)."""
         return self.model not in PRESETS and is_pipeline_dir(self.model)
@@ -259,7 +341,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-NESTED = {"data": DataConfig, "validation": ValidationConfig}  # TrainConfig's nested sections
+NESTED = {"data": DataConfig, "validation": ValidationConfig, "lora": LoraConfig}  # sections
+OPTIONAL_NESTED = ("lora",)  # absent or null: None (no adapter), not the section's defaults
 
 
 def _construct(cls: type, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
@@ -306,6 +389,7 @@ def _errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
+    errors += _lora_errors(c)
     if isinstance(c.data, DataConfig):
         errors += c.data.errors()
     else:
@@ -342,6 +426,22 @@ def _errors(c: TrainConfig) -> list[str]:
             errors.append(f"{key} ({getattr(c, key)!r}) must be true or false")
     if c.base_cache_dir is not None and not isinstance(c.base_cache_dir, str):
         errors.append(f"base_cache_dir ({c.base_cache_dir!r}) must be a path string or null")
+    return errors
+
+
+def _lora_errors(c: TrainConfig) -> list[str]:
+    if c.lora is None:
+        return []
+    if not isinstance(c.lora, LoraConfig):
+        return [
+            f"lora ({c.lora!r}) must be a mapping of rank, alpha, dropout, target_modules or null"
+        ]
+    errors = c.lora.errors()
+    if c.train_base is True:
+        errors.append(
+            "train_base (true) with lora: a LoRA trial trains the adapter and SLA's proj_l over "
+            "a frozen base; set train_base false, or drop lora for a full fine-tune"
+        )
     return errors
 
 

@@ -29,6 +29,7 @@ from .base_outputs import base_reference
 from .callbacks import Callback, PrintCallback
 from .checkpoint import (
     VALIDATION_DIR,
+    FrozenBase,
     checkpoint_dir,
     load_checkpoint,
     prune_checkpoints,
@@ -37,6 +38,7 @@ from .checkpoint import (
 from .compile import compiled_blocks
 from .config import TrainConfig, resolve_mixed_precision
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
+from .lora import add_lora, base_identity, lora_parameters
 
 
 class TrialRecipe:
@@ -57,8 +59,10 @@ class TrialRecipe:
         if not isinstance(train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
         self.sla = None if sla is None else SLAConfig.parse(sla)
-        if self.sla is None and not train.train_base:
-            raise ValueError("train_base (False) with sla None trains nothing: enable one of them")
+        if self.sla is None and not train.train_base and train.lora is None:
+            raise ValueError(
+                "train_base (False) with sla None and no lora trains nothing: enable one of them"
+            )
         self.train_cfg = train
         self.workdir = Path(workdir)
         self.resume_from = None if resume_from is None else Path(resume_from)
@@ -70,6 +74,7 @@ class TrialRecipe:
         )
         self.shift = train.flow_shift  # the timestep shift (a pipeline's scheduler's by default)
         self.handle: Any = None
+        self.frozen: FrozenBase | None = None  # set up for LoRA or train_base false
         self.start_step = 0
         self._compile_scope = (
             contextlib.ExitStack()
@@ -82,10 +87,13 @@ class TrialRecipe:
         self._setup_model()
         self._setup_reference()
         self._setup_validation()
+        self._setup_lora()
         self._setup_sla()
         self._setup_compile()
         self._setup_optimizer()
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.frozen is not None:
+            self.frozen.register(self.accelerator)
         self._setup_resume()
 
     def _setup_accelerator(self) -> None:
@@ -163,6 +171,9 @@ class TrialRecipe:
         if not cfg.is_pipeline:  # one fixed random "prompt" per digit class
             self.train_prompts = self.val_prompts = class_prompts(cfg.text_len, self.shape.text_dim)
         self.n_params = sum(p.numel() for p in model.parameters())
+        if cfg.frozen_base:  # checkpoints name this base instead of copying it
+            identity = base_identity(cfg, self.base_id, model, mixed_precision=self.mixed_precision)
+            self.frozen = FrozenBase(self.model, identity, lora=cfg.lora is not None)
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
 
@@ -225,21 +236,26 @@ class TrialRecipe:
             key["encoded_val"] = self.manifest["val"]
         return key
 
+    def _setup_lora(self) -> None:
+        """The adapter goes in after the base's references (it starts as the identity anyway)
+        and before SLA, so SLA's processors call the adapted projections."""
+        if self.train_cfg.lora is not None:
+            add_lora(self.model, self.train_cfg.lora)
+
     def _setup_sla(self) -> None:
         if self.sla is not None:  # before prepare: DDP and the optimizer must see every proj_l
             from sla_kernel_glue import apply_sla
 
             self.handle = apply_sla(self.model, self.sla)
-        if not self.train_cfg.train_base:
-            # SLA's own trainable weights (proj_l; frozen for sparse-only, linear_scope "none").
-            sla_params = {
-                id(p)
-                for layer in self.handle.layers.values()
-                for p in layer.parameters()
-                if p.requires_grad
-            }
+        if self.train_cfg.frozen_base:
+            # SLA's own trainable weights (proj_l; frozen for sparse-only, linear_scope "none")
+            # and the adapter's: nothing else trains.
+            layers = self.handle.layers.values() if self.handle is not None else ()
+            trainable = {id(p) for layer in layers for p in layer.parameters() if p.requires_grad}
+            if self.train_cfg.lora is not None:
+                trainable |= {id(p) for p in lora_parameters(self.model)}
             for p in self.model.parameters():
-                p.requires_grad_(id(p) in sla_params)
+                p.requires_grad_(id(p) in trainable)
 
     def _setup_compile(self) -> None:
         """torch.compile every transformer block (after SLA injection, before DDP wraps the model),
@@ -255,8 +271,8 @@ class TrialRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(
-                "nothing to train: train_base is false and SLA has no trainable weights "
-                "(linear_scope 'none' freezes proj_l); set train_base true"
+                "nothing to train: train_base is false, there is no lora and SLA has no "
+                "trainable weights (linear_scope 'none' freezes proj_l); set train_base true"
             )
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -269,6 +285,7 @@ class TrialRecipe:
                 self.resume_from,
                 sla=self.sla,
                 base_model=self.base_id,
+                frozen=self.frozen,
             )
             self.start_step = trial["step"]
             # Reports before the next evaluation carry the checkpoint's eval metrics (as a straight run's do).
@@ -337,6 +354,7 @@ class TrialRecipe:
             metrics=metrics,
             base_model=self.base_id,
             train=cfg.to_dict(),
+            frozen=self.frozen,
         )
         if videos is not None and acc.is_main_process:
             from .validation import write_videos

@@ -196,7 +196,8 @@ def _check_combinations(
     """What no single section can check: the SLA space against the search and the training."""
     scopes = {v for p in sla or () if p.field == "linear_scope" for v in p.values}
     scopes |= {e["linear_scope"] for e in extra if "linear_scope" in e}
-    if "none" in scopes and train is not None and train.get("train_base") is False:
+    frozen = train is not None and train.get("train_base") is False and train.get("lora") is None
+    if "none" in scopes and frozen:
         errors.append(
             "linear_scope none (sparse-only) has no trainable SLA weights, so it needs "
             "train.train_base true (it is false)"
