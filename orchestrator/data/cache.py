@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 CACHE_FORMAT = 1
 DIGEST_KEY = "sha256"  # safetensors metadata: the digest of the entry's tensor bytes
@@ -68,6 +68,7 @@ class TensorCache:
         self.root = Path(root)
         self.log = log
         self.stats: dict[str, CacheStats] = {}
+        self._sound: set[str] = set()  # keys whose digest this process has checked
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
@@ -77,9 +78,10 @@ class TensorCache:
         path = self.path(kind, key)
         if not path.is_file():
             return None
-        why = _check(path)
+        tensors, why = _read(path, verify=key not in self._sound)
         if why is None:
-            return load_file(path)
+            self._sound.add(key)  # entries never change in place: verified once per process
+            return tensors
         self.log(f"cache entry {path} is damaged ({why}); recomputing it")
         self.stats_for(kind).damaged.append(str(path))
         path.unlink(missing_ok=True)
@@ -117,21 +119,20 @@ class TensorCache:
         return self.stats.setdefault(kind, CacheStats())
 
 
-def _check(path: Path) -> str | None:
-    """Why the entry at path cannot be used, or None when it is sound."""
+def _read(path: Path, *, verify: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The entry's tensors, read once, and why they cannot be used (None when sound or, without
+    `verify`, readable)."""
     try:
-        tensors = load_file(path)
-        with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(header_len))
+        with safe_open(path, framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(DIGEST_KEY)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        return f"unreadable: {str(exc).splitlines()[0][:120]}"
-    recorded = (header.get("__metadata__") or {}).get(DIGEST_KEY)
+        return {}, f"unreadable: {str(exc).splitlines()[0][:120]}"
     if recorded is None:
-        return "no digest in its metadata"
-    if recorded != tensor_digest(tensors):
-        return "its tensors do not match their recorded digest"
-    return None
+        return {}, "no digest in its metadata"
+    if verify and recorded != tensor_digest(tensors):
+        return {}, "its tensors do not match their recorded digest"
+    return tensors, None
 
 
 # ---- file digests ----------------------------------------------------------------------------
