@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from orchestrator.data.videos import write_captions, write_video
+from orchestrator.data.video_writers import write_captions, write_video
 
 
 def moving_shapes(*, frames: int, size: tuple[int, int] = (32, 32), seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from .digits_clips import DigitsClips
-from .videos import write_captions, write_video
+from .video_writers import write_captions, write_video
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -292,7 +292,7 @@ def write_videos(
     out_dir: Path, videos: torch.Tensor, settings: VideoSettings, *, seed: int
 ) -> list[Path]:
     """An MP4 and a frame-grid PNG per prompt, and frames.safetensors; returns the paths."""
-    from orchestrator.data.videos import write_frame_grid, write_video
+    from orchestrator.data.video_writers import write_frame_grid, write_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("[0-9][0-9]_*_seed*.mp4"), *out_dir.glob("[0-9][0-9]_*_seed*.png")]:

@@ -143,7 +143,7 @@ class VideoValidation:
 
 def write_videos(videos: VideoSet, directory: Path, *, fps: float, prefix: str = "") -> list[Path]:
     """An MP4 and a frame-grid PNG per video into `directory` (what MLflow shows inline)."""
-    from orchestrator.data.videos import write_frame_grid, write_video
+    from orchestrator.data.video_writers import write_frame_grid, write_video
 
     directory.mkdir(parents=True, exist_ok=True)
     files = []

@@ -12,15 +12,8 @@ import torch
 from PIL import Image
 
 from orchestrator.data import videos
-from orchestrator.data.videos import (
-    GRID_GAP,
-    ClipEntry,
-    VideoDataError,
-    decode_clip,
-    scan_folder,
-    write_frame_grid,
-    write_video,
-)
+from orchestrator.data.video_writers import GRID_GAP, write_frame_grid, write_video
+from orchestrator.data.videos import ClipEntry, VideoDataError, decode_clip, scan_folder
 from tests.media import (
     truncate_file,
     write_caption_folder,
