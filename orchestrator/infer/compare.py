@@ -82,6 +82,7 @@ def compare_sweep(
             {
                 "trial": row.trial_id,
                 "sla": row.sla,
+                "train": row.train,  # the searched training settings, by dotted key
                 "step": loaded.source["step"],
                 "val/loss": row.metrics.get("val/loss"),
                 "generate_s": seconds,
@@ -109,7 +110,7 @@ def compare_sweep(
 
 def format_comparison(result: dict[str, Any]) -> str:
     """A plain-text table of compare_sweep's result; trials are named by the settings that vary."""
-    settings = [r["sla"] for r in result["trials"] if r["sla"] is not None]
+    settings = [_settings(r) for r in result["trials"] if r["sla"] is not None]
     names = dict.fromkeys(k for s in settings for k in s)  # every key, in first-seen order
     keys = [k for k in names if len({repr(s.get(k)) for s in settings}) > 1]
     lines = [
@@ -119,12 +120,18 @@ def format_comparison(result: dict[str, Any]) -> str:
         if r["sla"] is None:
             label = "control (full attention)"
         else:
-            label = " ".join(f"{k}={r['sla'][k]}" for k in keys if k in r["sla"]) or r["trial"]
+            chosen = _settings(r)
+            label = " ".join(f"{k}={chosen[k]}" for k in keys if k in chosen) or r["trial"]
         lines.append(
             f"{label[:36]:<36} {_num(r['val/loss']):>9} {_num(r['val_loss_gap_vs_control'], '+.4f'):>9} "
             f"{_num(r['psnr_vs_control_db'], '.1f'):>8} {r['generate_s']:>8.2f} {r['speedup_vs_control']:>8.2f}x"
         )
     return "\n".join(lines)
+
+
+def _settings(trial: dict[str, Any]) -> dict[str, Any]:
+    """A result's SLA fields and searched training settings ("train.lr"), as TrialRow.settings."""
+    return {**trial["sla"], **{f"train.{k}": v for k, v in (trial.get("train") or {}).items()}}
 
 
 def _num(v: Any, fmt: str = ".4f") -> str:

@@ -31,7 +31,12 @@ from orchestrator.spec.schema import (
     StorageSpec,
     sqlite_store,
 )
-from orchestrator.spec.search import parse_extra_trials, parse_sla_space
+from orchestrator.spec.search import (
+    check_train_space,
+    parse_extra_trials,
+    parse_sla_space,
+    split_train_space,
+)
 from orchestrator.values import is_int, is_num
 
 __all__ = ["ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides"]
@@ -141,8 +146,12 @@ def parse_spec(
         errors.append(
             f"name ({name!r}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
         )
-    sections = (raw.get(k) for k in ("model", "data", "train"))
+    train_section, train_space = split_train_space(raw.get("train"), errors)
+    n_before = len(errors)
+    sections = (raw.get("model"), raw.get("data"), train_section)
     train = train_kwargs(*sections, errors, cwd, validation=raw.get("validation"))
+    if train_space and len(errors) == n_before:
+        check_train_space(train, train_space, errors)
     sla = parse_sla_space(raw.get("sla"), errors)
     control = _bool(raw, "control", True, errors)
     metric = _choice(raw, "metric", "val/loss", METRIC_NAMES, errors)
@@ -160,7 +169,7 @@ def parse_spec(
     max_failures = _int(fail, "failure.max_failures", "max_failures", 0, -1, errors)
 
     extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
-    _check_combinations(sla, extra, search, train, errors)
+    _check_combinations(sla, extra, search, train, errors, train_space)
     if errors:
         raise SpecError(source, errors)
     return ExperimentSpec(
@@ -179,6 +188,7 @@ def parse_spec(
         failure=FailureSpec(max_failures=max_failures),
         source=_plain(raw),
         extra_trials=extra,
+        train_space=train_space,
     )
 
 
@@ -191,7 +201,7 @@ def _max_concurrent(value: Any, errors: list[str]) -> int | None:
 
 
 def _check_combinations(
-    sla, extra: list, search: SearchSpec, train: Mapping | None, errors: list[str]
+    sla, extra: list, search: SearchSpec, train: Mapping | None, errors: list[str], train_space=()
 ) -> None:
     """What no single section can check: the SLA space against the search and the training."""
     scopes = {v for p in sla or () if p.field == "linear_scope" for v in p.values}
@@ -202,14 +212,19 @@ def _check_combinations(
             "linear_scope none (sparse-only) has no trainable SLA weights, so it needs "
             "train.train_base true (it is false)"
         )
-    if search.algorithm == "grid" and sla is not None:
-        for p in sla:
+    entries = [(f"sla.{p.field}", p) for p in sla or ()] + [(p.field, p) for p in train_space]
+    if search.algorithm == "grid":
+        for key, p in entries:
             if p.kind in ("choice", "uniform", "loguniform"):
                 errors.append(
-                    f"sla.{p.field}: {p.kind} needs search.algorithm random or optuna "
+                    f"{key}: {p.kind} needs search.algorithm random or optuna "
                     "(grid search takes fixed values and {grid: [...]})"
                 )
-    if search.algorithm != "grid" and sla is not None and not any(p.kind != "fixed" for p in sla):
+    if (
+        search.algorithm != "grid"
+        and sla is not None
+        and all(p.kind == "fixed" for _, p in entries)
+    ):
         errors.append("sla: random/optuna search needs at least one grid, choice or range entry")
 
 

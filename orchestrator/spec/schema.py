@@ -41,7 +41,8 @@ SearchKind = Literal["fixed", "grid", "choice", "uniform", "loguniform"]
 
 @dataclasses.dataclass(frozen=True)
 class SearchParam:
-    """One SLAConfig field of the search space: a fixed value, a list (grid/choice) or a range."""
+    """One field of the search space: a fixed value, a list (grid/choice) or a range. An SLAConfig
+    field by name ("topk"), a training setting by its dotted key ("train.lr", "train.lora.rank")."""
 
     field: str
     kind: SearchKind
@@ -114,11 +115,13 @@ class ExperimentSpec:
     failure: FailureSpec
     source: dict[str, Any]  # the YAML after profile and overrides, as logged to MLflow
     extra_trials: tuple[dict[str, Any], ...] = ()  # SLA settings run besides the search space
+    # Training settings searched too ("train.lr", ...); `train` holds their control values.
+    train_space: tuple[SearchParam, ...] = ()
 
     @property
     def varying(self) -> tuple[SearchParam, ...]:
-        """The search-space entries that are not fixed values."""
-        return tuple(p for p in self.sla if p.kind != "fixed")
+        """The search-space entries that are not fixed values: SLA's, then training settings'."""
+        return tuple(p for p in self.sla if p.kind != "fixed") + self.train_space
 
     @property
     def fixed_sla(self) -> dict[str, Any]:

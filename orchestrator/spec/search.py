@@ -1,19 +1,36 @@
-"""The `sla:` section of an experiment YAML: a search space over SLAConfig fields."""
+"""The search space of an experiment YAML: SLAConfig fields in `sla:`, and training settings
+marked with a search kind inside `train:` (the study can vary learning rate and sparsity together):
+
+    sla:   {topk: {grid: [0.05, 0.1]}}
+    train: {lr: {grid: [1.0e-4, 3.0e-4]}, lora: {rank: {grid: [4, 16]}}}
+
+A training entry's field is its dotted key (`train.lr`, `train.lora.rank`); a trial's config holds
+it under "train" without the prefix (records.trial_train applies it).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.spec.schema import SEARCH_KINDS, SearchParam
-from orchestrator.values import is_num
+from orchestrator.values import is_int, is_num
 from sla_kernel_glue import SLAConfig
 
 SLA_FIELDS = tuple(f.name for f in dataclasses.fields(SLAConfig))
 NUMERIC_FIELDS = ("topk", "kl", "blkq", "blkk")
 INT_FIELDS = ("blkq", "blkk")
+
+# Training settings a search may vary (TrainConfig keys; lora.* inside train.lora) and their type:
+# ranges for the float ones, grid/choice for all.
+TRAIN_SEARCH = {
+    "lr": float, "weight_decay": float, "warmup_steps": int, "steps": int, "batch_size": int,
+    "lr_schedule": str, "lora.rank": int, "lora.alpha": float, "lora.dropout": float,
+}  # fmt: skip
+TRAIN_PREFIX = "train."
+MAX_TRAIN_COMBINATIONS = 256  # the joint check over training values builds a TrainConfig each
 
 
 def parse_sla_space(value: Any, errors: list[str]) -> tuple[SearchParam, ...] | None:
@@ -32,7 +49,7 @@ def parse_sla_space(value: Any, errors: list[str]) -> tuple[SearchParam, ...] | 
         if field not in SLA_FIELDS:
             errors.append(f"unknown key {key}; allowed: {', '.join(SLA_FIELDS)}")
             continue
-        param = _parse_entry(key, field, entry, errors)
+        param = _parse_entry(key, field, entry, errors, _sla_rules(field))
         if param is not None:
             params.append(param)
     if len(errors) == n_before:
@@ -40,12 +57,34 @@ def parse_sla_space(value: Any, errors: list[str]) -> tuple[SearchParam, ...] | 
     return tuple(params) if len(errors) == n_before else None
 
 
-def _parse_entry(key: str, field: str, entry: Any, errors: list[str]) -> SearchParam | None:
+@dataclasses.dataclass(frozen=True)
+class _Rules:
+    """What one searchable field takes: ranges (numeric), only grid/choice (integer), and a check
+    of one value alone (an error message or None)."""
+
+    numeric: bool
+    integer: bool
+    check: Callable[[Any], str | None]
+    numeric_fields: tuple[str, ...]  # named when a range is asked of another field
+
+
+def _sla_rules(field: str) -> _Rules:
+    def check(value: Any) -> str | None:
+        try:
+            SLAConfig.from_dict({field: value})
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return _Rules(field in NUMERIC_FIELDS, field in INT_FIELDS, check, NUMERIC_FIELDS)
+
+
+def _parse_entry(key: str, field: str, entry: Any, errors: list[str], rules: _Rules):
     if not isinstance(entry, Mapping):
         if isinstance(entry, list):
             errors.append(f"{key}: a list needs a kind, e.g. {{grid: {entry!r}}}")
             return None
-        return _checked(key, SearchParam(field, "fixed", (entry,)), errors)
+        return _checked(key, SearchParam(field, "fixed", (entry,)), errors, rules)
     if len(entry) != 1 or next(iter(entry)) not in SEARCH_KINDS:
         errors.append(f"{key} ({dict(entry)!r}) must have exactly one of {', '.join(SEARCH_KINDS)}")
         return None
@@ -54,10 +93,9 @@ def _parse_entry(key: str, field: str, entry: Any, errors: list[str]) -> SearchP
         errors.append(f"{key}.{kind} must be a non-empty list (empty search space)")
         return None
     if kind in ("uniform", "loguniform"):
-        if field not in NUMERIC_FIELDS:
-            errors.append(
-                f"{key}.{kind}: ranges need a numeric field ({', '.join(NUMERIC_FIELDS)})"
-            )
+        if not rules.numeric:
+            names = ", ".join(rules.numeric_fields)
+            errors.append(f"{key}.{kind}: ranges need a numeric field ({names})")
             return None
         if len(values) != 2 or not all(is_num(v) for v in values) or not values[0] < values[1]:
             errors.append(f"{key}.{kind} ({values!r}) must be [lo, hi] numbers with lo < hi")
@@ -65,25 +103,20 @@ def _parse_entry(key: str, field: str, entry: Any, errors: list[str]) -> SearchP
         if kind == "loguniform" and values[0] <= 0:
             errors.append(f"{key}.loguniform ({values!r}) needs lo > 0")
             return None
-        if field in INT_FIELDS:
+        if rules.integer:
             errors.append(
-                f"{key}.{kind}: {field} is an integer; use {{grid: [...]}} or {{choice: [...]}}"
+                f"{key}.{kind}: {key} is an integer; use {{grid: [...]}} or {{choice: [...]}}"
             )
             return None
     elif len(set(map(repr, values))) != len(values):
         errors.append(f"{key}.{kind} ({values!r}) has repeated values")
         return None
-    return _checked(key, SearchParam(field, kind, tuple(values)), errors)
+    return _checked(key, SearchParam(field, kind, tuple(values)), errors, rules)
 
 
-def _checked(key: str, param: SearchParam, errors: list[str]) -> SearchParam | None:
-    """Each value alone must make a valid SLAConfig (e.g. topk in (0, 1])."""
-    bad = []
-    for v in param.values:
-        try:
-            SLAConfig.from_dict({param.field: v})
-        except ValueError as exc:
-            bad.append(str(exc))
+def _checked(key: str, param: SearchParam, errors: list[str], rules: _Rules):
+    """Each value alone must be valid (e.g. topk in (0, 1])."""
+    bad = [msg for v in param.values if (msg := rules.check(v)) is not None]
     if bad:
         errors.append(f"{key}: " + "; ".join(dict.fromkeys(bad)))
         return None
@@ -142,3 +175,110 @@ def parse_extra_trials(
             continue
         out.append(dict(entry))
     return tuple(out)
+
+
+# ---- training settings ----------------------------------------------------------------------
+
+
+def split_train_space(train: Any, errors: list[str]) -> tuple[Any, tuple[SearchParam, ...]]:
+    """Take the search entries ({grid: [...]}, ...) out of the `train:` section.
+
+    Returns the section with each searched key set to its control value (what the full-attention
+    control runs with, and what the other keys are checked against) and the entries.
+    """
+    if not isinstance(train, Mapping):
+        return train, ()
+    out = dict(train)
+    if isinstance(train.get("lora"), Mapping):
+        out["lora"] = dict(train["lora"])
+    params = []
+    for key, value in _train_items(train):
+        if not (isinstance(value, Mapping) and any(k in SEARCH_KINDS for k in value)):
+            if not (isinstance(value, list) and key in TRAIN_SEARCH):
+                continue
+        full = TRAIN_PREFIX + key
+        param = None
+        if key in TRAIN_SEARCH:
+            param = _parse_entry(full, full, value, errors, _train_rules(key))
+        else:
+            allowed = ", ".join(TRAIN_PREFIX + k for k in TRAIN_SEARCH)
+            errors.append(f"{full} cannot be searched; searchable training settings: {allowed}")
+        _set_dotted(out, key, None if param is None else control_value(param))
+        if param is not None and param.kind != "fixed":
+            params.append(param)
+    return out, tuple(params)
+
+
+def check_train_space(
+    train: Mapping[str, Any], params: tuple[SearchParam, ...], errors: list[str]
+) -> None:
+    """Every searched value (range ends included), with the rest of `train` at its control
+    values, must make a valid TrainConfig; then every combination of them (up to 256)."""
+    n_before = len(errors)
+    for p in params:
+        for value in p.values:
+            _check_train_values(train, ((p.field, value),), errors)
+    if len(params) > 1 and len(errors) == n_before:
+        axes = [[(p.field, v) for v in p.values] for p in params]
+        for combo in itertools.islice(itertools.product(*axes), MAX_TRAIN_COMBINATIONS):
+            if _check_train_values(train, combo, errors):
+                break  # one bad combination says what is wrong
+
+
+def _check_train_values(train: Mapping[str, Any], combo, errors: list[str]) -> bool:
+    """Append an error (True) when `train` with the (field, value) pairs is no valid TrainConfig."""
+    from orchestrator.recipe import TrainConfig
+
+    kwargs = dict(train)
+    if isinstance(train.get("lora"), Mapping):
+        kwargs["lora"] = dict(train["lora"])
+    for field, value in combo:
+        _set_dotted(kwargs, field.removeprefix(TRAIN_PREFIX), value)
+    try:
+        TrainConfig.from_dict(kwargs)
+    except (TypeError, ValueError) as exc:
+        where = ", ".join(f"{f} = {v!r}" for f, v in combo)
+        errors.append(f"{where}: {str(exc).removeprefix('invalid training config: ')}")
+        return True
+    return False
+
+
+def control_value(param: SearchParam) -> Any:
+    """The value a search entry takes where one is needed (the control trial, Optuna's first
+    suggestion): the first listed one, or a range's (geometric, for loguniform) middle."""
+    if param.kind in ("fixed", "grid", "choice"):
+        return param.values[0]
+    lo, hi = param.values
+    return (lo + hi) / 2 if param.kind == "uniform" else float((lo * hi) ** 0.5)
+
+
+def _train_items(train: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    items = [(str(k), v) for k, v in train.items() if k != "lora"]
+    lora = train.get("lora")
+    if isinstance(lora, Mapping):
+        items += [(f"lora.{k}", v) for k, v in lora.items()]
+    return items
+
+
+def _train_rules(key: str) -> _Rules:
+    kind = TRAIN_SEARCH[key]
+    name = {int: "an integer", float: "a number", str: "a string"}[kind]
+    test = {int: is_int, float: is_num, str: lambda v: isinstance(v, str)}[kind]
+
+    def check(value: Any) -> str | None:
+        return None if test(value) else f"{value!r} is not {name}"
+
+    floats = tuple(TRAIN_PREFIX + k for k, t in TRAIN_SEARCH.items() if t is float)
+    return _Rules(kind is not str, kind is int, check, floats)
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    """values[a][b] = value for key "a.b" (the nested mapping already copied); None removes it."""
+    *outer, last = key.split(".")
+    target = values
+    for part in outer:
+        target = target[part]
+    if value is None:
+        target.pop(last, None)
+    else:
+        target[last] = value

@@ -138,7 +138,8 @@ class SweepProgress(Callback):
         row = self._row(trial)
         if status == FINISHED and row.status in DONE:
             return  # a finished trial that resume skipped: already recorded
-        if status == FINISHED and row.step < int(self.train_params.get("train.steps", 0)):
+        steps = row.train.get("steps", self.train_params.get("train.steps", 0))
+        if status == FINISHED and row.step < int(steps):
             status = STOPPED  # the scheduler (ASHA) ended it early: never "best"
         row.status = status
         row.error = error
@@ -154,7 +155,12 @@ class SweepProgress(Callback):
         _ = self.recorder  # loads trials.json before a row is added
         row = self.rows.get(trial.trial_id)
         if row is None:
-            row = TrialRow(trial_id=trial.trial_id, sla=self.resolve_sla(trial.config["trial"]))
+            config = trial.config["trial"]
+            row = TrialRow(
+                trial_id=trial.trial_id,
+                sla=self.resolve_sla(config),
+                train=dict(config.get("train") or {}),
+            )
             self.rows[trial.trial_id] = row
         return row
 
@@ -164,7 +170,7 @@ class SweepProgress(Callback):
         else:  # every SLAConfig field, defaults included: what the trial actually ran with
             sla = flat_params("sla", SLAConfig.from_dict(row.sla).to_dict())
         params = {"trial_id": row.trial_id, "sla.enabled": row.sla is not None, **sla,
-                  **self.train_params}  # fmt: skip
+                  **self.train_params, **flat_params("train", row.train)}  # fmt: skip
         row.run_id = self.recorder.child_run(row.trial_id, f"{row.trial_id} {row.label}", params)
         return row.run_id
 

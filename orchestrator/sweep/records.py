@@ -2,8 +2,9 @@
 passes, the row kept in trials.json, the statuses and what a worker's report carries. Plain
 Python: `best`, `infer` and `compare` read these without importing Ray or MLflow.
 
-A trial's config is {"sla": {field: value, ...} | None, "control": bool}; sla None (or control
-true) is the full-attention control.
+A trial's config is {"sla": {field: value, ...} | None, "control": bool, "train": {key: value}};
+sla None (or control true) is the full-attention control; "train" (optional) holds the searched
+training settings by dotted key ("lr", "lora.rank").
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ def trial_sla(fixed_sla: Mapping[str, Any], trial: Mapping[str, Any]) -> dict[st
     return {**fixed_sla, **trial["sla"]}
 
 
+def trial_train(train: Mapping[str, Any], trial: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig keywords a trial runs with: the spec's `train` with the trial's searched
+    settings set ("lora.rank" sets train["lora"]["rank"])."""
+    out = dict(train)
+    for key, value in (trial.get("train") or {}).items():
+        *outer, last = key.split(".")
+        target = out
+        for part in outer:
+            target[part] = dict(target.get(part) or {})
+            target = target[part]
+        target[last] = value
+    return out
+
+
 @dataclasses.dataclass
 class TrialRow:
     """One trial as the sweep saw it: config, latest value of every metric, status, checkpoint."""
@@ -62,12 +77,19 @@ class TrialRow:
     # unix times seen by the driver: start (Tune started the trial), loop_start (the Train
     # worker's loop began), first_report, last_report, end (Tune saw it finish)
     times: dict[str, float] = dataclasses.field(default_factory=dict)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # searched training settings
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What the search chose: SLA fields by name, training settings as "train.<key>"."""
+        return {**(self.sla or {}), **{f"train.{k}": v for k, v in self.train.items()}}
 
     @property
     def label(self) -> str:
+        text = " ".join(f"{k}={format_value(v)}" for k, v in self.settings.items())
         if self.sla is None:
-            return "control (full attention)"
-        return " ".join(f"{k}={format_value(v)}" for k, v in self.sla.items())
+            return "control (full attention)" + (f" {text}" if text else "")
+        return text
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,18 +22,21 @@ FLOPS_METRIC = "flops/attention_ratio"
 
 
 def varying_keys(rows: Sequence[TrialRow]) -> list[str]:
-    """SLA fields whose value differs between trials (what the table's config column shows)."""
+    """Settings whose value differs between trials (what the table's config column shows): SLA
+    fields by name, searched training settings as "train.<key>"."""
     keys: dict[str, set] = {}
     for row in rows:
-        for k, v in (row.sla or {}).items():
+        for k, v in row.settings.items():
             keys.setdefault(k, set()).add(repr(v))
     return [k for k, vals in keys.items() if len(vals) > 1] or list(keys)[:1]
 
 
 def short_label(row: TrialRow, keys: Sequence[str]) -> str:
+    chosen = row.settings
     if row.sla is None:
-        return "control"
-    return " ".join(f"{k}={format_value(row.sla.get(k))}" for k in keys)
+        train = [f"{k}={format_value(chosen[k])}" for k in keys if k in chosen]
+        return " ".join(["control", *train])
+    return " ".join(f"{k}={format_value(chosen.get(k))}" for k in keys)
 
 
 def best_row(rows: Sequence[TrialRow], metric: str, mode: str) -> TrialRow | None:
@@ -94,18 +97,22 @@ def format_table(rows: Sequence[TrialRow], metric: str, mode: str) -> str:
 
 
 def write_csv(rows: Sequence[TrialRow], path: Path) -> Path:
-    """results.csv: trial, status, step, every SLA field, every metric seen, checkpoint."""
+    """results.csv: trial, status, step, every SLA field, every searched training setting, every
+    metric seen, checkpoint."""
     sla_keys = sorted({k for r in rows for k in (r.sla or {})})
+    train_keys = sorted({k for r in rows for k in r.train})
     metric_keys = sorted({k for r in rows for k in r.metrics})
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["trial_id", "control", "status", "step", *(f"sla.{k}" for k in sla_keys),
-                      *metric_keys, "checkpoint", "mlflow_run_id"])  # fmt: skip
+                      *(f"train.{k}" for k in train_keys), *metric_keys, "checkpoint",
+                      "mlflow_run_id"])  # fmt: skip
         for r in rows:
             out.writerow(
                 [r.trial_id, r.sla is None, r.status, r.step,
                  *(("" if r.sla is None else r.sla.get(k, "")) for k in sla_keys),
+                 *(r.train.get(k, "") for k in train_keys),
                  *(r.metrics.get(k, "") for k in metric_keys), r.checkpoint or "", r.run_id or ""]
             )  # fmt: skip
     tmp.replace(path)

@@ -353,8 +353,10 @@ def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
     space = {
         p.field: (p.values[0] if p.kind == "fixed" else {p.kind: list(p.values)}) for p in spec.sla
     }
+    searched = {p.field: {p.kind: list(p.values)} for p in spec.train_space}
     return {
         **flat_params("sla", space),
+        **flat_params("", searched),
         "control": spec.control,
         "search.algorithm": spec.search.algorithm,
         "search.num_samples": spec.search.num_samples,

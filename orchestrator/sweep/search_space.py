@@ -1,9 +1,10 @@
 """ExperimentSpec -> Ray Tune param_space, search algorithm and scheduler.
 
-A trial's config is orchestrator.sweep.records' {"sla": ..., "control": ...}. Grid and random search are expanded here into an
-explicit list (random draws from a seeded generator, so a sweep is reproducible and the control
-trial is simply one more entry); Optuna samples the space itself and gets the control trial
-first through ControlFirst.
+A trial's config is orchestrator.sweep.records' {"sla": ..., "train": ..., "control": ...}.
+Grid and random search are expanded here into an explicit list (random draws from a seeded
+generator, so a sweep is reproducible and the control trial is simply one more entry); Optuna
+samples the space itself and gets the control trial first through ControlFirst. Searched
+training settings vary with the SLA fields; the control runs with their control values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from orchestrator.spec.schema import ExperimentSpec, SearchParam
+from orchestrator.spec.search import TRAIN_PREFIX, control_value
 from orchestrator.sweep.records import CONTROL
 
 
@@ -26,26 +28,44 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
     varying = spec.varying
     if spec.search.algorithm == "grid":
         axes = [[(p.field, v) for v in p.values] for p in varying]
-        trials = [{"sla": dict(combo), "control": False} for combo in itertools.product(*axes)]
+        trials = [_trial(dict(combo)) for combo in itertools.product(*axes)]
     elif spec.search.algorithm == "random":
         rng = np.random.default_rng(spec.search.seed)
         trials = [
-            {"sla": {p.field: _draw(p, rng) for p in varying}, "control": False}
+            _trial({p.field: _draw(p, rng) for p in varying})
             for _ in range(spec.search.num_samples)
         ]
     else:
         raise ValueError("expand_trials is for grid and random search")
-    trials += [{"sla": dict(extra), "control": False} for extra in spec.extra_trials]
+    # extra trials and the control run with the control values of searched training settings
+    default_train = {k: v for k, v in _trial(control_train(spec)).items() if k == "train"}
+    trials += [
+        {"sla": dict(extra), "control": False, **default_train} for extra in spec.extra_trials
+    ]
     if spec.control:
-        trials.append(dict(CONTROL))
+        trials.append({**CONTROL, **default_train})
     return trials
+
+
+def control_train(spec: ExperimentSpec) -> dict[str, Any]:
+    """The searched training settings' control values, by field ("train.lr": ...)."""
+    return {p.field: control_value(p) for p in spec.train_space}
+
+
+def _trial(chosen: dict[str, Any]) -> dict[str, Any]:
+    """A trial config from chosen values: SLA fields under "sla", training settings under
+    "train" (without the prefix; only when the search has any)."""
+    sla = {k: v for k, v in chosen.items() if not k.startswith(TRAIN_PREFIX)}
+    train = {
+        k.removeprefix(TRAIN_PREFIX): v for k, v in chosen.items() if k.startswith(TRAIN_PREFIX)
+    }
+    return {"sla": sla, "control": False, **({"train": train} if train else {})}
 
 
 def param_space(spec: ExperimentSpec) -> dict[str, Any]:
     if spec.search.algorithm in ("grid", "random"):
         return {"trial": tune.grid_search(expand_trials(spec))}
-    domains = {p.field: _domain(p) for p in spec.varying}
-    return {"trial": {"sla": domains, "control": False}}
+    return {"trial": _trial({p.field: _domain(p) for p in spec.varying})}
 
 
 def num_samples(spec: ExperimentSpec) -> int:
@@ -73,8 +93,8 @@ def search_alg(spec: ExperimentSpec) -> Searcher | None:
     else:
         searcher = OptunaSearch(seed=spec.search.seed)
     if spec.control:
-        placeholder = {p.field: _placeholder(p) for p in spec.varying}
-        return ControlFirst(searcher, {"trial": {"sla": placeholder, "control": True}})
+        placeholder = _trial({p.field: control_value(p) for p in spec.varying})
+        return ControlFirst(searcher, {"trial": {**placeholder, "control": True}})
     return searcher
 
 
@@ -167,7 +187,3 @@ def _draw(p: SearchParam, rng: np.random.Generator) -> Any:
     if p.kind == "uniform":
         return float(rng.uniform(lo, hi))
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def _placeholder(p: SearchParam) -> Any:
-    return p.values[0]

@@ -20,7 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.sweep.records import trial_sla
+from orchestrator.sweep.records import trial_sla, trial_train
 from orchestrator.sweep.worker import train_loop_per_worker
 
 
@@ -62,7 +62,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train": settings.train,
+            "train": trial_train(settings.train, config["trial"]),
             "sla": trial_sla(settings.fixed_sla, config["trial"]),
             "trainable_start": trainable_start,
             "reference_cache": settings.reference_cache,

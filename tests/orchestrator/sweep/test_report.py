@@ -58,3 +58,29 @@ def test_table_csv_and_plot(tmp_path):
     png = plot_pareto(rows(), tmp_path / "pareto.png", "val/loss", "min").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*")), "written atomically"
+
+
+def test_searched_training_settings_show_in_table_csv_and_plot_labels(tmp_path):
+    from orchestrator.sweep.report import short_label, varying_keys
+
+    def row(tid, topk, lr, loss):
+        m = {"val/loss": loss, "flops/attention_ratio": 1.0 if topk is None else topk}
+        sla = None if topk is None else {"topk": topk}
+        return TrialRow(tid, sla, "TERMINATED", 10, m, train={"lr": lr, "lora.rank": 4})
+
+    trials = [row("a", 0.1, 1e-4, 0.9), row("b", 0.1, 1e-3, 0.8), row("c", 0.2, 1e-4, 0.7),
+              row("ctrl", None, 1e-4, 0.6)]  # fmt: skip
+    keys = varying_keys(trials)
+    assert keys == ["topk", "train.lr"], "the fixed lora.rank is not a column"
+    assert short_label(trials[1], keys) == "topk=0.1 train.lr=0.001"
+    assert short_label(trials[3], keys) == "control train.lr=0.0001"  # what the plot annotates
+    table = format_table(trials, "val/loss", "min")
+    assert "topk=0.2 train.lr=0.0001" in table
+    assert (
+        table.splitlines()[-1]
+        == "* best by val/loss (min): c topk=0.2 train.lr=0.0001 train.lora.rank=4"
+    )
+    with write_csv(trials, tmp_path / "results.csv").open() as fh:
+        read = list(csv.DictReader(fh))
+    assert [r["train.lr"] for r in read] == ["0.0001", "0.001", "0.0001", "0.0001"]
+    assert {r["train.lora.rank"] for r in read} == {"4"}
