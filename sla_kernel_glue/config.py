@@ -12,10 +12,71 @@ from typing import Any, Literal
 FEATURE_MAPS = ("softmax", "elu", "relu")
 LINEAR_SCOPES = ("marginal", "all", "none")
 BACKENDS = ("auto", "torch", "triton")
+TOPK_SHAPES = ("linear", "cosine")
 
 FeatureMap = Literal["softmax", "elu", "relu"]
 LinearScope = Literal["marginal", "all", "none"]
 Backend = Literal["auto", "torch", "triton"]
+TopkShape = Literal["linear", "cosine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TopkSchedule:
+    """topk annealed over fine-tuning: from `start` at step 0 to `end` at step `warmup_steps`, a
+    straight line ("linear") or half a cosine ("cosine"), then `end` for good.
+
+    `step` counts optimizer steps done, as the recipe reports them: training step s (1-based)
+    runs at topk(s), as the learning-rate warmup counts; the evaluation before training runs at
+    topk(0) = start; from step warmup_steps on everything, inference too, runs at `end`.
+    warmup_steps 0: `end` throughout.
+    """
+
+    start: float
+    end: float
+    warmup_steps: int
+    shape: TopkShape = "linear"
+
+    def __post_init__(self) -> None:
+        errors = _schedule_errors(dataclasses.asdict(self))
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @classmethod
+    def from_value(cls, value: Any) -> TopkSchedule:
+        """From a mapping {start, end, warmup_steps, shape (default linear)}; every problem at once."""
+        if isinstance(value, TopkSchedule):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"topk_schedule ({_short(repr(value))}) must be a mapping "
+                "{start, end, warmup_steps, shape} or null"
+            )
+        known = [f.name for f in dataclasses.fields(cls)]
+        errors = [
+            f"unknown topk_schedule key {k!r}; allowed: {', '.join(known)}"
+            for k in value
+            if k not in known
+        ]
+        missing = [k for k in known[:3] if k not in value]
+        if missing:
+            errors.append(
+                f"topk_schedule needs start, end and warmup_steps (missing: {', '.join(missing)})"
+            )
+        errors += _schedule_errors(value)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return cls(**{k: v for k, v in value.items() if k in known})
+
+    def topk(self, step: int) -> float:
+        """topk after `step` optimizer steps: exactly `start` at 0, exactly `end` from warmup_steps."""
+        if not _is_int(step) or step < 0:
+            raise ValueError(f"step ({step!r}) must be a non-negative integer")
+        if step >= self.warmup_steps:
+            return self.end
+        progress = step / self.warmup_steps
+        if self.shape == "cosine":
+            progress = (1.0 - math.cos(math.pi * progress)) / 2.0
+        return self.start + (self.end - self.start) * progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +96,10 @@ class SLAConfig:
         ablation of the paper's Table 2; proj_l is then frozen at 0).
     backend: "triton" (fused kernels, CUDA only; unsupported shapes are an error), "torch" (the
         PyTorch reference, any device) or "auto" (triton where supported, else torch, counted).
+    topk_schedule: None (topk fixed), or a TopkSchedule (a mapping in from_dict) that anneals
+        topk during fine-tuning. `topk` is then the schedule's end, the value inference runs at:
+        from_dict fills it in when it is left out, and any other value is an error.
+        ``topk_at(step)`` is the value at a step; an SLA layer runs at ``at_step(step)``.
     """
 
     topk: float = 0.2
@@ -45,9 +110,18 @@ class SLAConfig:
     kl: float = 0.0
     linear_scope: LinearScope = "all"
     backend: Backend = "auto"
+    topk_schedule: TopkSchedule | None = None
 
     def __post_init__(self) -> None:
-        errors = _validate(self)
+        errors = []
+        if self.topk_schedule is not None:
+            try:
+                object.__setattr__(
+                    self, "topk_schedule", TopkSchedule.from_value(self.topk_schedule)
+                )
+            except ValueError as exc:
+                errors.append(str(exc))
+        errors += _validate(self)
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -66,6 +140,9 @@ class SLAConfig:
             for k in unknown
         ]
         kwargs = {k: v for k, v in values.items() if k in known}
+        end = _schedule_end(values.get("topk_schedule"))
+        if end is not None and "topk" not in values:
+            kwargs["topk"] = end  # with a schedule, topk is its end
         try:
             config = cls(**kwargs)
         except ValueError as exc:
@@ -107,18 +184,38 @@ class SLAConfig:
                 )
             value = parsed
         if isinstance(value, Mapping):
-            return cls.from_dict(value if over is None else {**over.to_dict(), **value})
+            if over is None:
+                return cls.from_dict(value)
+            merged = {**over.to_dict(), **value}
+            if "topk_schedule" in value and "topk" not in value:
+                merged.pop("topk")  # the new schedule's end, not the old topk
+            return cls.from_dict(merged)
         raise ValueError(
             f"SLA config must be an SLAConfig, dict or string, got {type(value).__name__}"
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain values; the schedule as a nested dict, left out when there is none (so a fixed
+        topk's dict, and every file written from it, is the same as without schedules)."""
+        values = dataclasses.asdict(self)
+        if values["topk_schedule"] is None:
+            del values["topk_schedule"]
+        return values
 
     def replace(self, **changes: Any) -> SLAConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- derived quantities -------------------------------------------------------------------
+    def topk_at(self, step: int) -> float:
+        """topk after `step` optimizer steps (TopkSchedule.topk); `topk` without a schedule."""
+        return self.topk if self.topk_schedule is None else self.topk_schedule.topk(step)
+
+    def at_step(self, step: int) -> SLAConfig:
+        """The fixed config an SLA layer runs at after `step` optimizer steps (no schedule)."""
+        if self.topk_schedule is None:
+            return self
+        return self.replace(topk=self.topk_at(step), topk_schedule=None)
+
     def critical_blocks(self, n_key_blocks: int) -> int:
         """Critical key blocks per query-block row: max(1, min(T_n, floor(topk * T_n)))."""
         return critical_blocks(self.topk, n_key_blocks)
@@ -147,9 +244,37 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_fraction(value: Any) -> bool:
+    """A number in (0, 1], as topk takes."""
+    return _is_number(value) and math.isfinite(value) and 0 < value <= 1
+
+
+def _schedule_errors(values: Mapping[str, Any]) -> list[str]:
+    """The values of a topk schedule (those present), each alone."""
+    errors = []
+    for key in ("start", "end"):
+        if key in values and not _is_fraction(values[key]):
+            errors.append(f"topk_schedule.{key} ({values[key]!r}) must be a number in (0, 1]")
+    warmup = values.get("warmup_steps", 0)
+    if not _is_int(warmup) or warmup < 0:
+        errors.append(f"topk_schedule.warmup_steps ({warmup!r}) must be a non-negative integer")
+    shape = values.get("shape", "linear")
+    if shape not in TOPK_SHAPES:
+        errors.append(f"topk_schedule.shape ({shape!r}) must be one of {', '.join(TOPK_SHAPES)}")
+    return errors
+
+
+def _schedule_end(value: Any) -> float | None:
+    """A schedule's end, when it is a valid topk (from_dict fills topk with it)."""
+    end = value.end if isinstance(value, TopkSchedule) else None
+    if isinstance(value, Mapping):
+        end = value.get("end")
+    return end if _is_fraction(end) else None
+
+
 def _validate(c: SLAConfig) -> list[str]:
     errors: list[str] = []
-    if not _is_number(c.topk) or not math.isfinite(c.topk) or not 0 < c.topk <= 1:
+    if not _is_fraction(c.topk):
         errors.append(f"topk ({c.topk!r}) must be a number in (0, 1]")
     for key in ("blkq", "blkk"):
         value = getattr(c, key)
@@ -161,12 +286,31 @@ def _validate(c: SLAConfig) -> list[str]:
         errors.append(f"tie_feature_map_qk ({c.tie_feature_map_qk!r}) must be true or false")
     if not _is_number(c.kl) or not math.isfinite(c.kl) or not 0 <= c.kl < 1:
         errors.append(f"kl ({c.kl!r}) must be a number in [0, 1)")
-    elif _is_number(c.topk) and 0 < c.topk <= 1 and c.topk + c.kl > 1:
+    elif _is_fraction(c.topk) and c.topk + c.kl > 1:
         errors.append(f"topk + kl ({c.topk!r} + {c.kl!r}) must not exceed 1")
+    errors += _topk_schedule_errors(c)
     if c.linear_scope not in LINEAR_SCOPES:
         errors.append(
             f"linear_scope ({c.linear_scope!r}) must be one of {', '.join(LINEAR_SCOPES)}"
         )
     if c.backend not in BACKENDS:
         errors.append(f"backend ({c.backend!r}) must be one of {', '.join(BACKENDS)}")
+    return errors
+
+
+def _topk_schedule_errors(c: SLAConfig) -> list[str]:
+    """A valid schedule against topk (its end) and kl (every topk it passes, plus kl, <= 1)."""
+    s = c.topk_schedule
+    if not isinstance(s, TopkSchedule):
+        return []  # None, or a bad value (from_value has said why)
+    errors = []
+    if _is_fraction(c.topk) and c.topk != s.end:
+        errors.append(
+            f"topk ({c.topk!r}) must equal topk_schedule.end ({s.end!r}) or be left out: "
+            "with a schedule, topk is its final value"
+        )
+    if _is_number(c.kl) and 0 <= c.kl < 1 and max(s.start, s.end) + c.kl > 1:
+        errors.append(
+            f"topk_schedule's largest topk + kl ({max(s.start, s.end)!r} + {c.kl!r}) must not exceed 1"
+        )
     return errors

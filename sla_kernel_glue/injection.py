@@ -2,6 +2,7 @@
 
     handle = apply_sla(model, {"topk": 0.1})      # or: with apply_sla(model, cfg) as handle: ...
     handle.layers        # {"blocks.0.attn1": SparseLinearAttention, ...}
+    handle.set_step(s)   # a topk schedule: every layer at config.topk_at(s) (they start at its end)
     handle.remove()      # the model is exactly as before
 
 Each selected layer gets its own SparseLinearAttention registered as the submodule ``sla`` of
@@ -81,6 +82,21 @@ class SLAHandle:
     def layers(self) -> dict[str, SparseLinearAttention]:
         """SLA modules by the module path of their attention layer."""
         return {path: r.sla for path, r in self.injected.items() if r.sla is not None}
+
+    @property
+    def topk(self) -> float:
+        """The topk the SLA layers run at now: config.topk (a schedule's end) until set_step."""
+        values = {sla.config.topk for sla in self.layers.values()}
+        if len(values) != 1:
+            raise RuntimeError(f"the SLA layers run at different topk values {sorted(values)}")
+        return values.pop()
+
+    def set_step(self, step: int) -> float:
+        """Every SLA layer at the topk of `step` optimizer steps (config.topk_at); returns it."""
+        topk = self.config.topk_at(step)
+        for sla in self.layers.values():
+            sla.set_topk(topk)
+        return topk
 
     def fallback_counts(self) -> dict[str, dict[str, int]]:
         """Dense calls per layer path and reason (only layers and reasons that occurred)."""

@@ -19,7 +19,8 @@ class SparseLinearAttention(nn.Module):
 
     The thin module over ``sla_attention``: it holds proj_l and counts calls per backend.
     Constructor compatible with thu-ml/SLA's ``SparseLinearAttention``; further settings (kl,
-    linear_scope, backend) by keyword, or pass a whole SLAConfig with ``from_config``. proj_l is
+    linear_scope, backend) by keyword, or pass a whole SLAConfig with ``from_config`` (a topk
+    schedule's end is the topk it runs at; ``set_topk`` moves it along the schedule). proj_l is
     a d -> d linear layer, zero-initialised, kept in float32 whatever the model is cast to; it
     computes in the dtype of q, k, v (float32 weights cast on the fly, like autocast's linear
     layers).
@@ -82,6 +83,10 @@ class SparseLinearAttention(nn.Module):
             linear_scope=c.linear_scope,
             backend=c.backend,
         )
+
+    def set_topk(self, topk: float) -> None:
+        """Run at another topk from the next call on (a topk schedule's step); the rest stays."""
+        self.config = self.config.replace(topk=topk)
 
     def extra_repr(self) -> str:
         c = self.config

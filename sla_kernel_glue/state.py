@@ -4,8 +4,13 @@ Version 2 (written here):
 
     {"format": "sla_attention", "version": 2,
      "settings": SLAConfig.to_dict(),
+     "topk": 0.1,
      "layers": {"<module path>": {"head_dim": 128, "dtype": "bf16",
                                  "state": {"proj_l.weight": (d, d), "proj_l.bias": (d,)}}}}
+
+"topk" is the value the layers ran at when the file was written: with a topk schedule
+(settings["topk_schedule"]), the step's, which is not settings["topk"] (the schedule's end, what
+a loader runs at) before the schedule ends. Files without it are read as well.
 
 Version 1 (read only): {"version": 1, "settings": {...}, "state": {"<head_dim>:<dtype>":
 {"proj_l.weight", "proj_l.bias"}}}; an entry applies to every layer of that head dim. When a
@@ -73,6 +78,7 @@ def save_sla_state(model_or_handle: nn.Module | SLAHandle, directory: str | os.P
         "format": FORMAT,
         "version": VERSION,
         "settings": handle.config.to_dict(),
+        "topk": handle.topk,
         "layers": layers,
     }
     directory = Path(directory)
@@ -196,7 +202,9 @@ def _v1_tensors(path: Path, data: dict, handle: SLAHandle) -> dict[str, dict[str
 def _check_settings(
     path: Path, settings: Mapping[str, Any], config: SLAConfig, allow: bool
 ) -> None:
-    running = config.to_dict()
+    # a file without a schedule ran at a fixed topk (to_dict leaves a missing schedule out)
+    running = {"topk_schedule": None, **config.to_dict()}
+    settings = {"topk_schedule": None, **settings}
     differing = sorted(
         k for k, v in settings.items() if k not in _NOT_COMPARED and running.get(k) != v
     )
@@ -230,6 +238,11 @@ def _validate(path: Path, data: Any) -> None:
         SLAConfig.from_dict(settings)
     except ValueError as exc:
         raise fail(f"settings are invalid: {exc}") from None
+    if "topk" in data:  # the layers' topk when written (a schedule's step)
+        try:
+            SLAConfig(topk=data["topk"])
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     if version == 1:
         entries = data.get("state")
         if not isinstance(entries, dict) or not entries:
