@@ -166,14 +166,38 @@ def attention_rel_err(
 
 
 def step_flops(
-    shape: ModelShape, *, batch: int, tokens: int, sla: SLAConfig | None, n_params: int
+    shape: ModelShape,
+    *,
+    batch: int,
+    tokens: int,
+    sla: SLAConfig | None,
+    n_params: int,
+    step: int = 0,
 ) -> dict[str, float]:
-    """flops/attention (forward+backward, every self-attention layer), its ratio to dense, and
-    flops/step = 6 * params * tokens + attention, for `batch` clips of `tokens` tokens."""
-    per_layer = attention_flops(batch, shape.heads, tokens, shape.head_dim, sla, backward=True)
-    attention = per_layer.sla * shape.layers
+    """The FLOPs of the training step that made `step` optimizer steps, at its topk
+    (sla.at_step(step): a topk schedule's value there), for `batch` clips of `tokens` tokens.
+
+    flops/attention: forward+backward of every self-attention layer; flops/attention_ratio: over
+    dense; flops/step = 6 * params * tokens + attention; flops/attention_mean: flops/attention
+    averaged over the training steps run so far (1..step; at step 0, the current value), which
+    differs from flops/attention only while a schedule moves topk.
+    """
+
+    def attention(config: SLAConfig | None) -> tuple[float, float]:
+        per_layer = attention_flops(
+            batch, shape.heads, tokens, shape.head_dim, config, backward=True
+        )
+        return per_layer.sla * shape.layers, per_layer.dense * shape.layers
+
+    now, dense = attention(None if sla is None else sla.at_step(step))
+    mean = now
+    if sla is not None and sla.topk_schedule is not None and step > 0:
+        ramp = min(step, sla.topk_schedule.warmup_steps)  # steps 1..ramp move; the rest at end
+        total = sum(attention(sla.at_step(s))[0] for s in range(1, ramp + 1))
+        mean = (total + (step - ramp) * attention(sla.at_step(step))[0]) / step
     return {
-        "flops/attention": attention,
-        "flops/attention_ratio": attention / (per_layer.dense * shape.layers),
-        "flops/step": 6.0 * n_params * batch * tokens + attention,
+        "flops/attention": now,
+        "flops/attention_ratio": now / dense,
+        "flops/attention_mean": mean,
+        "flops/step": 6.0 * n_params * batch * tokens + now,
     }

@@ -63,6 +63,14 @@ class TrialRecipe:
             raise ValueError(
                 "train_base (False) with sla None and no lora trains nothing: enable one of them"
             )
+        schedule = self.sla.topk_schedule if self.sla is not None else None
+        if schedule is not None and schedule.warmup_steps > train.steps:
+            raise ValueError(
+                f"sla.topk_schedule.warmup_steps ({schedule.warmup_steps}) is more than "
+                f"train.steps ({train.steps}): training would stop at topk "
+                f"{self.sla.topk_at(train.steps):.4g}, short of the end ({schedule.end}) that "
+                "inference runs at; lower warmup_steps or raise steps"
+            )
         self.train_cfg = train
         self.workdir = Path(workdir)
         self.resume_from = None if resume_from is None else Path(resume_from)
@@ -296,13 +304,15 @@ class TrialRecipe:
         cfg, acc = self.train_cfg, self.accelerator
         metrics: dict[str, float] = dict(self.resumed_metrics)
         if self.start_step == 0:
-            metrics = self.evaluate()
+            self._set_step(0)
+            metrics = {**self.evaluate(), **self._step_metrics(0)}
             self.callback.on_metrics(0, metrics)
         losses: list[torch.Tensor] = []
         window_start, window_steps = self._now(), 0
         for step in range(self.start_step, cfg.steps):
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr(step)
+            self._set_step(step + 1)  # a topk schedule's value once this step is done
             step_losses = []
             for micro in range(cfg.grad_accum):
                 with acc.accumulate(self.model):
@@ -330,7 +340,7 @@ class TrialRecipe:
             if not (log_now or eval_now or ckpt_now):
                 continue
             step_s = (self._now() - window_start) / window_steps
-            metrics = {**metrics, **self._train_metrics(losses, step_s)}
+            metrics = {**metrics, **self._train_metrics(losses, step_s), **self._step_metrics(done)}
             if eval_now or ckpt_now:
                 metrics.update(self.evaluate())
             if ckpt_now:
@@ -418,6 +428,24 @@ class TrialRecipe:
             return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         return cfg.lr
 
+    def _set_step(self, done: int) -> None:
+        """SLA layers at the topk of `done` optimizer steps: the training step that makes them
+        `done` runs at it, and so does the evaluation reported at `done`."""
+        if self.handle is not None and self.sla.topk_schedule is not None:
+            self.handle.set_step(done)
+
+    def _step_metrics(self, done: int) -> dict[str, float]:
+        """FLOPs of the step that made `done` steps, at its topk, and (SLA) that topk."""
+        flops = ev.step_flops(
+            self.shape,
+            batch=self._global_batch(),
+            tokens=self.tokens,
+            sla=self.sla,
+            n_params=self.n_params,
+            step=done,
+        )
+        return flops if self.handle is None else {**flops, "sla/topk": self.handle.topk}
+
     def _now(self) -> float:
         if self.accelerator.device.type == "cuda":
             torch.cuda.synchronize(self.accelerator.device)
@@ -438,7 +466,8 @@ class TrialRecipe:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Quality against the full-attention base on the fixed val batch, FLOPs, fallbacks."""
+        """Quality against the full-attention base on the fixed val batch, and fallbacks (at the
+        topk the SLA layers run at now)."""
         cfg = self.train_cfg
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
@@ -457,13 +486,6 @@ class TrialRecipe:
             "val/loss_gap": loss - self.base_val_loss,
             "val/attn_rel_err": rel_err,
             "val/sample_psnr": ev.psnr(samples, self.base_samples),
-            **ev.step_flops(
-                self.shape,
-                batch=self._global_batch(),
-                tokens=self.tokens,
-                sla=self.sla,
-                n_params=self.n_params,
-            ),
             "sla/fallback_calls": carried.get("sla/fallback_calls", 0.0)
             + float(self.handle.total_fallbacks() if self.handle is not None else 0),
             "sla/self_attn_fallback_calls": carried.get("sla/self_attn_fallback_calls", 0.0)

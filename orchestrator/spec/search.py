@@ -22,6 +22,7 @@ from sla_kernel_glue import SLAConfig
 SLA_FIELDS = tuple(f.name for f in dataclasses.fields(SLAConfig))
 NUMERIC_FIELDS = ("topk", "kl", "blkq", "blkk")
 INT_FIELDS = ("blkq", "blkk")
+MAPPING_FIELDS = ("topk_schedule",)  # a mapping without a search kind is their fixed value
 
 # Training settings a search may vary (TrainConfig keys; lora.* inside train.lora) and their type:
 # ranges for the float ones, grid/choice for all.
@@ -80,7 +81,9 @@ def _sla_rules(field: str) -> _Rules:
 
 
 def _parse_entry(key: str, field: str, entry: Any, errors: list[str], rules: _Rules):
-    if not isinstance(entry, Mapping):
+    if not isinstance(entry, Mapping) or (
+        field in MAPPING_FIELDS and not set(entry) & set(SEARCH_KINDS)
+    ):
         if isinstance(entry, list):
             errors.append(f"{key}: a list needs a kind, e.g. {{grid: {entry!r}}}")
             return None
