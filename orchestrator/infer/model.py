@@ -127,7 +127,7 @@ def rebuild_checkpoint_model(
         model = _lean_model(directory, trial, train)
     else:
         model = (
-            build_preset(train.model, seed=train.seed)
+            build_preset(train.model, seed=train.data_seed)
             if train.model in PRESETS
             else load_local(train.model)
         )

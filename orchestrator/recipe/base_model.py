@@ -42,7 +42,7 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
     if train.model not in PRESETS:
         return f"local:{Path(train.model).expanduser().resolve()}"
     if train.base_steps == 0:
-        return f"{train.model}-init-seed{train.seed}"
+        return f"{train.model}-init-seed{train.data_seed}"
     key = {
         "format": BASE_FORMAT,
         "preset": train.model,
@@ -53,7 +53,7 @@ def base_model_id(train: TrainConfig, mixed_precision: str) -> str:
             "frames": train.clip_shape[0],
             "size": train.clip_shape[1],
         },
-        "seed": train.seed,
+        "seed": train.data_seed,
         "steps": train.base_steps,
         "lr": train.base_lr,
         "batch_size": train.batch_size,
@@ -82,7 +82,7 @@ def load_base_model(
     if train.model not in PRESETS:
         return load_local(train.model), base_id
     if train.base_steps == 0:
-        return build_preset(train.model, seed=train.seed), base_id
+        return build_preset(train.model, seed=train.data_seed), base_id
     cache = Path(train.base_cache_dir).expanduser() if train.base_cache_dir else default_cache_dir()
     final = cache / base_id
     cache.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def _pretrain(
 ) -> WanTransformer3DModel:
     """A plain single-process full-attention flow-matching loop from the preset's init."""
     preset = PRESETS[train.model]
-    seed = train.seed + _BASE_SEED_OFFSET
+    seed = train.data_seed + _BASE_SEED_OFFSET
     frames, size = train.clip_shape
     dataset, _ = build_datasets(
         train.data.source,
@@ -126,9 +126,9 @@ def _pretrain(
         size=size,
         num_train=train.data.num_train,
         num_val=train.data.num_val,
-        seed=train.seed,
+        seed=train.data_seed,
     )
-    model = build_preset(train.model, seed=train.seed).to(device).train()
+    model = build_preset(train.model, seed=train.data_seed).to(device).train()
     if train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     prompts = class_prompts(preset.text_len, preset.text_dim)

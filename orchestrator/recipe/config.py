@@ -212,6 +212,9 @@ class TrainConfig:
     lora: a LoRA adapter over the frozen base (None: no adapter); it trains with SLA's proj_l and
         needs train_base false (from_dict, the YAML's way in, sets it when not given).
     mixed_precision: "auto" is bf16 on CUDA and "no" on CPU.
+    seed: the trial's own randomness (data order, noise, timesteps, proj_l init, evaluation noise);
+        base_seed: what repeats of a config share (a preset's initialisation and pre-trained base,
+        the digits clips); None: seed. A sweep's `repeats` vary seed and keep base_seed.
     timestep_sampling, timestep_shift: flow-matching t ~ logit-normal or uniform, then shifted
         (None: a pipeline's scheduler shift, 1.0 for a preset).
     log_every: progress line and train metrics every N steps; eval_every: full evaluation every
@@ -240,6 +243,7 @@ class TrainConfig:
     train_base: bool = True
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 0
+    base_seed: int | None = None
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     timestep_shift: float | None = None
     log_every: int = 10
@@ -311,6 +315,11 @@ class TrainConfig:
         frames = self.data.frames or (preset.frames if preset else 0)
         size = self.data.size or (preset.size if preset else 0)
         return frames, size
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of what repeats share: the preset's base and the digits clips."""
+        return self.seed if self.base_seed is None else self.base_seed
 
     @property
     def frozen_base(self) -> bool:
@@ -407,6 +416,8 @@ def _errors(c: TrainConfig) -> list[str]:
     ):
         if not is_non_negative_int(getattr(c, key)):
             errors.append(f"{key} ({getattr(c, key)!r}) must be a non-negative integer")
+    if c.base_seed is not None and not is_non_negative_int(c.base_seed):
+        errors.append(f"base_seed ({c.base_seed!r}) must be a non-negative integer or null")
     for key in ("lr", "base_lr", "timestep_shift"):
         value = getattr(c, key)
         if (value is not None or key != "timestep_shift") and (not is_num(value) or value <= 0):

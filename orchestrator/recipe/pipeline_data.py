@@ -44,7 +44,7 @@ def data_folder(train: TrainConfig, root: Path) -> Path:
     if h != w:
         raise ValueError(f"data.size ({list(train.data.hw)}) must be square for the digits clips")
     count = train.data.num_train + train.data.num_val
-    folder = root / "digits" / f"n{count}-f{train.data.frames}-s{h}-seed{train.seed}"
+    folder = root / "digits" / f"n{count}-f{train.data.frames}-s{h}-seed{train.data_seed}"
     if not folder.is_dir():
         write_digits_folder(
             folder,
@@ -52,7 +52,7 @@ def data_folder(train: TrainConfig, root: Path) -> Path:
             frames=int(train.data.frames),
             size=h,
             fps=DIGITS_FPS,
-            seed=train.seed,
+            seed=train.data_seed,
         )
     return folder
 

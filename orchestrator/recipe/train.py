@@ -163,7 +163,7 @@ class TrialRecipe:
             size=size,
             num_train=data.num_train,
             num_val=data.num_val,
-            seed=cfg.seed,
+            seed=cfg.data_seed,
         )
 
     def _setup_model(self) -> None:
