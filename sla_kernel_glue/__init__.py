@@ -3,7 +3,7 @@
 Imports torch (and triton where present); never ray or mlflow.
 """
 
-from .config import SLAConfig
+from .config import SLAConfig, TopkSchedule
 from .export import export_base_model, load_exported
 from .flops import AttentionFlops, attention_flops
 from .functional import SLACallInfo, sla_attention
@@ -28,6 +28,7 @@ __all__ = [
     "SLAConfig",
     "SLAOutputs",
     "SparseLinearAttention",
+    "TopkSchedule",
     "attention_flops",
     "route",
     "sla_attention",

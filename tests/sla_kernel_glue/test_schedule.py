@@ -9,13 +9,13 @@ import torch
 from sla_kernel_glue import (
     SLAConfig,
     SLAStateError,
+    TopkSchedule,
     apply_sla,
     attention_flops,
     load_sla_state,
     read_sla_state,
     save_sla_state,
 )
-from sla_kernel_glue.config import TopkSchedule
 
 from .test_injection_wan import DENSE_EQUIVALENT, SPARSE, run, tiny_wan, wan_inputs
 
