@@ -193,11 +193,13 @@ def _sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on `path` (created) for the block: one process at a time, across processes."""
+def file_lock(path: Path, *, wait: bool = True):
+    """An exclusive lock on `path` (created) for the block: one process at a time, across processes.
+    The lock dies with its holder (flock). wait=False: BlockingIOError at once when another process
+    holds it. Yields the open lock file."""
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
-            yield
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -86,7 +86,13 @@ def run_export(
     from orchestrator.recipe.lora import detach_lora, has_lora
     from sla_kernel_glue import export_base_model
 
-    out = Path(out).expanduser().resolve()
+    given = Path(out).expanduser()
+    if given.is_symlink():  # resolving it would write the export wherever the link points
+        raise InferenceError(
+            f"OUT ({given}) is a symbolic link (to {os.readlink(given)}); give the directory "
+            "itself or a new path"
+        )
+    out = given.resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InferenceError(f"OUT ({out}) exists and is not an empty directory; choose a new path")
     resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,30 @@ def read_trial(directory: Path) -> dict[str, Any]:
     step = trial.get("step") if isinstance(trial, dict) else None
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"{path}: 'step' ({step!r}) must be a non-negative integer")
+    check_files(directory)
     return trial
+
+
+def check_files(directory: Path) -> None:
+    """A checkpoint's files as they must be before anything reads them: its own regular files
+    (a symbolic link is never followed, wherever it points) and safetensors files whose header
+    reads; a ValueError naming the first file that is not."""
+    from safetensors import SafetensorError, safe_open
+
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise ValueError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}), not a file of the "
+                    "checkpoint; links are not followed"
+                )
+            if name.endswith(".safetensors"):
+                try:
+                    with safe_open(str(path), framework="pt"):
+                        pass
+                except (SafetensorError, OSError) as exc:
+                    raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def load_checkpoint(

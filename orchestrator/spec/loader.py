@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.spec.bounded_yaml import load_bounded
 from orchestrator.spec.recipe import train_kwargs
 from orchestrator.spec.schema import (
     ALGORITHMS,
@@ -37,24 +38,55 @@ from orchestrator.spec.search import (
     parse_sla_space,
     split_train_space,
 )
-from orchestrator.values import is_int, is_num
+from orchestrator.values import is_int, is_num, shown
 
-__all__ = ["ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides"]
+__all__ = [
+    "ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides", "read_yaml",
+]  # fmt: skip
 
 TOP_KEYS = (
     "name", "profile", "profiles", "model", "data", "train", "sla", "control", "search",
     "scheduler", "resources", "max_concurrent_trials", "metric", "mode", "storage", "checkpoint",
     "failure", "extra_trials", "validation",
 )  # fmt: skip
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch
+
+
+MAX_ERRORS = 20  # problems listed in one message (then how many more)
+MAX_ERROR_CHARS = 500  # one problem's text; longer ones keep their start and end
+MAX_YAML_BYTES = 1 << 20  # an experiment file (or a --set value)
 
 
 class SpecError(ValueError):
-    """The experiment file is invalid; `errors` holds one line per problem."""
+    """The experiment file is invalid; `errors` holds one line per problem, each bounded."""
 
     def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__(f"{source}: " + "; ".join(self.errors))
+        parts = [part for e in errors for part in str(e).split("; ")]  # "a; b" from a config
+        self.errors = [_bounded(part) for part in parts[:MAX_ERRORS]]
+        if len(parts) > MAX_ERRORS:
+            self.errors.append(f"and {len(parts) - MAX_ERRORS} more problems")
+        super().__init__(f"{_bounded(str(source))}: " + "; ".join(self.errors))
+
+
+def _bounded(text: str) -> str:
+    text = " ".join(text.split()) if "\n" in text else text  # one line, always
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return text[: MAX_ERROR_CHARS // 2] + " ... " + text[-MAX_ERROR_CHARS // 3 :]
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """YAML text -> plain values (safe tags only), bounded in size and alias expansion; a
+    SpecError naming `source` and where the problem is."""
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError(source, [f"{len(text):,} characters of YAML; at most {MAX_YAML_BYTES:,}"])
+    try:
+        return load_bounded(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [f"not valid YAML{where}: {problem}"]) from None
 
 
 def load_spec(
@@ -72,13 +104,13 @@ def load_spec(
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), ["no such experiment file"])
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise SpecError(str(path), [f"{path.stat().st_size:,} bytes; at most {MAX_YAML_BYTES:,}"])
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(str(path), [f"not valid YAML{where}: {problem}"]) from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [f"cannot be read as text ({exc})"]) from None
+    raw = read_yaml(text, str(path))
     return parse_spec(
         raw, overrides=overrides, source=str(path), cwd=cwd, gpus_available=gpus_available
     )
@@ -95,12 +127,12 @@ def apply_overrides(raw: Any, overrides: Sequence[str], *, source: str = "--set"
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            errors.append(f"--set {item!r}: expected key=value, e.g. train.steps=20")
+            errors.append(f"--set {shown(item)}: expected key=value, e.g. train.steps=20")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            errors.append(f"--set {key}: value {text!r} is not valid YAML")
+            value = read_yaml(text, f"--set {key}") if text.strip() else None
+        except SpecError as exc:
+            errors.append(f"--set {key}: value {shown(text)} is {exc.errors[0]}")
             continue
         node = out
         parts = key.strip().split(".")
@@ -142,9 +174,9 @@ def parse_spec(
     cwd = (cwd or Path.cwd()).resolve()
 
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # no trailing newline either
         errors.append(
-            f"name ({name!r}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
+            f"name ({shown(name)}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
         )
     train_section, train_space = split_train_space(raw.get("train"), errors)
     n_before = len(errors)
@@ -161,6 +193,7 @@ def parse_spec(
     resources = _resources(_section(raw, "resources", errors), errors, gpus_available)
     max_conc = _max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
     storage = _storage(_section(raw, "storage", errors), cwd, errors)
+    errors += _size_errors(train, resources)
     ck = _section(raw, "checkpoint", errors)
     errors += _unknown(ck, ("num_to_keep",), "checkpoint.")
     num_to_keep = _int(ck, "checkpoint.num_to_keep", "num_to_keep", 2, 1, errors)
@@ -192,11 +225,25 @@ def parse_spec(
     )
 
 
+def _size_errors(train: Mapping, resources: ResourcesSpec) -> list[str]:
+    """Step counts and memory a worker cannot hold (orchestrator.spec.sizes), once the training
+    settings are valid (their own problems are listed already)."""
+    from orchestrator.spec import sizes
+    from orchestrator.spec.recipe import build_train_config
+
+    try:
+        config = build_train_config(train)
+    except (TypeError, ValueError):
+        return []
+    problems = sizes.step_errors(config)
+    return problems or sizes.memory_errors(config, gpu=resources.gpus_per_worker > 0)
+
+
 def _max_concurrent(value: Any, errors: list[str]) -> int | None:
     if value == "auto" or value is None:
         return None
     if not is_int(value) or value < 1:
-        errors.append(f"max_concurrent_trials ({value!r}) must be a positive integer or auto")
+        errors.append(f"max_concurrent_trials ({shown(value)}) must be a positive integer or auto")
     return value
 
 
@@ -241,7 +288,7 @@ def _select_profile(raw: dict, errors: list[str]) -> dict:
         return raw
     if chosen not in profiles:
         allowed = ", ".join(map(str, profiles)) or "(none defined)"
-        errors.append(f"profile ({chosen!r}) is not defined; allowed: none, {allowed}")
+        errors.append(f"profile ({shown(chosen)}) is not defined; allowed: none, {allowed}")
         return raw
     patch = profiles[chosen]
     if not isinstance(patch, Mapping):
@@ -291,7 +338,7 @@ def _scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> Schedul
     if value == "asha":
         value = {"name": "asha"}
     if not isinstance(value, Mapping):
-        errors.append(f"scheduler ({value!r}) must be none, asha, or {{name: asha, ...}}")
+        errors.append(f"scheduler ({shown(value)}) must be none, asha, or {{name: asha, ...}}")
         return SchedulerSpec()
     keys = ("name", "metric", "mode", "grace_period", "reduction_factor", "max_t")
     errors += _unknown(value, keys, "scheduler.")
@@ -302,7 +349,7 @@ def _scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> Schedul
     max_t = _int(value, "scheduler.max_t", "max_t", 100, 1, errors)
     rf = value.get("reduction_factor", 2.0)
     if not is_num(rf) or rf <= 1:
-        errors.append(f"scheduler.reduction_factor ({rf!r}) must be a number > 1")
+        errors.append(f"scheduler.reduction_factor ({shown(rf)}) must be a number > 1")
         rf = 2.0
     return SchedulerSpec(name, sched_metric, sched_mode, grace, float(rf), max_t)
 
@@ -314,12 +361,12 @@ def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> R
     workers = _int(sec, "resources.workers_per_trial", "workers_per_trial", 1, 1, errors)
     cpus = sec.get("cpus_per_worker", 1)
     if not is_num(cpus) or cpus <= 0:
-        errors.append(f"resources.cpus_per_worker ({cpus!r}) must be a number > 0")
+        errors.append(f"resources.cpus_per_worker ({shown(cpus)}) must be a number > 0")
         cpus = 1
     gpus = sec.get("gpus_per_worker", 0)
     if not is_num(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         errors.append(
-            f"resources.gpus_per_worker ({gpus!r}) must be 0, a fraction in (0, 1] or a whole number"
+            f"resources.gpus_per_worker ({shown(gpus)}) must be 0, a fraction in (0, 1] or a whole number"
         )
         gpus = 0
     if gpus > 0:
@@ -336,9 +383,12 @@ def _storage(sec: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
     errors += _unknown(sec, ("results_dir", "tracking_uri"), "storage.")
     results = sec.get("results_dir", DEFAULT_RESULTS_DIR)
     if not isinstance(results, str) or not results:
-        errors.append(f"storage.results_dir ({results!r}) must be a directory path")
+        errors.append(f"storage.results_dir ({shown(results)}) must be a directory path")
         results = DEFAULT_RESULTS_DIR
     results_dir = (cwd / Path(results).expanduser()).resolve()
+    problem = _directory_problem(results_dir)
+    if problem:
+        errors.append(f"storage.results_dir ({shown(results)}) {problem}")
     uri = sec.get("tracking_uri")
     if uri is None:
         uri = sqlite_store(results_dir)
@@ -346,7 +396,7 @@ def _storage(sec: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
         r"^(sqlite|postgresql|mysql|https?|databricks)", uri
     ):
         errors.append(
-            f"storage.tracking_uri ({uri!r}) must be a sqlite:///, postgresql://, mysql:// or "
+            f"storage.tracking_uri ({shown(uri)}) must be a sqlite:///, postgresql://, mysql:// or "
             "http(s):// tracking URI"
         )
     elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -356,26 +406,46 @@ def _storage(sec: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
 
 
 # ---- small helpers ------------------------------------------------------------------------------
+SPECIAL_ROOTS = (Path("/proc"), Path("/sys"))  # /dev/null and the like: special files
+
+
+def _directory_problem(path: Path) -> str | None:
+    """Why `path` (resolved) cannot be, or become, a directory of sweeps; None when it can."""
+    if any(path == root or root in path.parents for root in SPECIAL_ROOTS):
+        return f"is {path}, a special path; give a directory on a disk"
+    for p in (path, *path.parents):
+        if not p.exists():
+            continue
+        if p.is_dir():
+            return None
+        what = "a regular file" if p.is_file() else "a special file"
+        return f"is {what}" if p == path else f"is under {p}, {what}"
+    return None
+
+
 def _section(raw: Mapping, key: str, errors: list[str]) -> Mapping:
     value = raw.get(key)
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        errors.append(f"{key} must be a mapping, got {type(value).__name__} {value!r}")
+        errors.append(f"{key} must be a mapping, got {type(value).__name__} {shown(value)}")
         return {}
     return value
 
 
 def _unknown(sec: Mapping, allowed: Sequence[str], prefix: str) -> list[str]:
     return [
-        f"unknown key {prefix}{k}; allowed: {', '.join(allowed)}" for k in sec if k not in allowed
+        f"unknown key {prefix}{k if isinstance(k, str) and k.isprintable() else shown(k)}; "
+        f"allowed: {', '.join(allowed)}"
+        for k in sec
+        if k not in allowed
     ]
 
 
 def _choice(sec, key, default, allowed, errors, prefix=""):
     value = sec.get(key, default)
     if value not in allowed:
-        errors.append(f"{prefix}{key} ({value!r}) must be one of {', '.join(allowed)}")
+        errors.append(f"{prefix}{key} ({shown(value)}) must be one of {', '.join(allowed)}")
         return default if default in allowed else allowed[0]
     return value
 
@@ -383,7 +453,7 @@ def _choice(sec, key, default, allowed, errors, prefix=""):
 def _bool(sec: Mapping, key: str, default: bool, errors: list[str]) -> bool:
     value = sec.get(key, default)
     if not isinstance(value, bool):
-        errors.append(f"{key} ({value!r}) must be true or false")
+        errors.append(f"{key} ({shown(value)}) must be true or false")
         return default
     return value
 
@@ -391,7 +461,7 @@ def _bool(sec: Mapping, key: str, default: bool, errors: list[str]) -> bool:
 def _int(sec: Mapping, full: str, key: str, default: int, low: int, errors: list[str]) -> int:
     value = sec.get(key, default)
     if not is_int(value) or value < low:
-        errors.append(f"{full} ({value!r}) must be an integer >= {low}")
+        errors.append(f"{full} ({shown(value)}) must be an integer >= {low}")
         return default
     return value
 

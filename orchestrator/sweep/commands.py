@@ -90,9 +90,12 @@ def best(args: argparse.Namespace) -> int:
 
 
 def exit_status(outcome) -> int:
-    """0 when every trial ended well, 1 when one failed, 130 when the sweep was interrupted."""
-    if not outcome.complete:
-        return 130  # interrupted: resumable
+    """0 when every trial ended well, 1 when one failed; interrupted (resumable): 128 + the
+    signal that stopped it (Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
+    from orchestrator.sweep.driver import exit_code
     from orchestrator.sweep.records import ERROR
+
+    if not outcome.complete:
+        return exit_code(outcome.stopped_by)
 
     return 1 if any(r.status == ERROR for r in outcome.rows) else 0

@@ -83,6 +83,12 @@ class SweepRecorder:
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def end_running_children(self, status: str = "KILLED") -> None:
+        """An interrupted sweep: every child run still RUNNING ends with `status`."""
+        for run_id in self._child.values():
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status=status)
+
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
         batch = [

@@ -88,7 +88,8 @@ class SweepProgress(Callback):
             return  # finished before the sweep was interrupted: resume skips it (TrialSettings.finished)
         row.status = RUNNING
         row.times.setdefault("start", time.time())
-        self._ensure_run(row)
+        run_id = self._ensure_run(row)
+        self.recorder.client.update_run(run_id, status="RUNNING")  # an interrupted one: KILLED
         self._say(f"trial {row.trial_id} started: {row.label}  [{self._counts(trials)}]")
         self._save()
 
@@ -97,8 +98,13 @@ class SweepProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._row(trial)
+        if row.status in DONE:
+            return  # a finished trial's final result, reported again on resume (not run again)
         step = int(result.get(STEP_KEY, row.step))
         metrics = {k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))}
+        # A trial continued from a checkpoint (worker restart, resume) reports again the steps
+        # after that checkpoint: MLflow keeps the first report of each step (one per step).
+        logged = "first_report" in row.times and step <= row.step
         row.step = max(row.step, step)
         row.metrics.update(metrics)
         now = time.time()
@@ -115,7 +121,8 @@ class SweepProgress(Callback):
         if result.get(CHECKPOINT_KEY):
             row.checkpoint = str(result[CHECKPOINT_KEY])
         run_id = self._ensure_run(row)
-        self.recorder.log_metrics(run_id, metrics, step)
+        if not logged:
+            self.recorder.log_metrics(run_id, metrics, step)
         videos = Path(row.checkpoint or "") / VALIDATION_DIR
         if result.get(CHECKPOINT_KEY) and videos.is_dir():  # the step's validation videos
             self.recorder.log_artifacts(run_id, videos, f"{VALIDATION_DIR}/step_{step:06d}")

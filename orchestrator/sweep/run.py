@@ -9,11 +9,14 @@ and samples, computed by the first trial and loaded by the others).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,23 @@ import yaml
 from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.sweep import search_space
-from orchestrator.sweep.cluster import connect, max_concurrent
+from orchestrator.sweep.cluster import (
+    check_fits,
+    connect,
+    local_resources,
+    max_concurrent,
+    ray_address,
+)
+from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
 from orchestrator.sweep.mlflow_log import NOTE_TAG, SweepRecorder, flat_params, sweep_note
 from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
 from orchestrator.sweep.records import (
     DONE,
     ENDED,
     ERROR,
     SPEC_FILE,
+    STEP_KEY,
     SWEEP_FILE,
     TRIALS_FILE,
     TrialRow,
@@ -58,20 +70,75 @@ class SweepOutcome:
     tracking_uri: str
     parent_run_id: str
     timings: dict[str, float]
+    stopped_by: int | None = None  # the signal that interrupted it (None: Ctrl-C once, or none)
 
 
 def run_sweep(
     spec: ExperimentSpec, *, address: str | None = None, verbose: bool = False
 ) -> SweepOutcome:
-    """Run every trial of `spec` and report; returns when Tune is done or interrupted."""
+    """Run every trial of `spec` and report; returns when Tune is done or interrupted (Ctrl-C,
+    SIGTERM, SIGHUP). Unreachable services and resources no trial fits in are a SpecError
+    before anything is created."""
     t0 = time.monotonic()
+    address = ray_address(address)
+    preflight(spec, address, spec.storage.tracking_uri)
     prepare_base_model(spec)
     encoded = prepare_encoded_data(spec)
     t_base = time.monotonic()
+    with contextlib.ExitStack() as held:
+        with connect(address, spec, log_to_driver=verbose) as cluster:
+            t_ray = time.monotonic()
+            sweep_dir, parent = _start_sweep(spec, encoded)
+            held.enter_context(driver_lock(sweep_dir))
+            held.enter_context(_runs_closed_on_error(sweep_dir))
+            from ray import tune
+
+            _quiet_tune_output()
+            settings = trial_settings(spec, sweep_dir, encoded=encoded)
+            metric, mode = search_space.tune_metric(spec)
+            tuner = tune.Tuner(
+                _trainable(settings),
+                param_space=search_space.param_space(spec),
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode=mode,
+                    search_alg=search_space.search_alg(spec),
+                    scheduler=search_space.scheduler(spec),
+                    num_samples=search_space.num_samples(spec),
+                    max_concurrent_trials=max_concurrent(spec, cluster),
+                    reuse_actors=reuse_trial_actors(spec),
+                ),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(sweep_dir),
+                    callbacks=[_progress(spec, sweep_dir, parent, settings)],
+                    verbose=0,
+                ),
+            )
+            stopped_by = _fit(tuner)
+            t_fit = time.monotonic()
+        timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base,
+                   "fit_s": t_fit - t_ray}  # fmt: skip
+        return finish(spec, sweep_dir, timings, t0, stopped_by=stopped_by)
+
+
+def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> None:
+    """What is bound to fail, found in seconds before anything is created (SpecError): a cluster
+    address or tracking server nothing answers at, a trial bigger than this machine when Ray
+    would start here (a joined cluster's size is checked once joined)."""
+    check_ray_address(address)
+    check_tracking_uri(tracking_uri)
+    if address is None:
+        check_fits(spec, local_resources(), "this machine")
+
+
+def _start_sweep(spec: ExperimentSpec, encoded: str | None) -> tuple[Path, str]:
+    """The MLflow experiment (the store created under its lock), then the sweep directory with
+    spec.yaml and sweep.json, and the sweep's parent run."""
+    recorder = open_store(spec.storage.tracking_uri, spec.name)
     sweep_dir = _new_sweep_dir(spec)
     spec_file = sweep_dir / SPEC_FILE
     spec_file.write_text(yaml.safe_dump(spec.source, sort_keys=False))
-    recorder = SweepRecorder(spec.storage.tracking_uri, spec.name)
     parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
     meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
             "experiment_id": recorder.experiment_id, "parent_run_id": parent,
@@ -81,73 +148,81 @@ def run_sweep(
     print(
         f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})"
     )
-    with connect(address, spec, log_to_driver=verbose) as cluster:
-        t_ray = time.monotonic()
-        from ray import tune
+    return sweep_dir, parent
 
-        _quiet_tune_output()
 
-        settings = trial_settings(spec, sweep_dir, encoded=encoded)
-        metric, mode = search_space.tune_metric(spec)
-        tuner = tune.Tuner(
-            _trainable(settings),
-            param_space=search_space.param_space(spec),
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                search_alg=search_space.search_alg(spec),
-                scheduler=search_space.scheduler(spec),
-                num_samples=search_space.num_samples(spec),
-                max_concurrent_trials=max_concurrent(spec, cluster),
-                reuse_actors=reuse_trial_actors(spec),
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                storage_path=str(sweep_dir),
-                callbacks=[_progress(spec, sweep_dir, parent, settings)],
-                verbose=0,
-            ),
-        )
+def _fit(tuner) -> int | None:
+    """tuner.fit(), stopped by Ctrl-C, SIGTERM or SIGHUP as Tune stops for Ctrl-C (its state
+    saved); a second one stops at once. The first stop signal seen (None: none, or one Ctrl-C,
+    which Tune's own handler takes)."""
+    with stop_signals() as received:
         tuner.fit()
-        t_fit = time.monotonic()
-    timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base, "fit_s": t_fit - t_ray}
-    return finish(spec, sweep_dir, timings, t0)
+    return received[0] if received else None
+
+
+@contextlib.contextmanager
+def _runs_closed_on_error(sweep_dir: Path) -> Iterator[None]:
+    """An error that escapes the sweep (a third Ctrl-C during the report included) leaves no
+    MLflow run RUNNING: the parent and its unfinished trials end FAILED (KILLED: interrupted)."""
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):
+            meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
+            recorder = SweepRecorder(meta["tracking_uri"], meta["name"])
+            recorder.attach_parent(meta["parent_run_id"])
+            recorder.end_running_children(status)
+            recorder.client.set_terminated(meta["parent_run_id"], status=status)
+        raise
 
 
 def resume_sweep(
     sweep_dir: Path, *, address: str | None = None, verbose: bool = False
 ) -> SweepOutcome:
-    """Finish an interrupted sweep: unfinished and errored trials run again, finished ones don't."""
+    """Finish an interrupted sweep: unfinished and errored trials run again, finished ones don't.
+    Refused (SpecError) while another driver is alive on the sweep."""
     t0 = time.monotonic()
     sweep_dir = Path(sweep_dir).resolve()
     spec, meta = read_sweep(sweep_dir)
-    print(f"[sla-sweep] resuming {sweep_dir}")
-    with connect(address, spec, log_to_driver=verbose):
-        t_ray = time.monotonic()
-        from ray import tune
+    address = ray_address(address)
+    with contextlib.ExitStack() as held:
+        held.enter_context(driver_lock(sweep_dir))
+        held.enter_context(_runs_closed_on_error(sweep_dir))
+        preflight(spec, address, meta["tracking_uri"])
+        print(f"[sla-sweep] resuming {sweep_dir}")
+        with connect(address, spec, log_to_driver=verbose):
+            t_ray = time.monotonic()
+            from ray import tune
 
-        _quiet_tune_output()
-
-        done = frozenset(t for t, row in load_rows(sweep_dir).items() if row.status in DONE)
-        tuner = tune.Tuner.restore(
-            str(sweep_dir / TUNE_DIR),
-            _trainable(
-                dataclasses.replace(
-                    trial_settings(spec, sweep_dir, encoded=meta.get("encoded")), finished=done
-                )
-            ),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
-        tuner.fit()
-        t_fit = time.monotonic()
-    return finish(spec, sweep_dir, {"ray_start_s": t_ray - t0, "fit_s": t_fit - t_ray}, t0)
+            _quiet_tune_output()
+            # what trials.json has as finished, with its final metrics: reported again (not run)
+            # when Tune's own state, saved only now and then, still has the trial unfinished
+            done = {t: {**row.metrics, STEP_KEY: row.step}
+                    for t, row in load_rows(sweep_dir).items() if row.status in DONE}  # fmt: skip
+            settings = trial_settings(spec, sweep_dir, encoded=meta.get("encoded"))
+            tuner = tune.Tuner.restore(
+                str(sweep_dir / TUNE_DIR),
+                _trainable(dataclasses.replace(settings, finished=done)),
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+            stopped_by = _fit(tuner)
+            t_fit = time.monotonic()
+        timings = {"ray_start_s": t_ray - t0, "fit_s": t_fit - t_ray}
+        return finish(spec, sweep_dir, timings, t0, stopped_by=stopped_by)
 
 
 def finish(
-    spec: ExperimentSpec, sweep_dir: Path, timings: dict[str, float], t0: float
+    spec: ExperimentSpec,
+    sweep_dir: Path,
+    timings: dict[str, float],
+    t0: float,
+    *,
+    stopped_by: int | None = None,
 ) -> SweepOutcome:
-    """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights."""
+    """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights. An
+    interrupted sweep leaves no MLflow run RUNNING (the parent and its unfinished trials: KILLED)."""
     meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
     rows = list(load_rows(sweep_dir).values())
     ended = sum(r.status in ENDED for r in rows)
@@ -171,12 +246,14 @@ def finish(
     timings.update(trial_overheads(rows))
     (sweep_dir / "timings.json").write_text(json.dumps(timings, indent=1))
     print("[sla-sweep] time: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    if not complete:
+        recorder.end_running_children("KILLED")
     status = "FINISHED" if complete and not any(r.status == ERROR for r in rows) else (
         "KILLED" if not complete else "FAILED")  # fmt: skip
     recorder.finish_parent([csv_path, plot_path], status=status)
     print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}")
     if not complete:
-        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}")
+        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}", flush=True)
     elif best is not None:
         print(f"[sla-sweep] best: {best.trial_id} ({best.label}) checkpoint {best.checkpoint}")
     else:
@@ -185,7 +262,7 @@ def finish(
         )
     print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
     return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
-                        meta["parent_run_id"], timings)  # fmt: skip
+                        meta["parent_run_id"], timings, stopped_by)  # fmt: skip
 
 
 def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
@@ -253,7 +330,10 @@ def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
 def find_sweep(spec: ExperimentSpec) -> Path:
     """The most recent sweep directory of this spec's name."""
     base = spec.storage.results_dir
-    found = sorted(p for p in base.glob(f"{spec.name}-*") if (p / SWEEP_FILE).is_file())
+    # <name>-YYYYmmdd-HHMMSS[-n] exactly: "smoke-*" would also match experiment "smoke-x"
+    own = re.compile(re.escape(spec.name) + r"-\d{8}-\d{6}(-\d+)?")
+    found = sorted(p for p in base.glob(f"{spec.name}-*")
+                   if own.fullmatch(p.name) and (p / SWEEP_FILE).is_file())  # fmt: skip
     if not found:
         raise SpecError(spec.name, [f"no sweep named {spec.name!r} under {base}"])
     return found[-1]

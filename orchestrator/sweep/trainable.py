@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,11 @@ class TrialSettings:
     reference_cache: str | None = None
     # A pipeline's encoded clips and captions (the manifest the driver wrote; absolute).
     encoded: str | None = None
-    # Trials the sweep's own record (trials.json) has as finished; a resumed sweep does not rerun
-    # them even when Tune's experiment state, saved only now and then, was older than the kill.
-    finished: frozenset[str] = frozenset()
+    # Trials the sweep's own record (trials.json) has as finished, with their final metrics; a
+    # resumed sweep does not rerun them even when Tune's experiment state, saved only now and
+    # then, was older than the kill: it reports those metrics again (Tune needs its metric in a
+    # trial's last result) and ends.
+    finished: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
 
 def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -54,6 +57,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trainable_start = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     if trial_id in settings.finished:
+        ray.tune.report(dict(settings.finished[trial_id]))
         return
     os.environ.update(settings.controller_env)
     resources = {"CPU": settings.cpus_per_worker}

@@ -77,7 +77,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         # A restarted worker (failure_config) or a resumed sweep continues from the last checkpoint.
         with checkpoint.as_directory() as resume_dir:
+            if _report_if_final(Path(resume_dir), train.steps, callback, rank):
+                return
             run_trial(train, sla, Path(workdir), resume_from=Path(resume_dir), **common)
+
+
+def _report_if_final(directory: Path, steps: int, callback: RayReportCallback, rank: int) -> bool:
+    """A checkpoint of the last step: the trial trained to the end, but its last report may never
+    have reached Tune (the driver was stopped in between). Report it again (rank 0 hands the
+    checkpoint) instead of training nothing and reporting nothing; True when it did."""
+    from orchestrator.recipe.checkpoint import read_trial
+
+    trial = read_trial(directory)
+    if trial["step"] < steps:
+        return False
+    metrics = dict(trial.get("metrics") or {})
+    if rank == 0:
+        callback.on_checkpoint(trial["step"], directory, metrics)
+    else:
+        callback.on_metrics(trial["step"], metrics)
+    return True
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
