@@ -31,7 +31,7 @@ from .triton_fwd import (
     KernelSettings,
 )
 from .triton_op import fused_sla
-from .triton_router import route_triton
+from .triton_router import route_for_kernels
 
 HEAD_DIMS = (16, 32, 64, 128)
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -115,10 +115,9 @@ def sla_triton(
             "bfloat16 matmuls are wrong under TRITON_INTERPRET=1; use float16 inputs or use_bf16=False"
         )
     b, h, n, d = q.shape
-    routing = route_triton(q, k, config)
-    t_m, kc = routing.indices.shape[-2:]
+    routing, indices = route_for_kernels(q, k, config)  # indices: (B*H, T_m, k) int32
+    t_m, kc = indices.shape[-2:]
     mode = linear_mode(config, kc, n_blocks(n, config.blkk))
-    indices = routing.indices.reshape(b * h, t_m, kc).to(torch.int32).contiguous()
     neg_indices = negligible_indices(routing.negligible, config, n_blocks(n, config.blkk))
     neg_indices = neg_indices.reshape(b * h, t_m, -1).to(torch.int32).contiguous()
 

@@ -78,11 +78,61 @@ class ForwardState(NamedTuple):
     ztot: torch.Tensor
 
 
-def tune_configs(options: list[tuple[int, int]]) -> list[triton.Config]:
-    """(num_warps, num_stages) options; one config under the interpreter (each one is run)."""
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """How one kernel is launched: warps, pipeline stages and the key blocks per loop step (pair).
+
+    The kernels are autotuned over a few of these; benchmarks pass one explicitly to time it.
+    """
+
+    num_warps: int = 4
+    num_stages: int = 2
+    pair: int = 1  # key (or query) blocks per tile: 2 makes a 64-row tile's loop twice as wide
+
+    def kwargs(self) -> dict[str, int]:
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "PAIR": self.pair}
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamLaunch:
+    """Launch of a kernel that streams every token of a head in chunks (the linear prologues)."""
+
+    blk: int = 64  # rows per loop step
+    num_warps: int = 8
+    num_stages: int = 3
+    chunks: int = 16  # programs per head
+
+    def chunk_rows(self, n: int) -> int:
+        return self.blk * max(1, triton.cdiv(triton.cdiv(n, self.blk), self.chunks))
+
+
+def stream_launch(launch: StreamLaunch | None, d: int) -> StreamLaunch:
+    """The given launch, else the default: 64 rows a step, 4 warps, 3 stages, 16 chunks a head
+    (measured the fastest of seven for both prologues at d 128, N 8192 and 32768)."""
+    return launch or StreamLaunch(num_warps=4)
+
+
+def tune_configs(options: list[LaunchConfig]) -> list[triton.Config]:
+    """Autotune configs from LaunchConfigs; one config under the interpreter (each one is run)."""
     if INTERPRET:
         options = options[:1]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in options]
+    return [
+        triton.Config({"PAIR": o.pair}, num_warps=o.num_warps, num_stages=o.num_stages)
+        for o in options
+    ]
+
+
+def prune_by_rows(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Autotune candidates for a BQ-row tile: 8 warps (two warpgroups) for 128 rows, else 4."""
+    warps = 8 if kwargs.get("BQ", named_args.get("BQ", 64)) >= 128 else 4
+    return [c for c in configs if c.num_warps == warps] or configs[:1]
+
+
+def kernel_and_kwargs(kernel, launch: LaunchConfig | None):
+    """The autotuned kernel, or with an explicit LaunchConfig its plain JIT function and kwargs."""
+    if launch is None:
+        return kernel, {}
+    return kernel.fn, launch.kwargs()
 
 
 @triton.jit
@@ -90,7 +140,7 @@ def phi_fwd(x, FMAP: tl.constexpr):
     """Feature map on a float32 (rows, D) tile: softmax over D, elu(x)+1 or relu."""
     if FMAP == 0:
         e = tl.exp(x - tl.max(x, 1)[:, None])
-        return e / tl.sum(e, 1)[:, None]
+        return e * (1.0 / tl.sum(e, 1))[:, None]
     elif FMAP == 1:
         return tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
     else:
@@ -119,12 +169,33 @@ def phi_rows(x, valid, FMAP: tl.constexpr):
 
 
 @triton.jit
+def block_rows(idx_row, t, N, BK: tl.constexpr, PAIR: tl.constexpr):
+    """Token offsets of the PAIR blocks idx_row[t*PAIR : t*PAIR+PAIR] (PAIR*BK rows) and validity."""
+    if PAIR == 1:
+        offs = tl.load(idx_row + t) * BK + tl.arange(0, BK)
+    else:
+        r = tl.arange(0, PAIR * BK)
+        offs = tl.load(idx_row + t * PAIR + r // BK) * BK + r % BK
+    return offs, offs < N
+
+
+@triton.jit
+def load_rows(X, base, offs, valid, D: tl.constexpr, MASKED: tl.constexpr):
+    """X[base + offs, :D] as a (rows, D) tile; rows past N are 0 when MASKED."""
+    ptr = X + base + offs[:, None] * D + tl.arange(0, D)[None, :]
+    if MASKED:
+        return tl.load(ptr, mask=valid[:, None], other=0.0)
+    return tl.load(ptr)
+
+
+@triton.jit
 def _linear_totals_kernel(
-    K, V, HPART, ZPART,
+    K, V, HPART, ZPART, PHIK,
     N, CHUNK,
-    D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr,
+    D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr, STORE_PHIK: tl.constexpr,
 ):  # fmt: skip
-    """Per-chunk partial sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows."""
+    """Per-chunk partial sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows;
+    with STORE_PHIK, phi(K) itself too."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     n_chunks = tl.num_programs(0)
@@ -135,10 +206,12 @@ def _linear_totals_kernel(
     for r0 in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, N), BLK):
         offs_n = r0 + tl.arange(0, BLK)
         valid = offs_n < N
-        ptr = base + offs_n[:, None] * D + offs_d[None, :]
-        k = tl.load(K + ptr, mask=valid[:, None], other=0.0)
-        v = tl.load(V + ptr, mask=valid[:, None], other=0.0)
+        k = load_rows(K, base, offs_n, valid, D, True)
+        v = load_rows(V, base, offs_n, valid, D, True)
         pk = phi_rows(k, valid, FMAP)
+        if STORE_PHIK:
+            ptr = PHIK + base + offs_n[:, None] * D + offs_d[None, :]
+            tl.store(ptr, pk, mask=valid[:, None])
         h += tl.dot(tl.trans(pk), v)
         z += tl.sum(pk.to(tl.float32), 0)
     part = bh * n_chunks + c
@@ -146,17 +219,70 @@ def _linear_totals_kernel(
     tl.store(ZPART + part * D + offs_d, z)
 
 
+@triton.jit
+def _fwd_visit(
+    q, phiq, K, V, PHIK, base, offs_n, kvalid, m_i, l_i, acc, acc_l, den_sub, qk_scale,
+    D: tl.constexpr, LINEAR: tl.constexpr, FMAP: tl.constexpr, MASKED: tl.constexpr,
+    LOAD_PHIK: tl.constexpr,
+):  # fmt: skip
+    """One step of the fused loop over a (rows, D) key tile: online softmax, and for the marginal
+    linear branch the critical tile's share of the totals."""
+    k = load_rows(K, base, offs_n, kvalid, D, MASKED)
+    v = load_rows(V, base, offs_n, kvalid, D, MASKED)
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        s = tl.where(kvalid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * qk_scale - m_new[:, None])  # one fused multiply-add per score
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if LINEAR == 1:
+        if LOAD_PHIK:
+            pk = load_rows(PHIK, base, offs_n, kvalid, D, MASKED)
+        else:
+            pk = phi_rows(k, kvalid, FMAP)
+        a = tl.dot(phiq, tl.trans(pk))
+        den_sub += tl.sum(a, 1)
+        acc_l += tl.dot(a.to(v.dtype), v)
+    return m_new, l_i, acc, acc_l, den_sub
+
+
+@triton.jit
+def _linear_visit(
+    phiq, K, V, base, offs_n, kvalid, acc_l, den_sub, D: tl.constexpr, FMAP: tl.constexpr
+):
+    """A negligible tile: only its share of the linear totals, to subtract."""
+    k = load_rows(K, base, offs_n, kvalid, D, True)
+    v = load_rows(V, base, offs_n, kvalid, D, True)
+    a = tl.dot(phiq, tl.trans(phi_rows(k, kvalid, FMAP)))
+    return acc_l + tl.dot(a.to(v.dtype), v), den_sub + tl.sum(a, 1)
+
+
+# The fastest launches measured on an H200 (d 128, N 32768): two stages for scope all, one for
+# marginal, 8 warps for 128-row tiles; paired key blocks and 8 warps on 64 rows were slower.
+FWD_CONFIGS = [
+    LaunchConfig(4, 2, 1),
+    LaunchConfig(4, 1, 1),
+    LaunchConfig(4, 3, 1),
+    LaunchConfig(8, 2, 1),
+    LaunchConfig(8, 3, 1),
+]
+
+
 @triton.autotune(
-    configs=tune_configs([(4, 2), (8, 2), (4, 3), (8, 3), (8, 1)]),
-    key=["D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
+    configs=tune_configs(FWD_CONFIGS),
+    key=["N", "D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
+    prune_configs_by={"early_config_prune": prune_by_rows},
 )
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, IDX, NIDX, HHI, HLO, ZTOT,
+    Q, K, V, IDX, NIDX, HHI, HLO, ZTOT, PHIK,
     OS, OL, LSE, DEN,
     N, T_M, KC, KN, qk_scale, eps,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
+    MASKED: tl.constexpr, LOAD_PHIK: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
     """One query block: online softmax over its critical key blocks, and the linear branch."""
     i = tl.program_id(0)
@@ -165,52 +291,36 @@ def _sla_fwd_kernel(
     offs_d = tl.arange(0, D)
     qvalid = offs_m < N
     base = bh * N * D
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=qvalid[:, None], other=0.0)
-    if LINEAR != 0:
-        phiq = phi_rows(q, qvalid, FMAP)
+    q = load_rows(Q, base, offs_m, qvalid, D, True)
+    phiq = phi_rows(q, qvalid, FMAP) if LINEAR != 0 else q
     m_i = tl.full((BQ,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BQ,), dtype=tl.float32)
     acc = tl.zeros((BQ, D), dtype=tl.float32)
     acc_l = tl.zeros((BQ, D), dtype=tl.float32)
     den_sub = tl.zeros((BQ,), dtype=tl.float32)
     idx_row = IDX + (bh * T_M + i) * KC
-    for t in range(0, KC):
-        j = tl.load(idx_row + t)
-        offs_n = j * BK + tl.arange(0, BK)
-        kvalid = offs_n < N
-        kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
-        k = tl.load(K + kv_ptr, mask=kvalid[:, None], other=0.0)
-        v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(kvalid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-        if LINEAR == 1:
-            pk = phi_rows(k, kvalid, FMAP)
-            a = tl.dot(phiq, tl.trans(pk))
-            den_sub += tl.sum(a, 1)
-            acc_l += tl.dot(a.to(v.dtype), v)
+    for t in range(0, KC // PAIR):
+        offs_n, kvalid = block_rows(idx_row, t, N, BK, PAIR)
+        m_i, l_i, acc, acc_l, den_sub = _fwd_visit(
+            q, phiq, K, V, PHIK, base, offs_n, kvalid, m_i, l_i, acc, acc_l, den_sub, qk_scale,
+            D, LINEAR, FMAP, MASKED, LOAD_PHIK,
+        )  # fmt: skip
+    for t in range((KC // PAIR) * PAIR, KC):  # the blocks left over from the pairs
+        offs_n, kvalid = block_rows(idx_row, t, N, BK, 1)
+        m_i, l_i, acc, acc_l, den_sub = _fwd_visit(
+            q, phiq, K, V, PHIK, base, offs_n, kvalid, m_i, l_i, acc, acc_l, den_sub, qk_scale,
+            D, LINEAR, FMAP, MASKED, LOAD_PHIK,
+        )  # fmt: skip
     if LINEAR == 1 and HAS_NEG:
         # Negligible blocks (kl > 0) are skipped by both branches: subtract them from the totals.
         nidx_row = NIDX + (bh * T_M + i) * KN
         for t in range(0, KN):
-            j = tl.load(nidx_row + t)
-            offs_n = j * BK + tl.arange(0, BK)
-            kvalid = offs_n < N
-            kv_ptr = base + offs_n[:, None] * D + offs_d[None, :]
-            k = tl.load(K + kv_ptr, mask=kvalid[:, None], other=0.0)
-            v = tl.load(V + kv_ptr, mask=kvalid[:, None], other=0.0)
-            pk = phi_rows(k, kvalid, FMAP)
-            a = tl.dot(phiq, tl.trans(pk))
-            den_sub += tl.sum(a, 1)
-            acc_l += tl.dot(a.to(v.dtype), v)
-    o_s = acc / l_i[:, None]
+            offs_n, kvalid = block_rows(nidx_row, t, N, BK, 1)
+            acc_l, den_sub = _linear_visit(
+                phiq, K, V, base, offs_n, kvalid, acc_l, den_sub, D, FMAP
+            )
     out_ptr = base + offs_m[:, None] * D + offs_d[None, :]
-    tl.store(OS + out_ptr, o_s.to(OS.dtype.element_ty), mask=qvalid[:, None])
+    tl.store(OS + out_ptr, (acc / l_i[:, None]).to(OS.dtype.element_ty), mask=qvalid[:, None])
     tl.store(LSE + bh * N + offs_m, m_i + tl.log2(l_i), mask=qvalid)
     if LINEAR != 0:
         hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
@@ -232,20 +342,30 @@ def split_hi_lo(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
 
 
 def linear_totals(
-    k: torch.Tensor, v: torch.Tensor, blkk: int, fmap: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float32 totals H (B*H, D, D), Z (B*H, D) of phi(K)^T V and phi(K) over all keys."""
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fmap: int,
+    store_phik: bool = False,
+    launch: StreamLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The float32 totals H (B*H, D, D), Z (B*H, D) of phi(K)^T V and phi(K) over all keys; with
+    store_phik also phi(K) (B*H, N, D) in k's dtype, else None."""
     bh, n, d = k.shape
-    blk = min(blkk, 64)
-    chunk = blk * max(1, triton.cdiv(triton.cdiv(n, blk), 16))  # about 16 chunks per head
+    launch = stream_launch(launch, d)
+    chunk = launch.chunk_rows(n)
     n_chunks = triton.cdiv(n, chunk)
     hpart = torch.empty((bh, n_chunks, d, d), dtype=torch.float32, device=k.device)
     zpart = torch.empty((bh, n_chunks, d), dtype=torch.float32, device=k.device)
+    phik = torch.empty_like(k) if store_phik else None
     _linear_totals_kernel[(n_chunks, bh)](
-        k, v, hpart, zpart, n, chunk, D=d, BLK=blk, FMAP=fmap,
-        num_warps=8 if d >= 128 else 4,
+        k, v, hpart, zpart, phik, n, chunk, D=d, BLK=launch.blk, FMAP=fmap, STORE_PHIK=store_phik,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return hpart.sum(dim=1), zpart.sum(dim=1)
+    return hpart.sum(dim=1), zpart.sum(dim=1), phik
+
+
+# The marginal forward reads phi(K) from a transient buffer instead of recomputing it per visit.
+MARGINAL_PHIK_BUFFER = True
 
 
 def sla_forward(
@@ -255,9 +375,12 @@ def sla_forward(
     indices: torch.Tensor,
     neg_indices: torch.Tensor,
     settings: KernelSettings,
+    launch: LaunchConfig | None = None,
+    phik_buffer: bool = MARGINAL_PHIK_BUFFER,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the forward on (B*H, N, D) tensors; indices (B*H, T_m, k) int32 (critical blocks),
-    neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0).
+    neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0). launch: autotuned
+    when None; phik_buffer: the marginal scope reads phi(K) from a buffer (freed on return).
 
     Returns o_s, o_l, lse (log2 units, float32), den (float32), H hi, H lo, Z: ForwardState's
     fields after the inputs. The linear branch's denominator adds feature_maps.LINEAR_EPS.
@@ -266,21 +389,25 @@ def sla_forward(
     t_m, kc = indices.shape[1], indices.shape[2]
     kn = neg_indices.shape[2]
     nidx = neg_indices if kn > 0 else indices  # never read without negligible blocks
+    load_phik = phik_buffer and settings.linear_mode == LINEAR_MARGINAL
+    phik = None
     if settings.linear_mode == LINEAR_EMPTY:  # sparse only: the kernels never read the states
         ztot = torch.zeros((bh, d), dtype=torch.float32, device=q.device)
         h_hi, h_lo = q.new_zeros((bh, d, d)), q.new_zeros((bh, d, d))
     else:
-        htot, ztot = linear_totals(k, v, settings.blkk, settings.fmap)
+        htot, ztot, phik = linear_totals(k, v, settings.fmap, load_phik)
         h_hi, h_lo = split_hi_lo(htot, q.dtype)
     o_s = torch.empty_like(q)
     o_l = torch.empty_like(q)
     lse = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     den = torch.empty((bh, n), dtype=torch.float32, device=q.device)
-    _sla_fwd_kernel[(t_m, bh)](
-        q, k, v, indices, nidx, h_hi, h_lo, ztot,
+    kernel, kwargs = kernel_and_kwargs(_sla_fwd_kernel, launch)
+    kernel[(t_m, bh)](
+        q, k, v, indices, nidx, h_hi, h_lo, ztot, k if phik is None else phik,
         o_s, o_l, lse, den,
         n, t_m, kc, kn, d**-0.5 * LOG2E, LINEAR_EPS,
         D=d, BQ=settings.blkq, BK=settings.blkk, LINEAR=settings.linear_mode,
-        FMAP=settings.fmap, HAS_NEG=kn > 0,
+        FMAP=settings.fmap, HAS_NEG=kn > 0, MASKED=n % settings.blkk != 0, LOAD_PHIK=load_phik,
+        **kwargs,
     )  # fmt: skip
     return o_s, o_l, lse, den, h_hi, h_lo, ztot

@@ -59,3 +59,11 @@ def test_interpreter_refuses_bf16_compute():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "bfloat16 matmuls are wrong under TRITON_INTERPRET=1" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_paired_tiles_and_phik_buffer_match_the_single_block_loop():
+    # Each LaunchConfig the GPU may autotune to computes the same sums in another order.
+    results = run_json_script("-m", "tests.sla_kernel_glue.triton_interp_cases", "--launch")
+    for case, r in results.items():
+        for variant in ("pair", "phik"):
+            assert r[variant] <= 2**-9 * r["scale"], (case, variant, r)

@@ -79,5 +79,62 @@ def main(names: list[str]) -> None:
     print(json.dumps({name: run_case(*CASES[name]) for name in names}))
 
 
+# name: (N, blkq, linear_scope); B 1, H 2, d 16, blkk 16, topk 0.4 (3 of 6-7 key blocks: one pair
+# and a single block left over)
+LAUNCH_CASES = {
+    "even_marginal": (96, 16, "marginal"),
+    "ragged_all": (100, 16, "all"),
+    "blkq32_marginal_ragged": (100, 32, "marginal"),
+}
+
+
+def launch_variant_errors(n: int, blkq: int, scope: str) -> dict:
+    """Max abs differences of the fused kernels' outputs and gradients under each LaunchConfig
+    (paired tiles, the phi(K) buffer or not) from the first autotune config, and their scale."""
+    import torch
+
+    from sla_kernel_glue import SLAConfig
+    from sla_kernel_glue.triton_backend import linear_mode
+    from sla_kernel_glue.triton_bwd import sla_backward
+    from sla_kernel_glue.triton_fwd import (
+        FMAP_CODES,
+        ForwardState,
+        KernelSettings,
+        LaunchConfig,
+        sla_forward,
+    )
+    from sla_kernel_glue.triton_router import route_for_kernels
+
+    cfg = SLAConfig(topk=0.4, blkq=blkq, blkk=16, linear_scope=scope)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v, g_s, g_l = (torch.randn((1, 2, n, 16), generator=gen).half() for _ in range(5))
+    _, idx = route_for_kernels(q, k, cfg)
+    settings = KernelSettings(blkq, 16, FMAP_CODES["softmax"], linear_mode(cfg, idx.shape[-1], 7))
+    q, k, v, g_s, g_l = (t.reshape(2, n, 16) for t in (q, k, v, g_s, g_l))
+    no_neg = idx[..., :0]
+
+    def run(launch: LaunchConfig, phik: bool) -> list:
+        outs = sla_forward(q, k, v, idx, no_neg, settings, launch, phik)
+        saved = ForwardState(q, k, v, idx, no_neg, *outs)
+        return [*outs[:2], *sla_backward(g_s, g_l, saved, settings, launch, launch, phik)]
+
+    base = run(LaunchConfig(4, 2, 1), phik=False)
+    result = {"scale": max(t.abs().max().item() for t in base)}
+    for name, launch, phik in (("pair", LaunchConfig(4, 2, 2), False), ("phik", None, True)):
+        outs = run(launch or LaunchConfig(4, 2, 1), phik)
+        result[name] = max(
+            (a.float() - b.float()).abs().max().item() for a, b in zip(outs, base, strict=True)
+        )
+    return result
+
+
+def main_launch() -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    print(json.dumps({name: launch_variant_errors(*c) for name, c in LAUNCH_CASES.items()}))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(CASES))
+    if sys.argv[1:] == ["--launch"]:
+        main_launch()
+    else:
+        main(sys.argv[1:] or list(CASES))
