@@ -5,10 +5,13 @@
     sla-sweep ui sqlite:////abs/path/mlflow.db --port 5000
 
 Runs `mlflow server` (the process behind `mlflow ui`) in its own process group, bound to
-127.0.0.1 only, on a free port unless --port is given; prints the URL of the sweep's runs and
-stops the server (and the workers it started) on Ctrl-C. MLflow's GenAI job runner is switched
-off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false): a sweep review does not use it, and it costs
-several processes.
+127.0.0.1 only, on a free port unless --port is given, and prints the links of a sweep: its runs
+table (the trials, their settings and key metrics as columns), the compare view of all its
+trials, the sweep's run and its registered model. It stops the server's whole process group
+(mlflow server and the uvicorn process it starts) on SIGINT (Ctrl-C), SIGTERM and SIGHUP alike,
+when the server exits, and when its own parent process goes away; the port is free afterwards.
+MLflow's GenAI job runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false): a sweep
+review does not use it, and it costs several processes.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
+from orchestrator.sweep.mlflow_review import MODEL_TAG, links, model_link
 from orchestrator.sweep.records import SWEEP_FILE
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 120.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PARENT_POLL_S = 0.5
+
+
+class StopSignal(BaseException):
+    """A stop signal arrived (raised once, by the handler stop_on_signals installs)."""
 
 
 class UIError(ValueError):
@@ -100,7 +111,17 @@ class UIServer:
         """The sweep's runs page (or the experiments list when the experiment is unknown)."""
         if self.store.experiment_id is None:
             return self.page("experiments")
-        return self.page(f"experiments/{self.store.experiment_id}/runs")
+        if self.store.parent_run_id is None:
+            return self.page(f"experiments/{self.store.experiment_id}/runs")
+        return links(self.url, self.store.experiment_id, self.store.parent_run_id, [])["runs"]
+
+    def api(self, path: str, body: dict | None = None) -> dict:
+        """One call of the server's REST API (GET, or POST with a JSON body)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{path}", data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> UIServer:
         """Start the server and wait until /health answers; UIError with its log tail if it dies."""
@@ -183,24 +204,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Start the MLflow UI on 127.0.0.1 against a sweep's store and print its URL."""
+    """Start the MLflow UI on 127.0.0.1 against a sweep's store, print its links, and serve
+    until a stop signal, the server's exit or this process's parent going away."""
     try:
-        server = UIServer(resolve_store(args.dir), port=args.port).start()
+        store = resolve_store(args.dir)
     except UIError as exc:
         print(f"sla-sweep ui: error: {exc}", file=sys.stderr)
         return 2
-    print(f"MLflow UI for {server.store.tracking_uri}")
-    print(f"  {server.runs_url}")
-    if server.store.parent_run_id and server.store.experiment_id:
-        print(
-            f"  sweep run: {server.page(f'experiments/{server.store.experiment_id}/runs/{server.store.parent_run_id}')}"
-        )
-    print(f"(server log: {server.log_path}; Ctrl-C stops it)", flush=True)
+    with stop_on_signals():
+        server = UIServer(store, port=args.port)
+        try:
+            server.start()
+            print(f"MLflow UI for {server.store.tracking_uri}")
+            for what, url in sweep_links(server).items():
+                print(f"  {what}: {url}" if what != "runs" else f"  {url}")
+            print(f"(server log: {server.log_path}; Ctrl-C stops it)", flush=True)
+            return serve(server)
+        except UIError as exc:
+            print(f"sla-sweep ui: error: {exc}", file=sys.stderr)
+            return 2
+        except StopSignal:
+            return 0
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT, SIGTERM and SIGHUP raise StopSignal once (later ones are only recorded, so that
+    the stop they asked for runs to its end); the previous handlers come back afterwards."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise StopSignal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        while server.proc is not None and server.proc.poll() is None:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        yield received
     finally:
-        server.stop()
-    return 0
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(server: UIServer) -> int:
+    """Wait while the server runs and this process's parent is alive: 0 when the parent went
+    away, 1 when the server exited by itself."""
+    parent = os.getppid()
+    while server.proc is not None and server.proc.poll() is None:
+        if os.getppid() != parent:  # re-parented: whoever started us is gone
+            print("sla-sweep ui: parent process gone; stopping the server", file=sys.stderr)
+            return 0
+        time.sleep(PARENT_POLL_S)
+    print(f"sla-sweep ui: mlflow server exited: {server._log_tail()}", file=sys.stderr)
+    return 1
+
+
+def sweep_links(server: UIServer) -> dict[str, str]:
+    """The links to print: a sweep's runs table, compare view, parent run and registered
+    model (asked of the running server), else the experiments list."""
+    store = server.store
+    if store.experiment_id is None or store.parent_run_id is None:
+        return {"runs": server.runs_url}
+    children = server.api("runs/search", {
+        "experiment_ids": [store.experiment_id], "max_results": 5000,
+        "filter": f"tags.`mlflow.parentRunId` = '{store.parent_run_id}'",
+    }).get("runs", [])  # fmt: skip
+    ids = [r["info"]["run_id"] for r in children]
+    found = links(server.url, store.experiment_id, store.parent_run_id, ids)
+    parent = server.api(f"runs/get?run_id={store.parent_run_id}")["run"]
+    tags = {t["key"]: t["value"] for t in parent["data"].get("tags", [])}
+    if tags.get(MODEL_TAG, "").count("/") == 2:  # models:/NAME/VERSION
+        name, version = tags[MODEL_TAG][len("models:/") :].split("/")
+        found["registered model"] = model_link(server.url, name, version)
+    return found

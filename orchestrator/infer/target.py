@@ -7,7 +7,10 @@ TARGET may be:
     holding checkpoint_* directories (its latest complete one);
   - an export directory (`sla-sweep export` output: inference.json + sla_attention.pt);
   - an MLflow run id: a trial's child run, or a sweep's parent run (its best trial), looked up
-    in --tracking-uri, $MLFLOW_TRACKING_URI, or the default store ./sla_runs/mlflow.db.
+    in --tracking-uri, $MLFLOW_TRACKING_URI, or the default store ./sla_runs/mlflow.db;
+  - a registered model version, models:/NAME/VERSION (or models:/NAME/latest, models:/NAME@ALIAS),
+    in the same store: the checkpoint it names, or, when that is not on this machine and the
+    checkpoint was lean, the small files logged with it (orchestrator.sweep.model_registry).
 A checkpoint inside a sweep directory is matched back to its trial, so its samples can be
 logged to the trial's MLflow run.
 """
@@ -72,8 +75,11 @@ def resolve_target(
         )
     if RUN_ID_RE.match(target):
         return from_run_id(target, trial, tracking_uri)
+    if target.startswith("models:/"):
+        return from_model_uri(target, trial, tracking_uri)
     raise InferenceError(
-        f"TARGET ({target!r}) is not an existing directory nor an MLflow run id (32 hex digits)"
+        f"TARGET ({target!r}) is not an existing directory, an MLflow run id (32 hex digits) "
+        "nor a registered model (models:/NAME/VERSION)"
     )
 
 
@@ -152,16 +158,11 @@ def default_tracking_uri() -> str:
 def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Target:
     """A trial's child run -> its checkpoint; a sweep's parent run -> its best (or --trial) trial."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from orchestrator.sweep.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
     uri = tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise InferenceError(
-            f"no MLflow store at {uri} to look up run {run_id}; pass --tracking-uri"
-        )
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(uri, f"run {run_id}")
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -185,3 +186,47 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
     if trial is not None and trial != trial_id:
         raise InferenceError(f"run {run_id} is trial {trial_id}, not --trial {trial!r}")
     return from_sweep(Path(sweep_dir), trial_id)
+
+
+def _client(uri: str, what: str):
+    """An MlflowClient of the store `uri`; InferenceError when a sqlite store is not there."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise InferenceError(f"no MLflow store at {uri} to look up {what}; pass --tracking-uri")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def from_model_uri(model_uri: str, trial: str | None, tracking_uri: str | None) -> Target:
+    """A registered version -> the checkpoint it names (matched back to its trial and run), or
+    its logged files (a lean checkpoint) downloaded into the cache."""
+    from orchestrator.data.cache import default_cache_root
+    from orchestrator.sweep.model_registry import download_lean, local_checkpoint, resolve_version
+
+    if trial is not None:
+        raise InferenceError(
+            f"--trial ({trial!r}) needs a sweep directory; {model_uri} is one model"
+        )
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        version = resolve_version(_client(uri, model_uri), model_uri)
+    except ValueError as exc:
+        raise InferenceError(f"{exc}; pass --tracking-uri for another store") from None
+    checkpoint = local_checkpoint(version)
+    if checkpoint is not None:
+        found = _with_trial(checkpoint.resolve())
+        return (
+            found
+            if found.run_id
+            else dataclasses.replace(found, run_id=version.run_id, tracking_uri=uri)
+        )
+    into = default_cache_root() / "registered" / version.name / str(version.version)
+    downloaded = download_lean(version, uri, into)
+    if downloaded is None:
+        named = version.tags.get("sla_sweep.checkpoint", "none recorded")
+        raise InferenceError(
+            f"{model_uri}: its checkpoint ({named}) is not on this machine, and its weights were "
+            "referenced, not logged (a full fine-tune); run it where the sweep directory is"
+        )
+    return Target("checkpoint", downloaded, trial_id=version.tags.get("sla_sweep.trial_id"),
+                  run_id=version.run_id, tracking_uri=uri)  # fmt: skip

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.sweep.datasets import training_input
+from orchestrator.sweep.mlflow_review import save_view, view_columns, view_state
 from orchestrator.values import is_num
 
 TRIAL_TAG = "sla_sweep.trial_id"
@@ -36,6 +38,7 @@ class SweepRecorder:
         )
         self.parent_run_id: str | None = None
         self._child: dict[str, str] = {}
+        self._dataset: DatasetInput | bool | None = None  # False: could not be read
 
     # ---- parent -------------------------------------------------------------------------------
     def start_parent(self, sweep_dir: Path, params: Mapping[str, Any], spec_file: Path) -> str:
@@ -45,6 +48,9 @@ class SweepRecorder:
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, params)
         self.client.log_artifact(self.parent_run_id, str(spec_file))
+        metric, mode = str(params.get("metric", "val/loss")), str(params.get("mode", "min"))
+        state = view_state(self.parent_run_id, view_columns(params), metric, mode)
+        save_view(self.client, self.experiment_id, self.parent_run_id, state)
         return self.parent_run_id
 
     def attach_parent(self, run_id: str) -> None:
@@ -81,7 +87,23 @@ class SweepRecorder:
         )
         self._child[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)
+        dataset = self.training_input()
+        if dataset is not None:
+            self.client.log_inputs(run.info.run_id, datasets=[dataset])
         return run.info.run_id
+
+    def training_input(self) -> DatasetInput | None:
+        """The sweep's training data (datasets.training_input), found from the parent run's
+        sweep directory once per driver; None, said once, when it cannot be read."""
+        if self._dataset is None:
+            assert self.parent_run_id is not None
+            sweep_dir = self.client.get_run(self.parent_run_id).data.tags.get(SWEEP_TAG)
+            try:
+                self._dataset = training_input(Path(sweep_dir)) if sweep_dir else False
+            except (OSError, ValueError, KeyError) as exc:
+                print(f"[sla-sweep] no MLflow dataset input for the trials: {exc}", flush=True)
+                self._dataset = False
+        return self._dataset or None
 
     def end_running_children(self, status: str = "KILLED") -> None:
         """An interrupted sweep: every child run still RUNNING ends with `status`."""
@@ -154,6 +176,12 @@ def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: P
     for r in rows:
         values = " | ".join(f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in NOTE_METRICS)
         lines.append(f"| {r.trial_id} | {short_label(r, keys)} | {values} | {r.status} |")
+    parent = _parent_of(sweep_dir)
+    if parent:  # the Pareto plot inline: the UI's own artifact endpoint, relative to its page
+        lines += [
+            "",
+            f"![Quality against attention FLOPs](get-artifact?path=pareto.png&run_uuid={parent})",
+        ]
     lines += [
         "",
         "Quality against FLOPs: select the child runs, Compare, Scatter Plot with x = "
@@ -161,6 +189,16 @@ def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: P
         f"Samples from the best SLA trial: `sla-sweep infer {sweep_dir}`",
     ]
     return "\n".join(lines)
+
+
+def _parent_of(sweep_dir: Path) -> str | None:
+    """The parent run id that sweep.json records (None before it is written)."""
+    import json
+
+    from orchestrator.sweep.records import SWEEP_FILE
+
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()).get("parent_run_id") if path.is_file() else None
 
 
 def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:

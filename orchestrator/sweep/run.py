@@ -34,6 +34,7 @@ from orchestrator.sweep.cluster import (
 )
 from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
 from orchestrator.sweep.mlflow_log import NOTE_TAG, SweepRecorder, flat_params, sweep_note
+from orchestrator.sweep.mlflow_review import log_review
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
 from orchestrator.sweep.records import (
@@ -250,6 +251,7 @@ def finish(
         recorder.end_running_children("KILLED")
     status = "FINISHED" if complete and not any(r.status == ERROR for r in rows) else (
         "KILLED" if not complete else "FAILED")  # fmt: skip
+    review = log_review(recorder, spec, sweep_dir, rows, complete=complete)
     recorder.finish_parent([csv_path, plot_path], status=status)
     print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}")
     if not complete:
@@ -260,7 +262,8 @@ def finish(
         print(
             f"[sla-sweep] no SLA trial ran all its steps and reported {spec.metric}: no best trial"
         )
-    print(f"[sla-sweep] review: mlflow ui --backend-store-uri {meta['tracking_uri']}")
+    for line in review:  # sla-sweep ui DIR, the registered model, links on a tracking server
+        print(f"[sla-sweep] {line}")
     return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
                         meta["parent_run_id"], timings, stopped_by)  # fmt: skip
 

@@ -21,6 +21,7 @@ from orchestrator.sweep.records import (
     TRAINABLE_START_KEY,
     WORKER_CREATED_KEY,
 )
+from orchestrator.sweep.system_metrics import SystemSampler
 
 
 class RayReportCallback:
@@ -31,6 +32,7 @@ class RayReportCallback:
         self.loop_start = time.time()
         self.trainable_start = trainable_start
         self.worker_created = psutil.Process().create_time()
+        self.system = SystemSampler().start()  # system/... figures in every report
 
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         ray.train.report(self._payload(step, metrics))
@@ -42,6 +44,7 @@ class RayReportCallback:
     def _payload(self, step: int, metrics: dict[str, Any]) -> dict[str, float]:
         payload = {
             **_numeric(metrics),
+            **self.system.figures(),
             STEP_KEY: int(step),
             LOOP_START_KEY: self.loop_start,
             WORKER_CREATED_KEY: self.worker_created,

@@ -2,13 +2,15 @@
 the experiment, the parent and child runs, their sla.* params and val/* metrics are on the pages.
 
 The pages' DOM is dumped with Chromium's own --dump-dom after a virtual-time budget (MLflow's UI
-is a JavaScript app); a screenshot of the runs comparison is kept under $ARTIFACT_DIR (or the
-test's tmp_path) and its path printed."""
+is a JavaScript app); screenshots of every page opened (runs table, compare view, sweep run, a
+trial's system metrics, the registered model) are kept under $ARTIFACT_DIR (or the test's
+tmp_path) and their paths printed."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.ui import UIServer, resolve_store
+from orchestrator.ui import UIServer, resolve_store, sweep_links
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -34,12 +36,19 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+           "--window-size=1920,1200",
            *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
-def dump_dom(profile: Path, url: str) -> str:
-    return chromium(profile, "--dump-dom", url).stdout
+def dump_dom(profile: Path, url: str, *needles: str, tries: int = 3) -> str:
+    """The page's DOM; dumped again (up to `tries` times) until every needle is in it: on a
+    loaded machine a chart's data can arrive after the virtual-time budget."""
+    for _ in range(tries):
+        page = chromium(profile, "--dump-dom", url).stdout
+        if all(n in page for n in needles):
+            break
+    return page
 
 
 @pytest.fixture(scope="module")
@@ -62,54 +71,71 @@ def test_server_listens_on_loopback_and_serves_the_store(ui):
 
 
 def test_pages_show_experiment_runs_params_and_metrics(ui, smoke_sweep, tmp_path):
+    """The links `sla-sweep ui` prints, opened as printed: the runs table with the trials and their
+    sla.topk and val/loss columns in the training views, the compare view of every trial, the
+    sweep's run with its Pareto plot inline, a trial's system metrics, the registered model."""
     spec, outcome = smoke_sweep
     _, server = ui
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
     parent = client.get_run(outcome.parent_run_id)
     children = {r.trial_id: client.get_run(r.run_id) for r in outcome.rows}
+    printed = sweep_links(server)
+    assert set(printed) == {"runs", "compare", "sweep run", "registered model"}, printed
     profile = tmp_path / "chromium-profile"
 
-    runs_page = dump_dom(profile, server.runs_url)
-    assert spec.name in runs_page
-    assert parent.info.run_name in runs_page
+    runs_page = dump_dom(profile, printed["runs"])
+    for run in children.values():
+        assert run.info.run_name in runs_page, run.info.run_name
+    assert (
+        "sla.topk" in runs_page and "val/loss" in runs_page and "flops/attention_ratio" in runs_page
+    )
+    assert "Machine learning" in runs_page or "Model training" in runs_page  # not the GenAI views
+    assert "Judges" not in runs_page
 
-    ids = [run.info.run_id for run in children.values()]
-    compare = server.page(
-        "compare-runs?runs=" + urllib.parse.quote(json.dumps(ids))
-        + "&experiments=" + urllib.parse.quote(json.dumps([server.store.experiment_id]))
-    )  # fmt: skip
-    page = dump_dom(profile, compare)
+    page = dump_dom(profile, printed["compare"])
     for run in children.values():
         assert run.info.run_name in page, run.info.run_name
     assert "sla.topk" in page and "train.steps" in page
     assert "val/loss" in page and "flops/attention_ratio" in page
 
     best = children[outcome.best.trial_id]
-    run_page = dump_dom(
-        profile, server.page(f"experiments/{server.store.experiment_id}/runs/{best.info.run_id}")
-    )
+    best_url = server.page(f"experiments/{server.store.experiment_id}/runs/{best.info.run_id}")
+    system_url = f"{best_url}/system-metrics?workflowType=machine_learning"
+    run_page = dump_dom(profile, best_url)
     assert best.info.run_name in run_page
     sla_params = [k for k in best.data.params if k.startswith("sla.")]
     val_metrics = [k for k in best.data.metrics if k.startswith("val/")]
     assert sla_params and val_metrics
     for key in sla_params + val_metrics:
         assert key in run_page, key
-
-    parent_page = dump_dom(
-        profile,
-        server.page(f"experiments/{server.store.experiment_id}/runs/{outcome.parent_run_id}"),
+    page = dump_dom(
+        profile, system_url, "cpu_utilization_percentage", "system_memory_usage_megabytes"
     )
+    assert "cpu_utilization_percentage" in page and "system_memory_usage_megabytes" in page
+
+    parent_page = dump_dom(profile, printed["sweep run"])
     description = parent.data.tags.get("mlflow.note.content", "")
     assert outcome.best.trial_id in description  # the sweep summary names the best trial
     assert outcome.best.trial_id in parent_page
+    assert re.search(r"<img[^>]+src=\"[^\"]*get-artifact\?path=pareto\.png", parent_page), (
+        "no inline plot"
+    )
+    assert "best/val/loss" in parent_page and "control/val/loss" in parent_page
+
+    page = dump_dom(profile, printed["registered model"])
+    assert spec.name in page and "Version 1" in page
+    assert outcome.best.trial_id in page  # the version's description and tags name the trial
 
     artifacts = Path(os.environ.get("ARTIFACT_DIR", tmp_path)).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
-    shots = {"mlflow-ui-compare-trials.png": compare,
-             "mlflow-ui-sweep-run.png": server.page(f"experiments/{server.store.experiment_id}/runs/{outcome.parent_run_id}")}  # fmt: skip
+    shots = {"mlflow-ui-runs-table.png": printed["runs"],
+             "mlflow-ui-compare-trials.png": printed["compare"],
+             "mlflow-ui-sweep-run.png": printed["sweep run"],
+             "mlflow-ui-trial-system-metrics.png": system_url,
+             "mlflow-ui-registered-model.png": printed["registered model"]}  # fmt: skip
     for name, url in shots.items():
         shot = artifacts / name
-        chromium(profile, f"--screenshot={shot}", "--window-size=1600,1000", url)
+        chromium(profile, f"--screenshot={shot}", url)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
         print(f"screenshot of the MLflow UI: {shot}")
 

@@ -1,0 +1,98 @@
+"""`sla-sweep ui` stops its whole server (mlflow server and the uvicorn process under it) on
+SIGTERM, SIGHUP and SIGINT alike, and when its own parent goes away: no process of it is left
+and its port is free. Real processes on an empty sqlite store; no sweep needed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from orchestrator.ui import free_port
+
+pytestmark = pytest.mark.slow
+
+STARTUP_S = 180
+
+
+def start_ui(tmp_path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "orchestrator", "ui", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_serving(proc: subprocess.Popen, port: int) -> list[psutil.Process]:
+    """Until the UI prints its links and answers; its processes (itself and every descendant)."""
+    first = proc.stdout.readline()
+    assert first.startswith("MLflow UI for sqlite:///"), first + proc.stdout.read()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+        assert r.status == 200
+    me = psutil.Process(proc.pid)
+    tree = [me, *me.children(recursive=True)]
+    assert len(tree) >= 2, tree  # sla-sweep ui and its mlflow server at least
+    return tree
+
+
+def running(p: psutil.Process) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it to reap it)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_all_gone(tree: list[psutil.Process], port: int, timeout_s: float = 40) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(running(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in tree if running(p)]
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))  # nothing holds the port
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name
+)
+def test_a_stop_signal_leaves_no_process_and_frees_the_port(tmp_path, sig):
+    port = free_port()
+    proc = start_ui(tmp_path, port)
+    try:
+        tree = wait_serving(proc, port)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=40) == 0
+        assert_all_gone(tree, port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_its_parent_going_away_stops_it(tmp_path):
+    """A shell starts `sla-sweep ui` and is killed (SIGKILL: no chance to pass anything on)."""
+    port = free_port()
+    ui = " ".join([sys.executable, "-m", "orchestrator", "ui", f"sqlite:///{tmp_path}/mlflow.db",
+                   "--port", str(port)])  # fmt: skip
+    shell = subprocess.Popen(["bash", "-c", f"{ui} > {tmp_path}/ui.log 2>&1 & echo $!; wait"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    ui_pid = int(shell.stdout.readline())
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while "MLflow UI for" not in (tmp_path / "ui.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
+            time.sleep(0.5)
+        me = psutil.Process(ui_pid)
+        tree = [me, *me.children(recursive=True)]
+        os.kill(shell.pid, signal.SIGKILL)
+        shell.wait(timeout=10)
+        assert_all_gone(tree, port)
+        assert "parent process gone" in (tmp_path / "ui.log").read_text()
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            if p.pid == ui_pid:
+                p.kill()
