@@ -1,11 +1,12 @@
 """The SLA router on the GPU: pooling in one Triton pass, the block scores by one float32 matmul,
 and top-k selection in one Triton pass that writes the kernels' index rows and the critical mask.
+Rows of more than TRITON_TOPK_MAX_BLOCKS key blocks are selected by torch.topk instead.
 
 It ranks exactly as router.route does (float32 scores of pooled q against pooled smooth-K, top-k,
 indices ascending). The only difference is the order of float32 summation in the pooling, which
 can flip a near-tie (scores equal to ~1e-6 relative); tests check that the blocks are the same.
 Exact ties (equal float32 scores) go to the lower block index. With kl > 0 the selection is
-router.classify_blocks on the same scores (torch.topk, rarely used).
+router.classify_blocks on the same scores (torch.topk).
 """
 
 # Triton kernels name their pointer arguments in capitals, as the tutorials do.
@@ -117,6 +118,9 @@ def pool_blocks(
     return pq, torch.sub(pk, sk.sum(dim=1, keepdim=True), alpha=1.0 / n)
 
 
+# Widest score row (key blocks) that select_topk handles: on an H200 its sort beat torch.topk at
+# 128 and 512 blocks and lost at 1182 (docs/benchmarks.md); wider rows go to torch.topk.
+TRITON_TOPK_MAX_BLOCKS = 512
 # Select by a float32 sort and a tie pass (True) or by a sort of unique int64 keys (False).
 FLOAT_SORT = True
 
@@ -158,7 +162,7 @@ def route_for_kernels(
         pq, pk = pool_blocks(q3, k3, config.blkq, config.blkk)
         scores = torch.bmm(pq, pk.transpose(1, 2))  # (B*H, T_m, T_n)
         t_m, t_n = scores.shape[1:]
-        if config.negligible_blocks(t_n) > 0:
+        if config.negligible_blocks(t_n) > 0 or t_n > TRITON_TOPK_MAX_BLOCKS:
             routing = classify_blocks(scores.view(b, h, t_m, t_n), config)
             idx = routing.indices.reshape(b * h, t_m, -1).to(torch.int32).contiguous()
             return routing, idx

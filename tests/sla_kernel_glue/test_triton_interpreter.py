@@ -67,3 +67,22 @@ def test_paired_tiles_and_phik_buffer_match_the_single_block_loop():
     for case, r in results.items():
         for variant in ("pair", "phik"):
             assert r[variant] <= 2**-9 * r["scale"], (case, variant, r)
+
+
+def test_wide_score_rows_are_selected_like_router_route():
+    # Past TRITON_TOPK_MAX_BLOCKS key blocks the selection is torch.topk's: the same blocks.
+    code = (
+        "import os; os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import torch\n"
+        "from sla_kernel_glue import SLAConfig, route\n"
+        "from sla_kernel_glue.triton_router import TRITON_TOPK_MAX_BLOCKS, route_for_kernels\n"
+        "cfg = SLAConfig(topk=0.01, blkq=64, blkk=16)\n"
+        "n = 16 * TRITON_TOPK_MAX_BLOCKS + 5\n"
+        "q, k = torch.randn(2, 1, 1, n, 16)\n"
+        "r, idx = route_for_kernels(q, k, cfg)\n"
+        "a = route(q, k, cfg)\n"
+        "print(torch.equal(a.indices, r.indices), torch.equal(idx.long(), a.indices[0]),\n"
+        "      torch.equal(a.critical, r.critical))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "True", "True"], proc.stderr[-2000:]
