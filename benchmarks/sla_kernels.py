@@ -570,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             stages = {"blkq": bq, "error": f"{type(exc).__name__}: {exc}"[:500]}
         results["stages"].append(stages)
     results["host"] = [
-        cpu_us_per_call(n, 0.05, sc) for n in args.n if n <= 32768 for sc in args.scope
+        cpu_us_per_call(n, 0.05, sc, b=args.batch, h=args.heads)
+        for n in args.n
+        if n <= 32768
+        for sc in args.scope
     ]
     for r in results["stages"] + results["host"]:
         print(json.dumps(r), flush=True)
