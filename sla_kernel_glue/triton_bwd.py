@@ -8,9 +8,10 @@ d x d state: with qt = phi(Q) / den and D_l = rowsum(dO_l * O_l),
   dphi(K_j) = V_j dH_tot^T + dZ_tot - sum_{i: j crit} (V_j dO_l,i^T - D_l,i) qt_i
 where dH_tot = sum over all query tokens qt^T dO_l and dZ_tot = -sum qt D_l.
 
-Neither phi(K) nor qt is stored: each kernel recomputes them from its K, Q (and den) tiles, by
-phi_rows and qt_rows, the same arithmetic the prologues use for the totals (no (B*H, N, D)
-temporaries beyond dq, dk, dv).
+qt is recomputed from Q and den tiles by qt_rows, the arithmetic the prologue uses for the totals.
+phi(K) comes from phi_rows too; for the marginal scope dQ reads it from a buffer that is freed
+before dK and dV are allocated, so the peak stays at the dK/dV phase (no (B*H, N, D) temporary
+beside dq, dk, dv there).
 """
 
 # Triton kernels name their pointer arguments in capitals, as the tutorials do.

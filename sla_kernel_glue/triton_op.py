@@ -11,7 +11,7 @@ only: fused_sla is the typed way in.
 
 Memory: what the backward keeps is q, k, v, o_s, o_l (the outputs the caller holds anyway),
 O(N) row statistics and O(d^2) states per head; phi(K) and phi(Q)/den are recomputed in the
-kernels rather than stored.
+kernels (or held in a buffer for one kernel only) rather than saved.
 """
 
 from __future__ import annotations
