@@ -30,12 +30,16 @@ from orchestrator.spec.schema import (
     SchedulerSpec,
     SearchSpec,
     StorageSpec,
+    VerdictSpec,
     sqlite_store,
 )
 from orchestrator.spec.search import (
+    check_schedules,
     check_train_space,
     parse_extra_trials,
+    parse_seeds,
     parse_sla_space,
+    parse_verdict,
     split_train_space,
 )
 from orchestrator.values import is_int, is_num, shown
@@ -47,7 +51,7 @@ __all__ = [
 TOP_KEYS = (
     "name", "profile", "profiles", "model", "data", "train", "sla", "control", "search",
     "scheduler", "resources", "max_concurrent_trials", "metric", "mode", "storage", "checkpoint",
-    "failure", "extra_trials", "validation",
+    "failure", "extra_trials", "validation", "repeats", "seeds", "verdict",
 )  # fmt: skip
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch
 
@@ -203,6 +207,11 @@ def parse_spec(
 
     extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
     _check_combinations(sla, extra, search, train, errors, train_space)
+    seeds = parse_seeds(raw.get("repeats"), raw.get("seeds"), train.get("seed", 0), errors)
+    if seeds and search.algorithm == "optuna":
+        errors.append("repeats/seeds need search.algorithm grid or random, not optuna")
+    verdict = parse_verdict(raw.get("verdict"), metric, mode, errors)
+    check_schedules(sla, extra, train, train_space, errors)
     if errors:
         raise SpecError(source, errors)
     return ExperimentSpec(
@@ -222,6 +231,8 @@ def parse_spec(
         source=_plain(raw),
         extra_trials=extra,
         train_space=train_space,
+        seeds=seeds,
+        verdict=VerdictSpec(**verdict),
     )
 
 

@@ -17,10 +17,12 @@ METRIC_NAMES = (
     "val/video_ssim",
     "flops/attention",
     "flops/attention_ratio",
+    "flops/attention_mean",
     "flops/step",
     "perf/step_s",
     "perf/tokens_per_s",
     "sla/fallback_calls",
+    "sla/topk",
 )
 MODES = ("min", "max")
 ALGORITHMS = ("grid", "random", "optuna")
@@ -97,6 +99,16 @@ class FailureSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class VerdictSpec:
+    """What "holds quality" means for the sweep's verdict (orchestrator.sweep.findings)."""
+
+    metric: str = "val/loss"
+    mode: str = "min"
+    tolerance: float | None = None  # how much worse than the control's mean still holds
+    confidence: float = 0.95  # of the one-sided Welch test over repeats
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
     """A whole sweep, validated. `train` holds the recipe's TrainConfig keyword arguments."""
 
@@ -117,6 +129,13 @@ class ExperimentSpec:
     extra_trials: tuple[dict[str, Any], ...] = ()  # SLA settings run besides the search space
     # Training settings searched too ("train.lr", ...); `train` holds their control values.
     train_space: tuple[SearchParam, ...] = ()
+    # Seeds every config and the control run with (`repeats`/`seeds`); () runs each once.
+    seeds: tuple[int, ...] = ()
+    verdict: VerdictSpec = VerdictSpec()
+
+    @property
+    def repeats(self) -> int:
+        return max(1, len(self.seeds))
 
     @property
     def varying(self) -> tuple[SearchParam, ...]:

@@ -285,3 +285,87 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
         target.pop(last, None)
     else:
         target[last] = value
+
+
+# ---- repeats and the verdict ----------------------------------------------------------------
+
+MAX_REPEATS = 100
+VERDICT_KEYS = ("metric", "mode", "tolerance", "confidence")
+HIGHER_IS_BETTER = ("val/sample_psnr", "val/video_psnr", "val/video_ssim", "perf/tokens_per_s")
+
+
+def parse_seeds(repeats: Any, seeds: Any, base_seed: int, errors: list[str]) -> tuple[int, ...]:
+    """`repeats: N` (seeds base_seed, base_seed + 1, ...) or `seeds: [...]`: the seeds every
+    config and the control run with; () for one run each (the trial's own train.seed)."""
+    if repeats is not None and seeds is not None:
+        errors.append("repeats and seeds: give one of them (seeds lists the repeats' seeds)")
+        return ()
+    if seeds is not None:
+        ok = isinstance(seeds, list) and 0 < len(seeds) <= MAX_REPEATS
+        if not ok or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
+            errors.append(
+                f"seeds ({seeds!r}) must be a list of 1 to {MAX_REPEATS} different integers >= 0"
+            )
+            return ()
+        return tuple(seeds)
+    if repeats is None or repeats == 1:
+        return ()
+    if not is_int(repeats) or not 1 <= repeats <= MAX_REPEATS:
+        errors.append(f"repeats ({repeats!r}) must be an integer from 1 to {MAX_REPEATS}")
+        return ()
+    return tuple(range(base_seed, base_seed + repeats))
+
+
+def parse_verdict(value: Any, metric: str, mode: str, errors: list[str]) -> dict[str, Any]:
+    """`verdict: {metric, mode, tolerance, confidence}`: what "holds quality" means. Defaults:
+    the sweep's metric and mode, no tolerance, 95 %; another metric's mode is its direction."""
+    from orchestrator.spec.schema import METRIC_NAMES, MODES
+
+    out = {"metric": metric, "mode": mode, "tolerance": None, "confidence": 0.95}
+    if value is None:
+        return out
+    if not isinstance(value, Mapping):
+        errors.append(f"verdict ({value!r}) must be a mapping of {', '.join(VERDICT_KEYS)}")
+        return out
+    errors += [f"unknown key verdict.{k}; allowed: {', '.join(VERDICT_KEYS)}"
+               for k in value if k not in VERDICT_KEYS]  # fmt: skip
+    out.update({k: v for k, v in value.items() if k in VERDICT_KEYS})
+    if "mode" not in value and out["metric"] != metric:
+        out["mode"] = "max" if out["metric"] in HIGHER_IS_BETTER else "min"
+    if out["mode"] not in MODES:
+        errors.append(f"verdict.mode ({out['mode']!r}) must be one of {', '.join(MODES)}")
+    if out["metric"] not in METRIC_NAMES:
+        errors.append(
+            f"verdict.metric ({out['metric']!r}) must be one of {', '.join(METRIC_NAMES)}"
+        )
+    tol = out["tolerance"]
+    if tol is not None and not (is_num(tol) and tol >= 0):
+        errors.append(f"verdict.tolerance ({tol!r}) must be a number >= 0 or null")
+    conf = out["confidence"]
+    if not (is_num(conf) and 0.5 <= conf < 1):
+        errors.append(f"verdict.confidence ({conf!r}) must be a number in [0.5, 1)")
+    return out
+
+
+def check_schedules(
+    sla: tuple[SearchParam, ...] | None,
+    extra: tuple[dict[str, Any], ...],
+    train: Mapping[str, Any],
+    train_space: tuple[SearchParam, ...],
+    errors: list[str],
+) -> None:
+    """A topk schedule must end within the trial (before Ray starts, not in the first trial):
+    its warmup_steps at most the fewest train.steps any trial runs."""
+    from orchestrator.recipe import TrainConfig
+
+    steps = [v for p in train_space if p.field == "train.steps" for v in p.values]
+    fewest = min(steps or [train.get("steps", TrainConfig.steps)])
+    schedules = [v for p in sla or () if p.field == "topk_schedule" for v in p.values]
+    schedules += [e["topk_schedule"] for e in extra if "topk_schedule" in e]
+    for schedule in schedules:
+        warmup = schedule.get("warmup_steps") if isinstance(schedule, Mapping) else None
+        if is_int(warmup) and is_int(fewest) and warmup > fewest:
+            errors.append(
+                f"sla.topk_schedule.warmup_steps ({warmup}) is more than train.steps ({fewest}): "
+                "the trial would end before its schedule; lower warmup_steps or raise steps"
+            )

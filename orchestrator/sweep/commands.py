@@ -60,9 +60,11 @@ def add_best_arguments(p: argparse.ArgumentParser) -> None:
 def best(args: argparse.Namespace) -> int:
     """Show a sweep's results table and its best trial: checkpoint, MLflow run, Pareto plot."""
     from orchestrator.spec import load_spec
+    from orchestrator.sweep.findings import group_rows, judge
     from orchestrator.sweep.records import load_rows
     from orchestrator.sweep.report import best_row, format_table
     from orchestrator.sweep.run import find_sweep, read_sweep
+    from orchestrator.sweep.study_report import format_summary
 
     target = args.target.resolve()
     if target.is_file():
@@ -75,6 +77,10 @@ def best(args: argparse.Namespace) -> int:
     rows = list(load_rows(sweep_dir).values())
     print(f"sweep {sweep_dir}")
     print(format_table(rows, spec.metric, spec.mode))
+    groups = group_rows(rows)
+    if spec.repeats > 1:
+        print(format_summary(groups, spec.verdict.confidence))
+    print(f"verdict: {judge(groups, spec.verdict).text}")
     best = best_row(rows, spec.metric, spec.mode)
     if best is None:
         print(f"no finished trial reports {spec.metric}", file=sys.stderr)
@@ -86,6 +92,8 @@ def best(args: argparse.Namespace) -> int:
     print(f"mlflow run: {best.run_id}  ({meta['tracking_uri']})")
     if (sweep_dir / "pareto.png").is_file():
         print(f"pareto plot: {sweep_dir / 'pareto.png'}")
+    if (sweep_dir / "report" / "report.md").is_file():
+        print(f"report: {sweep_dir / 'report' / 'report.md'}")
     return 0
 
 

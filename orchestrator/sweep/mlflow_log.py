@@ -75,15 +75,22 @@ class SweepRecorder:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # ---- children -----------------------------------------------------------------------------
-    def child_run(self, trial_id: str, run_name: str, params: Mapping[str, Any]) -> str:
-        """The trial's child run, created (with its params) the first time it is asked for."""
+    def child_run(
+        self,
+        trial_id: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """The trial's child run, created (with its params and tags) the first time it is asked
+        for."""
         if trial_id in self._child:
             return self._child[trial_id]
         assert self.parent_run_id is not None, "start_parent or attach_parent first"
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
+            tags={**(tags or {}), PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id},
         )
         self._child[trial_id] = run.info.run_id
         self._log_params(run.info.run_id, params)

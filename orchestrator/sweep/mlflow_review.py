@@ -14,7 +14,6 @@ moment the sweep starts.
 from __future__ import annotations
 
 import json
-import math
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
@@ -153,34 +152,27 @@ def holding_rows(
             and sign * (float(r.metrics[metric]) - ref) <= slack]  # fmt: skip
 
 
-def config_label(row: TrialRow, keys: Sequence[str]) -> str:
+def config_label(label: str) -> str:
     """A config's name inside a metric key (MLflow allows letters, digits, _ - . / and spaces)."""
-    from orchestrator.sweep.report import short_label
-
-    return re.sub(r"[^\w.\-]+", "_", short_label(row, keys).replace("=", "_")).strip("_")
+    return re.sub(r"[^\w.\-]+", "_", label.replace("=", "_")).strip("_") or "config"
 
 
 def config_summaries(rows: Sequence[TrialRow]) -> dict[str, float]:
-    """Per config (trials with the same settings, e.g. repeats): the mean of each summary metric,
-    its sample standard deviation when there are two trials or more, and the count."""
-    from orchestrator.sweep.report import varying_keys
+    """Per config (its repeats: findings.group_rows): the mean of each summary metric, its sample
+    standard deviation when there are two trials or more, and the count."""
+    from orchestrator.sweep.findings import group_rows
 
-    keys = [k for k in varying_keys(rows) if k not in ("seed", "train.seed")]
-    groups: dict[str, list[TrialRow]] = {}
-    for row in rows:
-        groups.setdefault(config_label(row, keys), []).append(row)
     out: dict[str, float] = {}
-    for label, group in groups.items():
-        out[f"config/{label}/n"] = float(len(group))
+    for group in group_rows(rows):
+        label = config_label(group.label)
+        out[f"config/{label}/n"] = float(len(group.finished))
         for m in SUMMARY_METRICS:
-            values = [float(r.metrics[m]) for r in group if is_num(r.metrics.get(m))]
-            if not values:
+            spread = group.spread(m)
+            if spread is None:
                 continue
-            mean = sum(values) / len(values)
-            out[f"config/{label}/{m}_mean"] = mean
-            if len(values) > 1:
-                var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-                out[f"config/{label}/{m}_std"] = math.sqrt(var)
+            out[f"config/{label}/{m}_mean"] = spread.mean
+            if spread.std is not None:
+                out[f"config/{label}/{m}_std"] = spread.std
     return out
 
 

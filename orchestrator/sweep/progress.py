@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.recipe.checkpoint import VALIDATION_DIR
+from orchestrator.sweep.findings import group_tags
 from orchestrator.sweep.mlflow_log import SweepRecorder, flat_params
 from orchestrator.sweep.records import (
     CHECKPOINT_KEY,
@@ -178,7 +179,9 @@ class SweepProgress(Callback):
             sla = flat_params("sla", SLAConfig.from_dict(row.sla).to_dict())
         params = {"trial_id": row.trial_id, "sla.enabled": row.sla is not None, **sla,
                   **self.train_params, **flat_params("train", row.train)}  # fmt: skip
-        row.run_id = self.recorder.child_run(row.trial_id, f"{row.trial_id} {row.label}", params)
+        row.run_id = self.recorder.child_run(
+            row.trial_id, f"{row.trial_id} {row.label}", params, group_tags(row)
+        )
         return row.run_id
 
     def _counts(self, trials) -> str:

@@ -50,6 +50,7 @@ from orchestrator.sweep.records import (
     trial_sla,
 )
 from orchestrator.sweep.report import best_row, format_table, plot_pareto, write_csv
+from orchestrator.sweep.study_report import report_findings
 from orchestrator.sweep.trainable import TrialSettings, sweep_trial
 
 TUNE_DIR = "tune"
@@ -234,6 +235,7 @@ def finish(
     print(format_table(rows, spec.metric, spec.mode))
     recorder = SweepRecorder(meta["tracking_uri"], spec.name)
     recorder.attach_parent(meta["parent_run_id"])
+    findings = report_findings(spec, sweep_dir, rows, recorder, meta["parent_run_id"])
     if best is not None and best.run_id:
         weights = Path(best.checkpoint or "") / "sla_attention.pt"
         if best.checkpoint and weights.is_file():
@@ -242,6 +244,7 @@ def finish(
             meta["parent_run_id"], {"best_trial": best.trial_id, "best_run_id": best.run_id}
         )
     note = sweep_note(spec.name, rows, spec.metric, spec.mode, best, sweep_dir)
+    note = f"**Verdict:** {findings.verdict.text}\n\n{note}"
     recorder.set_tags(meta["parent_run_id"], {NOTE_TAG: note})  # the parent run's description
     timings["total_s"] = time.monotonic() - t0
     timings.update(trial_overheads(rows))
@@ -253,7 +256,7 @@ def finish(
         "KILLED" if not complete else "FAILED")  # fmt: skip
     review = log_review(recorder, spec, sweep_dir, rows, complete=complete)
     recorder.finish_parent([csv_path, plot_path], status=status)
-    print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}")
+    print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}  report: {findings.files[0]}")
     if not complete:
         print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}", flush=True)
     elif best is not None:

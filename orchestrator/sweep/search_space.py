@@ -44,7 +44,20 @@ def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:
     ]
     if spec.control:
         trials.append({**CONTROL, **default_train})
-    return trials
+    return [repeat for trial in trials for repeat in _repeats(spec, trial)]
+
+
+def _repeats(spec: ExperimentSpec, trial: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trial once per seed of `repeats`/`seeds`: train.seed varies (data order, noise, proj_l
+    init), train.base_seed stays (the base model and the clips every repeat shares)."""
+    if not spec.seeds:
+        return [trial]
+    base_seed = spec.train.get("base_seed")
+    base_seed = spec.train.get("seed", 0) if base_seed is None else base_seed
+    return [
+        {**trial, "train": {**trial.get("train", {}), "seed": seed, "base_seed": base_seed}}
+        for seed in spec.seeds
+    ]
 
 
 def control_train(spec: ExperimentSpec) -> dict[str, Any]:

@@ -88,3 +88,10 @@ def test_optuna_samples_training_settings_and_the_control_comes_first(tmp_path):
     searcher = search_space.search_alg(spec)
     first = searcher.suggest("control-trial")
     assert first["trial"]["control"] and first["trial"]["train"] == {"lr": pytest.approx(1.0e-4)}
+
+
+def test_a_topk_schedule_longer_than_the_fewest_steps_is_refused_before_ray(tmp_path):
+    schedule = {"start": 1.0, "end": 0.25, "warmup_steps": 4}
+    spec_of(tmp_path, {"steps": 4}, sla={"topk_schedule": schedule})  # ends on the last step
+    with pytest.raises(SpecError, match=r"warmup_steps \(4\) is more than train.steps \(3\)"):
+        spec_of(tmp_path, {"steps": {"grid": [3, 6]}}, sla={"topk_schedule": schedule})
