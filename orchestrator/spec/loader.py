@@ -197,7 +197,7 @@ def parse_spec(
     resources = _resources(_section(raw, "resources", errors), errors, gpus_available)
     max_conc = _max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
     storage = _storage(_section(raw, "storage", errors), cwd, errors)
-    errors += _size_errors(train, resources)
+    errors += _size_errors(train)
     ck = _section(raw, "checkpoint", errors)
     errors += _unknown(ck, ("num_to_keep",), "checkpoint.")
     num_to_keep = _int(ck, "checkpoint.num_to_keep", "num_to_keep", 2, 1, errors)
@@ -236,9 +236,9 @@ def parse_spec(
     )
 
 
-def _size_errors(train: Mapping, resources: ResourcesSpec) -> list[str]:
-    """Step counts and memory a worker cannot hold (orchestrator.spec.sizes), once the training
-    settings are valid (their own problems are listed already)."""
+def _size_errors(train: Mapping) -> list[str]:
+    """Step counts beyond any run (orchestrator.spec.sizes), once the training settings are
+    valid (their own problems are listed already). Memory is the machine's: `run` checks it."""
     from orchestrator.spec import sizes
     from orchestrator.spec.recipe import build_train_config
 
@@ -246,8 +246,7 @@ def _size_errors(train: Mapping, resources: ResourcesSpec) -> list[str]:
         config = build_train_config(train)
     except (TypeError, ValueError):
         return []
-    problems = sizes.step_errors(config)
-    return problems or sizes.memory_errors(config, gpu=resources.gpus_per_worker > 0)
+    return sizes.step_errors(config)
 
 
 def _max_concurrent(value: Any, errors: list[str]) -> int | None:

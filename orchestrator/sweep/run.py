@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
+from orchestrator.spec.bounded_yaml import load_bounded
 from orchestrator.spec.recipe import build_train_config
+from orchestrator.spec.sizes import memory_errors
 from orchestrator.sweep import search_space
 from orchestrator.sweep.cluster import (
     check_fits,
@@ -126,12 +128,17 @@ def run_sweep(
 
 def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> None:
     """What is bound to fail, found in seconds before anything is created (SpecError): a cluster
-    address or tracking server nothing answers at, a trial bigger than this machine when Ray
-    would start here (a joined cluster's size is checked once joined)."""
+    address or tracking server nothing answers at; when Ray would start here, a trial bigger
+    than this machine (CPUs, GPUs, the memory estimate of orchestrator.spec.sizes). A joined
+    cluster's CPUs and GPUs are checked once joined."""
     check_ray_address(address)
     check_tracking_uri(tracking_uri)
     if address is None:
         check_fits(spec, local_resources(), "this machine")
+        train = build_train_config(spec.train)
+        problems = memory_errors(train, gpu=spec.resources.gpus_per_worker > 0)
+        if problems:
+            raise SpecError(spec.name, problems)
 
 
 def _start_sweep(spec: ExperimentSpec, encoded: str | None) -> tuple[Path, str]:
@@ -168,6 +175,8 @@ def _runs_closed_on_error(sweep_dir: Path) -> Iterator[None]:
     MLflow run RUNNING: the parent and its unfinished trials end FAILED (KILLED: interrupted)."""
     try:
         yield
+    except SpecError:
+        raise  # refused before anything ran (a service or cluster checked on resume)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
@@ -316,7 +325,7 @@ def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
             raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
     loaded = {}
     for name, load in (
-        (SPEC_FILE, yaml.safe_load),
+        (SPEC_FILE, load_bounded),  # sizes and alias expansion bounded, as an experiment file's
         (SWEEP_FILE, json.loads),
         (TRIALS_FILE, json.loads),
     ):

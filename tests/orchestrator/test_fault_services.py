@@ -4,7 +4,7 @@ name: with real sockets, a real MLflow sqlite store, real processes and real sig
 - a Ray address or MLflow server nothing answers at, and a trial bigger than the machine: one
   line, exit 2, within seconds, no sweep directory and no MLflow store (nothing RUNNING);
 - the same trial bigger than a joined cluster (the session's real Ray cluster, 2 CPUs);
-- four processes creating one fresh sqlite store at the same moment all succeed;
+- three processes creating one fresh sqlite store at the same moment all succeed;
 - the sweep directory's lock: held by a live driver it refuses a second one in one line
   naming the holder, and it dies with its holder (SIGKILL);
 - SIGTERM and SIGHUP do what Ctrl-C does in a driver;
@@ -90,9 +90,10 @@ def test_a_trial_bigger_than_the_joined_cluster(ray_cluster, tmp_path, monkeypat
 OPEN_STORE = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     from orchestrator.sweep.driver import open_store
-    start = float(sys.argv[2])
-    while time.time() < start:
+    Path(sys.argv[2] + ".ready").touch()  # imported: at the barrier
+    while not Path(sys.argv[3]).exists():
         pass
     recorder = open_store(sys.argv[1], "race")
     print("EXPERIMENT", recorder.experiment_id)
@@ -102,18 +103,22 @@ OPEN_STORE = textwrap.dedent(
 
 def test_sweeps_starting_at_once_on_a_fresh_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
-    start = time.time() + 10  # every process has imported MLflow by then
+    go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", OPEN_STORE, uri, str(start)],
+            [sys.executable, "-c", OPEN_STORE, uri, str(tmp_path / f"p{i}"), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for _ in range(4)
+        for i in range(3)
     ]
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("p*.ready"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all three open the store at the same moment
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [err[-1500:] for _, err in outs]
+    assert [p.returncode for p in procs] == [0] * 3, [err[-1500:] for _, err in outs]
     ids = {line.split()[1] for out, _ in outs for line in out.splitlines() if "EXPERIMENT" in line}
     assert len(ids) == 1, f"one experiment, created once: {ids}"
 
