@@ -11,7 +11,8 @@ trials, the sweep's run and its registered model. It stops the server's whole pr
 (mlflow server and the uvicorn process it starts) on SIGINT (Ctrl-C), SIGTERM and SIGHUP alike,
 when the server exits, and when its own parent process goes away; the port is free afterwards.
 MLflow's GenAI job runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false): a sweep
-review does not use it, and it costs several processes.
+review does not use it, and it costs several processes; so is its usage telemetry
+(MLFLOW_DISABLE_TELEMETRY), whose flush at exit held a stopping server for seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
 from orchestrator.sweep.mlflow_review import MODEL_TAG, links, model_link
@@ -127,7 +130,9 @@ class UIServer:
         """Start the server and wait until /health answers; UIError with its log tail if it dies."""
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store.tracking_uri,
                "--host", HOST, "--port", str(self.port), "--workers", "1"]  # fmt: skip
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # no job runner; no usage telemetry (its flush at exit holds a stopping server for seconds)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -156,14 +161,21 @@ class UIServer:
         )
 
     def stop(self) -> None:
-        """Stop the server's process group (gunicorn/uvicorn workers too); idempotent."""
-        if self.proc is None or self.proc.poll() is not None:
+        """Stop the server's process group; idempotent. SIGTERM first (mlflow server passes it
+        on to uvicorn, which shuts down gracefully and frees the port); once the serving
+        processes are gone, or after 15 s, SIGKILL to what is left of the group (mlflow server's
+        own exit takes seconds more and holds nothing)."""
+        if self.proc is None:
             return
-        self._signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=15)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: no waiting
-            self._signal(signal.SIGKILL)
+            serving = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # the server exited: its group may still hold uvicorn
+            serving = []
+        self._signal(signal.SIGTERM)
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: no more waiting
+            psutil.wait_procs(serving, timeout=15)
+        self._signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
 
     def _signal(self, sig: signal.Signals) -> None:

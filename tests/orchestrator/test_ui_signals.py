@@ -1,6 +1,6 @@
 """`sla-sweep ui` stops its whole server (mlflow server and the uvicorn process under it) on
 SIGTERM, SIGHUP and SIGINT alike, and when its own parent goes away: no process of it is left
-and its port is free. Real processes on an empty sqlite store; no sweep needed."""
+and its port is free. Real processes on a sqlite store of their own; no sweep needed."""
 
 from __future__ import annotations
 
@@ -22,8 +22,19 @@ pytestmark = pytest.mark.slow
 STARTUP_S = 180
 
 
-def start_ui(tmp_path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "orchestrator", "ui", f"sqlite:///{tmp_path}/mlflow.db", "--port", str(port)]  # fmt: skip
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store for every UI here, its tables made once (a server's first start on an
+    empty store spends most of its start-up making them)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('ui_store')}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+def start_ui(store: str, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "orchestrator", "ui", store, "--port", str(port)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -53,16 +64,24 @@ def assert_all_gone(tree: list[psutil.Process], port: int, timeout_s: float = 40
         time.sleep(0.2)
     alive = [p for p in tree if running(p)]
     assert not alive, [(p.pid, p.name()) for p in alive]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s,
+        pytest.raises(ConnectionRefusedError),
+    ):
+        s.connect(("127.0.0.1", port))  # nothing listens
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", port))  # nothing holds the port
+        # a new server can take the port (SO_REUSEADDR, as uvicorn's own: closed connections
+        # of the old one may wait in TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
 
 
 @pytest.mark.parametrize(
     "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name
 )
-def test_a_stop_signal_leaves_no_process_and_frees_the_port(tmp_path, sig):
+def test_a_stop_signal_leaves_no_process_and_frees_the_port(store, sig):
     port = free_port()
-    proc = start_ui(tmp_path, port)
+    proc = start_ui(store, port)
     try:
         tree = wait_serving(proc, port)
         proc.send_signal(sig)
@@ -73,25 +92,25 @@ def test_a_stop_signal_leaves_no_process_and_frees_the_port(tmp_path, sig):
             proc.kill()
 
 
-def test_its_parent_going_away_stops_it(tmp_path):
+def test_its_parent_going_away_stops_it(store, tmp_path):
     """A shell starts `sla-sweep ui` and is killed (SIGKILL: no chance to pass anything on)."""
     port = free_port()
-    ui = " ".join([sys.executable, "-m", "orchestrator", "ui", f"sqlite:///{tmp_path}/mlflow.db",
-                   "--port", str(port)])  # fmt: skip
+    ui = " ".join([sys.executable, "-m", "orchestrator", "ui", store, "--port", str(port)])
     shell = subprocess.Popen(["bash", "-c", f"{ui} > {tmp_path}/ui.log 2>&1 & echo $!; wait"],
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     ui_pid = int(shell.stdout.readline())
     try:
         deadline = time.monotonic() + STARTUP_S
-        while "MLflow UI for" not in (tmp_path / "ui.log").read_text():
-            assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()
+        log = tmp_path / "ui.log"
+        while not log.is_file() or "MLflow UI for" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text() if log.is_file() else "no log"
             time.sleep(0.5)
         me = psutil.Process(ui_pid)
         tree = [me, *me.children(recursive=True)]
         os.kill(shell.pid, signal.SIGKILL)
         shell.wait(timeout=10)
         assert_all_gone(tree, port)
-        assert "parent process gone" in (tmp_path / "ui.log").read_text()
+        assert "parent process gone" in log.read_text()
     finally:
         for p in psutil.Process().children(recursive=True):
             if p.pid == ui_pid:
