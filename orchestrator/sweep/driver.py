@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def stop_signals() -> Iterator[list[int]]:
             raise KeyboardInterrupt
 
     # After ray.init: Ray's core worker installs a SIGTERM handler of its own that aborts the
-    # driver with a C++ stack dump and without saving Tune's state.
-    before = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    # driver with a C++ stack dump and without saving Tune's state. Handlers can only be set
+    # from the main thread (a sweep run from another thread keeps Ray's).
+    main = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, handler) for s in STOP_SIGNALS} if main else {}
     try:
         try:
             yield received
