@@ -27,7 +27,6 @@ TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning" (not "
 WORKFLOW = "workflowType=machine_learning"
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 VERDICT_TAG = "sla_sweep.verdict"
-VERDICT_FILE = "verdict.json"  # a sweep directory's verdict, when its writer leaves one there
 MODEL_TAG = "sla_sweep.registered_model"  # the parent run's models:/NAME/VERSION
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -36,9 +35,6 @@ KEY_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "val/attn_rel_err"
                "flops/attention_ratio", "train/loss", "perf/step_s")  # fmt: skip
 SUMMARY_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
 FLOPS_METRIC = "flops/attention_ratio"
-# An SLA trial "holds quality" when its metric is within this fraction of the control's
-# (relative, in the metric's bad direction). A verdict passed to log_review states its own rule.
-HOLD_TOLERANCE = 0.02
 
 
 def view_key(parent_run_id: str) -> str:
@@ -115,11 +111,14 @@ def model_link(base_url: str, name: str, version: str) -> str:
 
 
 # ---- the parent run's metrics ----------------------------------------------------------------
-def parent_metrics(rows: Sequence[TrialRow], metric: str, mode: str) -> dict[str, float]:
+def parent_metrics(
+    rows: Sequence[TrialRow], metric: str, mode: str, verdict: Mapping[str, Any] | None = None
+) -> dict[str, float]:
     """control/<m> and best/<m> (the best SLA trial by the sweep's metric) for the key metrics;
-    best/holding_flops_ratio: the lowest attention-FLOPs ratio of a finished SLA trial whose
-    metric is within HOLD_TOLERANCE of the control's; config/<label>/<m>_mean (and _std over
-    repeats), config/<label>/n; sweep/trials and sweep/finished."""
+    from the verdict (findings.judge): best/holding_flops_ratio, the mean attention-FLOPs ratio of
+    the sparsest config that holds quality, and sweep/holding_configs, how many hold;
+    config/<label>/<m>_mean (and _std over repeats), config/<label>/n; sweep/trials and
+    sweep/finished."""
     from orchestrator.sweep.report import best_row
 
     done = [r for r in rows if r.status == FINISHED]
@@ -130,26 +129,15 @@ def parent_metrics(rows: Sequence[TrialRow], metric: str, mode: str) -> dict[str
         if row is not None:
             out.update({f"{prefix}/{m}": float(row.metrics[m]) for m in KEY_METRICS
                         if is_num(row.metrics.get(m))})  # fmt: skip
-    holding = holding_rows(done, control, metric, mode)
-    if holding:
-        out["best/holding_flops_ratio"] = min(float(r.metrics[FLOPS_METRIC]) for r in holding)
-        out["sweep/holding_trials"] = float(len(holding))
+    compared = (verdict or {}).get("comparisons") or []
+    held = [c for c in compared if c.get("holds")]
+    if compared:
+        out["sweep/holding_configs"] = float(len(held))
+    chosen = next((c for c in held if c.get("label") == (verdict or {}).get("best")), None)
+    if chosen is not None and is_num(chosen.get("flops_ratio")):
+        out["best/holding_flops_ratio"] = float(chosen["flops_ratio"])
     out.update(config_summaries(done))
     return out
-
-
-def holding_rows(
-    rows: Sequence[TrialRow], control: TrialRow | None, metric: str, mode: str
-) -> list[TrialRow]:
-    """SLA trials whose metric is within HOLD_TOLERANCE (relative) of the control's."""
-    if control is None or not is_num(control.metrics.get(metric)):
-        return []
-    ref = float(control.metrics[metric])
-    slack = HOLD_TOLERANCE * abs(ref)
-    sign = 1.0 if mode == "min" else -1.0
-    return [r for r in rows
-            if r.sla is not None and is_num(r.metrics.get(metric)) and is_num(r.metrics.get(FLOPS_METRIC))
-            and sign * (float(r.metrics[metric]) - ref) <= slack]  # fmt: skip
 
 
 def config_label(label: str) -> str:
@@ -182,6 +170,8 @@ def verdict_records(verdict: Mapping[str, Any] | None) -> tuple[dict[str, float]
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     for key, value in (verdict or {}).items():
+        if isinstance(value, (list, dict)):
+            continue  # the per-config comparisons: in report/verdict.json and the description
         if is_num(value):
             metrics[f"verdict/{key}"] = float(value)
         elif value is not None:
@@ -211,10 +201,13 @@ def log_review(
 
     sweep_dir = Path(sweep_dir)
     parent = recorder.parent_run_id
-    if verdict is None and (sweep_dir / VERDICT_FILE).is_file():
-        verdict = json.loads((sweep_dir / VERDICT_FILE).read_text())
+    if verdict is None:
+        from orchestrator.sweep.study_report import read_verdict
+
+        verdict = read_verdict(sweep_dir)
     numbers, tags = verdict_records(verdict)
-    recorder.log_metrics(parent, {**parent_metrics(rows, spec.metric, spec.mode), **numbers}, 0)
+    summary = parent_metrics(rows, spec.metric, spec.mode, verdict)
+    recorder.log_metrics(parent, {**summary, **numbers}, 0)
     if tags:
         recorder.set_tags(parent, tags)
     state = view_state(parent, trial_columns(rows), spec.metric, spec.mode)

@@ -60,16 +60,13 @@ def write_report(spec: ExperimentSpec, sweep_dir: Path, rows: Sequence[TrialRow]
 
 
 def report_findings(spec, sweep_dir: Path, rows, recorder, parent_run_id: str):
-    """write_report, then say the verdict (and, with repeats, the table of spreads) and put them
-    on the parent run: the verdict as a tag, the report folder as artifacts under report/ (the
-    per-config metrics: mlflow_review.parent_metrics)."""
-    from orchestrator.sweep.findings import VERDICT_TAG
-
+    """write_report, then say the verdict (and, with repeats, the table of spreads) and log the
+    report folder to the parent run under report/ (the verdict's tag and the per-config metrics:
+    mlflow_review.log_review, from report/verdict.json)."""
     findings = write_report(spec, sweep_dir, rows)
     if spec.repeats > 1:
         print(format_summary(findings.groups, spec.verdict.confidence))
     print(f"[sla-sweep] verdict: {findings.verdict.text}")
-    recorder.set_tags(parent_run_id, {VERDICT_TAG: findings.verdict.text})
     recorder.log_artifacts(parent_run_id, findings.files[0].parent, REPORT_DIR)
     return findings
 

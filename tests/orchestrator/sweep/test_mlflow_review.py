@@ -63,11 +63,13 @@ def test_parent_metrics_equal_the_trials(store):
             == children[row.trial_id].data.metrics["val/loss"]
         )
         assert metrics[f"config/{label}/n"] == 1
-    holding = [r for r in outcome.rows if r.sla is not None
-               and r.metrics["val/loss"] <= control.metrics["val/loss"] * 1.02]  # fmt: skip
-    if holding:
-        ratio = min(r.metrics["flops/attention_ratio"] for r in holding)
-        assert metrics["best/holding_flops_ratio"] == ratio
+    verdict = json.loads((outcome.sweep_dir / "report" / "verdict.json").read_text())
+    held = [c for c in verdict["comparisons"] if c["holds"]]
+    assert metrics["sweep/holding_configs"] == len(held)
+    if verdict["best"] is not None:  # the sparsest config that holds, as the verdict says
+        chosen = next(c for c in held if c["label"] == verdict["best"])
+        assert metrics["best/holding_flops_ratio"] == chosen["flops_ratio"]
+    assert parent.data.tags["sla_sweep.verdict"] == verdict["text"]
     assert outcome.best.trial_id in parent.data.tags["mlflow.note.content"]
     assert "get-artifact?path=pareto.png" in parent.data.tags["mlflow.note.content"]
     print("parent metrics:", {k: round(v, 4) for k, v in sorted(metrics.items())})
@@ -175,9 +177,14 @@ def test_parent_metrics_of_repeats_hold_and_spread():
     rows = [_row("c0", None, 1.00, 1.0), _row("c1", None, 1.02, 1.0, seed=1),
             _row("a0", 0.1, 1.01, 0.2), _row("a1", 0.1, 1.03, 0.2, seed=1),
             _row("b0", 0.5, 0.99, 0.6)]  # fmt: skip
-    out = parent_metrics(rows, "val/loss", "min")
+    from orchestrator.spec.schema import VerdictSpec
+    from orchestrator.sweep.findings import group_rows, judge
+
+    verdict = judge(group_rows(rows), VerdictSpec()).to_json()  # topk 0.1 and 0.5 within noise
+    out = parent_metrics(rows, "val/loss", "min", verdict)
     assert out["best/val/loss"] == 0.99 and out["best/flops/attention_ratio"] == 0.6
-    assert out["best/holding_flops_ratio"] == 0.2  # 1.01 is within 2 % of the control's 1.00
+    assert verdict["best"] == "topk=0.1" and out["best/holding_flops_ratio"] == 0.2
+    assert out["sweep/holding_configs"] == 2
     summaries = config_summaries([r for r in rows if r.trial_id in ("a0", "a1")])
     (label,) = {k.split("/")[1] for k in summaries}
     assert summaries[f"config/{label}/val/loss_mean"] == pytest.approx(1.02)
