@@ -1,0 +1,616 @@
+"""Wan2.1-T2V-1.3B at its full shape on one GPU, random weights: the encode, a training step, the
+validation decode, a trial's checkpoint bytes and a denoising step.
+
+    python -m benchmarks.full_shape --out OUT                          # every phase (GPU)
+    python -m benchmarks.full_shape --out OUT --phases train infer     # some of them
+    python -m benchmarks.full_shape --tiny --out OUT --phases train    # a CPU check of the code
+
+Speed does not depend on the weights, so the three models are built from the released configs
+of Wan-AI/Wan2.1-T2V-1.3B-Diffusers with random weights, nothing downloaded: the
+WanTransformer3DModel (30 layers, 12 heads x 128, FFN 8960, text_dim 4096), the AutoencoderKLWan
+(base_dim 96, z_dim 16, 4x8x8) and the UMT5-XXL encoder (d_model 4096, 24 layers, 64 heads,
+d_ff 10240). Clips are 81 frames of 480x832 -> latents 16 x 21 x 60 x 104 -> 32,760 tokens.
+`--tiny` swaps in a tiny shape (the tiny pipeline's sizes) so that the code runs on a CPU.
+
+Phases, in the order given; each writes OUT/<phase>.json as soon as it ends (train phases after
+every config), so a run that is cut keeps what it measured; a phase that fails writes
+OUT/<phase>.error.txt and the next phase runs.
+
+- encode: the pipeline-data path's encoders (float32, one clip or text a call, as the cache
+  encodes them): `encode_videos` of a synthetic clip (uniform noise in [-1, 1]; no MP4 decode)
+  and the text encoder on one caption padded to 512 tokens (random ids; no tokenizer);
+- decode: the validation's `decode_latents` of one 81-frame latent (float32 VAE);
+- train: one training step (flow-matching loss under bf16 autocast, backward, gradient clipping
+  at 1.0, AdamW), dense (torch SDPA) vs SLA topk 0.05 (the repo's injection, Triton backend),
+  full fine-tune vs LoRA rank 16 (the recipe's add_lora and freezing), eager; gradient
+  checkpointing only where the step does not fit without it (`--grad-ckpt auto`);
+- infer: one denoising forward pass under no_grad, dense vs SLA;
+- checkpoint: the recipe's `save_checkpoint` after one optimizer step, full fine-tune vs LoRA vs
+  SLA-only (train_base false), SLA on; the bytes of every file, then the files are deleted;
+- train_compiled: the train phase's full fine-tune with every block torch.compile'd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PHASES = ("encode", "decode", "train", "infer", "checkpoint", "train_compiled")
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The three models' configs and the clip they run on."""
+
+    name: str
+    transformer: dict[str, Any]  # WanTransformer3DModel keyword arguments
+    vae: dict[str, Any]  # AutoencoderKLWan keyword arguments
+    text_encoder: dict[str, Any]  # UMT5Config keyword arguments
+    frames: int
+    height: int
+    width: int
+    text_len: int  # prompts are padded to this many tokens
+    caption_tokens: int  # tokens of the caption before the padding
+    blk: int  # SLA's blkq and blkk
+    lora_rank: int
+
+    @property
+    def latent(self) -> tuple[int, int, int, int]:
+        """(z_dim, F', H', W') with Wan2.1's 4x8x8 compression."""
+        return (self.vae["z_dim"], (self.frames - 1) // 4 + 1, self.height // 8, self.width // 8)
+
+    @property
+    def tokens(self) -> int:
+        _, f, h, w = self.latent
+        return f * (h // 2) * (w // 2)  # the (1, 2, 2) patch
+
+
+FULL = Shape(
+    name="wan2.1-t2v-1.3b",
+    transformer={  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+        "patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128,
+        "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256,
+        "ffn_dim": 8960, "num_layers": 30, "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+        "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
+    },
+    vae={  # vae/config.json (latents_mean / latents_std: AutoencoderKLWan's defaults, Wan2.1's)
+        "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+        "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0,
+    },
+    text_encoder={  # text_encoder/config.json (google/umt5-xxl's encoder)
+        "vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+        "num_heads": 64, "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+        "dense_act_fn": "gelu_new", "tie_word_embeddings": False, "dropout_rate": 0.0,
+        "layer_norm_epsilon": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+    },
+    frames=81, height=480, width=832, text_len=512, caption_tokens=64, blk=64, lora_rank=16,
+)  # fmt: skip
+
+TINY = Shape(
+    name="tiny",
+    transformer={  # the tiny preset (2 layers, 2 heads x 32)
+        "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 32,
+        "in_channels": 4, "out_channels": 4, "text_dim": 32, "freq_dim": 32, "ffn_dim": 128,
+        "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 1024,
+    },
+    vae={"base_dim": 8, "z_dim": 4, "num_res_blocks": 1,
+         "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4},
+    text_encoder={
+        "vocab_size": 64, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2,
+        "num_heads": 2, "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 32, "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0, "pad_token_id": 0, "eos_token_id": 1,
+    },
+    frames=9, height=64, width=64, text_len=16, caption_tokens=8, blk=16, lora_rank=4,
+)  # fmt: skip
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, *, warmup: int, reps: int) -> dict:
+    """Seconds of each call of fn(): the median of `reps` calls after `warmup` calls, and the
+    first call's (what a fresh process pays: allocator growth, cuDNN and Triton set-up)."""
+    times = []
+    for _ in range(warmup + reps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times[warmup:]), "times_s": times[warmup:],
+            "first_s": times[0]}  # fmt: skip
+
+
+def _fresh(device: torch.device) -> None:
+    """Free what the last measurement left and start a new peak."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _memory(device: torch.device) -> dict[str, float | None]:
+    """Peak and current allocated GiB since the last _fresh (None on the CPU)."""
+    if device.type != "cuda":
+        return {"peak_gib": None, "allocated_gib": None}
+    return {
+        "peak_gib": torch.cuda.max_memory_allocated() / GIB,
+        "allocated_gib": torch.cuda.memory_allocated() / GIB,
+    }
+
+
+# ---- the models --------------------------------------------------------------------------------
+def build_transformer(shape: Shape, device: torch.device):
+    """The WanTransformer3DModel of `shape`, float32, seed 0 (the same weights every call)."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device(device):
+        torch.manual_seed(0)
+        return WanTransformer3DModel(**shape.transformer)
+
+
+def build_vae(shape: Shape, device: torch.device):
+    """The AutoencoderKLWan of `shape`, float32, frozen, as load_vae gives it."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device(device):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**shape.vae)
+    return vae.eval().requires_grad_(False)
+
+
+def build_text_encoder(shape: Shape, device: torch.device):
+    """The UMT5EncoderModel of `shape`, float32, frozen."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.device(device):
+        torch.manual_seed(0)
+        encoder = UMT5EncoderModel(UMT5Config(**shape.text_encoder))
+    return encoder.eval().requires_grad_(False)
+
+
+def pipeline_info(shape: Shape, vae):
+    """The PipelineInfo that read_pipeline would give a directory of these configs."""
+    from orchestrator.models.pipeline import PipelineInfo
+
+    return PipelineInfo(
+        root=Path(f"<random {shape.name}>"), pipeline_class="WanPipeline",
+        scheduler_class="UniPCMultistepScheduler", z_dim=vae.config.z_dim, scale_temporal=4,
+        scale_spatial=8, patch=tuple(shape.transformer["patch_size"]),
+        in_channels=shape.transformer["in_channels"], text_dim=shape.transformer["text_dim"],
+        text_encoder_dim=shape.text_encoder["d_model"], max_text_len=shape.text_len, shift=3.0,
+        latents_mean=tuple(vae.config.latents_mean), latents_std=tuple(vae.config.latents_std),
+        expand_timesteps=False,
+    )  # fmt: skip
+
+
+def sla_config(shape: Shape, args: argparse.Namespace):
+    from sla_kernel_glue import SLAConfig
+
+    return SLAConfig(topk=args.topk, blkq=shape.blk, blkk=shape.blk, backend=args.backend)
+
+
+def prepare_model(model, shape: Shape, *, mode: str, sla) -> Any:
+    """The recipe's order: the adapter, then SLA, then a frozen base's freezing (mode "lora" or
+    "sla_only": only the adapter and SLA's proj_l train). Returns the SLA handle (or None)."""
+    from orchestrator.recipe.config import LoraConfig
+    from orchestrator.recipe.lora import add_lora, lora_parameters
+    from sla_kernel_glue import apply_sla
+
+    if mode == "lora":
+        add_lora(model, LoraConfig(rank=shape.lora_rank))
+    handle = apply_sla(model, sla) if sla is not None else None
+    if mode != "full":
+        layers = handle.layers.values() if handle is not None else ()
+        trainable = {id(p) for layer in layers for p in layer.parameters() if p.requires_grad}
+        if mode == "lora":
+            trainable |= {id(p) for p in lora_parameters(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    return handle
+
+
+def make_batch(shape: Shape, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """x0, noise (1, z, F', H', W'), t (1,) and a caption embedding (1, text_len, text_dim)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn((1, *shape.latent), generator=g)
+    noise = torch.randn((1, *shape.latent), generator=g)
+    t = torch.rand(1, generator=g)
+    context = torch.randn(1, shape.text_len, shape.transformer["text_dim"], generator=g)
+    return tuple(x.to(device) for x in (x0, noise, t, context))
+
+
+# ---- phases ------------------------------------------------------------------------------------
+def _vae_encode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    """Seconds of encode_videos of one synthetic clip, as the cache encodes each clip."""
+    from orchestrator.models.pipeline import encode_videos
+
+    _fresh(device)
+    vae = build_vae(shape, device)
+    info = pipeline_info(shape, vae)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand((1, 3, shape.frames, shape.height, shape.width), generator=g) * 2 - 1
+    out = _timed(lambda: encode_videos(vae, info, pixels), device, warmup=1, reps=args.reps_encode)
+    out.update(_memory(device), pixels=list(pixels.shape))
+    out["clips_per_s"] = 1 / out["median_s"]
+    return out
+
+
+def _text_encode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    """Seconds of the text encoder on one caption padded to text_len (random ids + eos)."""
+    _fresh(device)
+    encoder = build_text_encoder(shape, device)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.zeros(1, shape.text_len, dtype=torch.long)
+    n = shape.caption_tokens
+    ids[0, :n] = torch.randint(3, shape.text_encoder["vocab_size"], (n,), generator=g)
+    ids[0, n - 1] = 1  # the eos token ends the caption
+    mask = (ids > 0).long()
+
+    @torch.no_grad()
+    def encode_text() -> torch.Tensor:
+        return encoder(ids.to(device), mask.to(device)).last_hidden_state.float().cpu()
+
+    out = {**_timed(encode_text, device, warmup=1, reps=args.reps_text), **_memory(device)}
+    out.update(texts_per_s=1 / out["median_s"], params=sum(p.numel() for p in encoder.parameters()))
+    return out
+
+
+def phase_encode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    """clips/s of the VAE encode and texts/s of the text encoder, float32, one a call."""
+    clip = _vae_encode(shape, device, args)
+    text = _text_encode(shape, device, args)
+    _fresh(device)
+    both = 1 / (clip["median_s"] + text["median_s"])
+    return {"vae_encode": clip, "text_encode": text, "clips_per_s_with_caption": both,
+            "latent": list(shape.latent), "dtype": "float32"}  # fmt: skip
+
+
+def phase_decode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    """Seconds of decode_latents of one clip's latent, float32, as the validation decodes."""
+    from orchestrator.models.pipeline import decode_latents
+
+    _fresh(device)
+    vae = build_vae(shape, device)
+    info = pipeline_info(shape, vae)
+    latents = torch.randn((1, *shape.latent), generator=torch.Generator().manual_seed(0))
+    out = _timed(
+        lambda: decode_latents(vae, info, latents), device, warmup=1, reps=args.reps_decode
+    )
+    out.update(_memory(device), latent=list(latents.shape), dtype="float32")
+    out["video"] = [1, 3, shape.frames, shape.height, shape.width]
+    return out
+
+
+def _train_step(model, optimizer, params, batch, device: torch.device) -> Callable[[], None]:
+    """One step of the recipe's loop: loss under autocast, backward, clip at 1.0, AdamW."""
+    from orchestrator.recipe.flow_matching import flow_loss
+
+    x0, noise, t, context = batch
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = flow_loss(model, x0, noise, t, context)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _steps_or_oom(model, params, batch, device, args) -> tuple[dict | None, Any]:
+    """The timed steps with a fresh AdamW; None when the GPU ran out of memory."""
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    try:
+        step = _train_step(model, optimizer, params, batch, device)
+        return _timed(step, device, warmup=1, reps=args.steps), optimizer
+    except torch.cuda.OutOfMemoryError:
+        pass  # out of the except block, so the traceback's frames let go of the activations
+    optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
+    del optimizer
+    return None, None
+
+
+def train_config(shape: Shape, device, args, *, mode: str, sla, compile: bool, ckpt: str) -> dict:
+    """One (mode, attention) training step: median seconds and peak memory. ckpt: gradient
+    checkpointing "on", "off", or "auto" (on only if the step runs out of memory without)."""
+    from orchestrator.recipe.compile import compiled_blocks
+
+    _fresh(device)
+    if compile:
+        torch._dynamo.reset()  # each config compiles its own graphs
+    model = build_transformer(shape, device).train()
+    handle = prepare_model(model, shape, mode=mode, sla=sla)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = make_batch(shape, device)
+    row: dict[str, Any] = {"mode": mode, "attention": "dense" if sla is None else "sla",
+                           "sla": None if sla is None else sla.to_dict(), "compile": compile,
+                           "trainable_params": sum(p.numel() for p in params),
+                           "weights_gib": _memory(device)["allocated_gib"]}  # fmt: skip
+    checkpointing = ckpt == "on"
+    optimizer = None
+    try:
+        with compiled_blocks(model) if compile else contextlib.nullcontext():
+            times = None
+            if not checkpointing:
+                times, optimizer = _steps_or_oom(model, params, batch, device, args)
+                row["oom_without_checkpointing"] = times is None
+                checkpointing = times is None and ckpt == "auto"
+            if checkpointing:
+                _fresh(device)
+                model.enable_gradient_checkpointing()
+                if handle is not None:
+                    handle.reset_counts()
+                times, optimizer = _steps_or_oom(model, params, batch, device, args)
+        row["gradient_checkpointing"] = checkpointing
+        row.update(_memory(device))
+        if times is None:
+            row["error"] = "out of GPU memory"
+        else:
+            row.update(times, state_gib=_state_gib(optimizer))
+        if handle is not None:
+            calls = args.steps + 1  # the warm-up step counts too
+            row["sla_calls_per_step"] = handle.sla_calls() / calls
+            row["dense_calls_per_step"] = handle.total_fallbacks() / calls
+            row["fallback_reasons"] = _reasons(handle.fallback_counts())
+    finally:
+        if handle is not None:
+            handle.remove()
+    return row
+
+
+def _state_gib(optimizer) -> float | None:
+    if optimizer is None:
+        return None
+    values = (v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return sum(v.numel() * v.element_size() for v in values) / GIB
+
+
+def _reasons(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Dense calls summed over layers, by reason."""
+    out: dict[str, int] = {}
+    for reasons in counts.values():
+        for reason, n in reasons.items():
+            out[reason] = out.get(reason, 0) + n
+    return out
+
+
+def phase_train(shape, device, args, *, compile: bool = False, write=None) -> dict:
+    """Dense vs SLA for each mode; ratios within a mode, from this run."""
+    modes = ("full",) if compile else ("full", "lora")
+    rows: list[dict] = []
+    out = {"tokens": shape.tokens, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "rows": rows}
+    for mode in modes:
+        for sla in (None, sla_config(shape, args)):
+            if time.monotonic() > args.deadline:
+                rows.append({"mode": mode, "attention": "dense" if sla is None else "sla",
+                             "skipped": "--budget-s reached"})  # fmt: skip
+                continue
+            key = (mode, "dense" if sla is None else "sla")
+            # compiled: checkpointing where the eager step needed it (a failed try costs a compile)
+            ckpt = "on" if compile and args.needed_ckpt.get(key) else args.grad_ckpt
+            row = train_config(shape, device, args, mode=mode, sla=sla, compile=compile, ckpt=ckpt)
+            if not compile:
+                args.needed_ckpt[key] = row.get("gradient_checkpointing", False)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            _speedups(rows)
+            if write is not None:
+                write(out)
+    return out
+
+
+def _speedups(rows: list[dict]) -> None:
+    dense = {
+        r["mode"]: r["median_s"] for r in rows if r.get("attention") == "dense" and "median_s" in r
+    }
+    for r in rows:
+        if r.get("attention") == "sla" and "median_s" in r and r["mode"] in dense:
+            r["speedup_vs_dense"] = dense[r["mode"]] / r["median_s"]
+
+
+def _infer_row(shape: Shape, device: torch.device, args: argparse.Namespace, sla) -> dict:
+    """One denoising forward pass (no_grad, bf16 autocast) of a fresh model, seed 0."""
+    from orchestrator.recipe.flow_matching import predict_velocity
+
+    _fresh(device)
+    model = build_transformer(shape, device).eval()
+    handle = prepare_model(model, shape, mode="full", sla=sla)
+    _, noise, t, context = make_batch(shape, device)
+
+    @torch.no_grad()
+    def forward() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            predict_velocity(model, noise, t, context)
+
+    times = _timed(forward, device, warmup=1, reps=args.reps_infer)
+    row = {"attention": "dense" if sla is None else "sla", **times, **_memory(device)}
+    if handle is not None:
+        row["sla_calls_per_forward"] = handle.sla_calls() / (args.reps_infer + 1)
+        handle.remove()
+    return row
+
+
+def phase_infer(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    """Dense vs SLA, the same weights and inputs."""
+    rows = [_infer_row(shape, device, args, sla) for sla in (None, sla_config(shape, args))]
+    rows[1]["speedup_vs_dense"] = rows[0]["median_s"] / rows[1]["median_s"]
+    return {"tokens": shape.tokens, "rows": rows}
+
+
+def checkpoint_files(shape: Shape, device, args, *, mode: str, directory: Path) -> dict:
+    """The recipe's checkpoint of one trial after one optimizer step: each file's bytes."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from orchestrator.recipe.checkpoint import FrozenBase, save_checkpoint
+    from orchestrator.recipe.flow_matching import flow_loss
+
+    sla = sla_config(shape, args)
+    cuda = device.type == "cuda"
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    _fresh(device)
+    model = build_transformer(shape, device).train()
+    model.enable_gradient_checkpointing()  # this phase measures bytes, not time or memory
+    handle = prepare_model(model, shape, mode=mode, sla=sla)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    model, optimizer = acc.prepare(model, optimizer)
+    frozen = None
+    if mode != "full":
+        identity = {"id": f"random-{shape.name}", "note": "random weights, built from configs"}
+        frozen = FrozenBase(acc.unwrap_model(model), identity, lora=mode == "lora")
+        frozen.register(acc)
+    x0, noise, t, context = make_batch(shape, device)
+    with acc.autocast():
+        loss = flow_loss(model, x0, noise, t, context)
+    acc.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    train = {"lora": {"rank": shape.lora_rank}} if mode == "lora" else {}
+    target = save_checkpoint(
+        acc, handle, directory / "checkpoint_000001", step=1, sla=sla, metrics={},
+        base_model=f"random-{shape.name}", train=train, frozen=frozen,
+    )  # fmt: skip
+    save_s = time.perf_counter() - start
+    files = {
+        str(f.relative_to(target)): f.stat().st_size
+        for f in sorted(target.rglob("*"))
+        if f.is_file()
+    }
+    shutil.rmtree(target)
+    handle.remove()
+    acc.free_memory()
+    AcceleratorState._reset_state(reset_partial_state=False)  # the next mode's Accelerator
+    GradientState._reset_state()
+    return {"mode": mode, "checkpoint_bytes": sum(files.values()), "files": files,
+            "save_s": save_s}  # fmt: skip
+
+
+def phase_checkpoint(shape: Shape, device, args, *, write=None) -> dict:
+    rows: list[dict] = []
+    out = {"sla": sla_config(shape, args).to_dict(), "lora_rank": shape.lora_rank, "rows": rows}
+    with tempfile.TemporaryDirectory(prefix="full-shape-ckpt-", dir=args.tmp) as tmp:
+        for mode in ("full", "lora", "sla_only"):
+            rows.append(checkpoint_files(shape, device, args, mode=mode, directory=Path(tmp)))
+            full = rows[0]["checkpoint_bytes"]
+            rows[-1]["fraction_of_full"] = rows[-1]["checkpoint_bytes"] / full
+            print(json.dumps(rows[-1]), flush=True)
+            if write is not None:
+                write(out)
+    return out
+
+
+# ---- the command -------------------------------------------------------------------------------
+def environment(device: torch.device, shape: Shape) -> dict:
+    import diffusers
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+           "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
+           "shape": dataclasses.asdict(shape), "tokens": shape.tokens}  # fmt: skip
+    for name in ("triton", "peft", "accelerate"):
+        with contextlib.suppress(ImportError):
+            env[name] = __import__(name).__version__
+    if device.type == "cuda":
+        env["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / GIB
+    return env
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.full_shape", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for <phase>.json")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--tiny", action="store_true", help="a tiny shape (a CPU check of the code)")
+    p.add_argument("--topk", type=float, default=0.05)
+    p.add_argument("--backend", choices=("triton", "torch", "auto"), default=None,
+                   help="SLA backend (default: triton on CUDA, torch elsewhere)")  # fmt: skip
+    p.add_argument("--grad-ckpt", choices=("auto", "on", "off"), default="auto",
+                   help="auto: checkpointing only where a step does not fit without it")  # fmt: skip
+    p.add_argument("--steps", type=int, default=3, help="timed training steps (after a warm-up)")
+    p.add_argument("--reps-encode", type=int, default=3)
+    p.add_argument("--reps-text", type=int, default=5)
+    p.add_argument("--reps-decode", type=int, default=2)
+    p.add_argument("--reps-infer", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new training config after this many seconds")  # fmt: skip
+    p.add_argument("--tmp", type=Path, default=None, help="where checkpoints are written")
+    args = p.parse_args(argv)
+    if args.backend is None:
+        args.backend = "triton" if torch.cuda.is_available() else "torch"
+    args.needed_ckpt = {}  # (mode, attention) -> whether the eager step needed checkpointing
+    args.deadline = time.monotonic() + (
+        args.budget_s if args.budget_s is not None else float("inf")
+    )
+    return args
+
+
+def run_phase(phase: str, shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
+    def write(result: dict) -> None:
+        (args.out / f"{phase}.json").write_text(json.dumps(result, indent=1, default=str))
+
+    if phase == "encode":
+        return phase_encode(shape, device, args)
+    if phase == "decode":
+        return phase_decode(shape, device, args)
+    if phase in ("train", "train_compiled"):
+        return phase_train(shape, device, args, compile=phase == "train_compiled", write=write)
+    if phase == "infer":
+        return phase_infer(shape, device, args)
+    return phase_checkpoint(shape, device, args, write=write)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shape = TINY if args.tiny else FULL
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = environment(device, shape)
+    (args.out / "environment.json").write_text(json.dumps(env, indent=1))
+    print(f"{env['device']}: {shape.name}, {shape.tokens} tokens, phases {args.phases}", flush=True)
+    failed = []
+    for phase in args.phases:
+        start = time.perf_counter()
+        try:
+            result = run_phase(phase, shape, device, args)
+        except Exception:  # recorded and reported; the next phase still runs
+            failed.append(phase)
+            (args.out / f"{phase}.error.txt").write_text(traceback.format_exc())
+            print(f"{phase} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            continue
+        result["phase_s"] = time.perf_counter() - start
+        (args.out / f"{phase}.json").write_text(json.dumps(result, indent=1, default=str))
+        print(f"{phase} done in {result['phase_s']:.1f} s: {json.dumps(result)[:2000]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
