@@ -73,10 +73,15 @@ class SpecError(ValueError):
 
 
 def _bounded(text: str) -> str:
-    text = " ".join(text.split()) if "\n" in text else text  # one line, always
-    if len(text) <= MAX_ERROR_CHARS:
-        return text
-    return text[: MAX_ERROR_CHARS // 2] + " ... " + text[-MAX_ERROR_CHARS // 3 :]
+    """A problem's text with each line at most MAX_ERROR_CHARS (its start and end kept) and at
+    most MAX_ERRORS lines (a folder's problems come one per line)."""
+    lines = [
+        line if len(line) <= MAX_ERROR_CHARS
+        else line[: MAX_ERROR_CHARS // 2] + " ... " + line[-MAX_ERROR_CHARS // 3 :]
+        for line in text.splitlines()[:MAX_ERRORS]
+    ]  # fmt: skip
+    more = len(text.splitlines()) - MAX_ERRORS
+    return "\n".join(lines + ([f"and {more} more lines"] if more > 0 else []))
 
 
 def read_yaml(text: str, source: str) -> Any:
