@@ -25,9 +25,10 @@ INT_FIELDS = ("blkq", "blkk")
 MAPPING_FIELDS = ("topk_schedule",)  # a mapping without a search kind is their fixed value
 
 # Training settings a search may vary (TrainConfig keys; lora.* inside train.lora) and their type:
-# ranges for the float ones, grid/choice for all.
+# ranges for the float ones, grid/choice for all. Not batch_size: a preset's base is pre-trained
+# with it (part of the base's cache key), so each value would fine-tune another base.
 TRAIN_SEARCH = {
-    "lr": float, "weight_decay": float, "warmup_steps": int, "steps": int, "batch_size": int,
+    "lr": float, "weight_decay": float, "warmup_steps": int, "steps": int,
     "lr_schedule": str, "lora.rank": int, "lora.alpha": float, "lora.dropout": float,
 }  # fmt: skip
 TRAIN_PREFIX = "train."

@@ -47,17 +47,17 @@ def test_every_bad_training_entry_is_reported_at_once(tmp_path):
     train = {
         "steps": {"grid": [2, 0]},  # 0 steps: TrainConfig refuses it
         "lr": {"grid": [1.0e-4, -1.0]},  # negative
-        "batch_size": {"uniform": [1, 4]},  # an integer: no range
-        "max_grad_norm": {"grid": [0.5, 1.0]},  # not searchable
-        "warmup_steps": [0, 1],  # a list without a kind
+        "warmup_steps": {"uniform": [1, 4]},  # an integer: no range
+        "batch_size": {"grid": [1, 2]},  # not searchable: the base is trained with it
+        "lr_schedule": ["constant", "cosine"],  # a list without a kind
         "lora": {**LORA, "dropout": {"grid": ["a"]}},  # not a number
     }
     with pytest.raises(SpecError) as err:
         spec_of(tmp_path, train)
     msg = str(err.value)
-    assert "train.batch_size.uniform: train.batch_size is an integer; use {grid: [...]}" in msg
-    assert "train.max_grad_norm cannot be searched; searchable training settings: train.lr" in msg
-    assert "train.warmup_steps: a list needs a kind, e.g. {grid: [0, 1]}" in msg
+    assert "train.warmup_steps.uniform: train.warmup_steps is an integer; use {grid: [...]}" in msg
+    assert "train.batch_size cannot be searched; searchable training settings: train.lr" in msg
+    assert "train.lr_schedule: a list needs a kind, e.g. {grid: ['constant', 'cosine']}" in msg
     assert "train.lora.dropout: 'a' is not a number" in msg
     # the values themselves are checked by TrainConfig, with the rest of the section
     with pytest.raises(SpecError) as err:
