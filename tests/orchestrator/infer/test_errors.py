@@ -22,7 +22,9 @@ def one_error_line(capsys) -> str:
 
 def test_missing_path_that_is_not_a_run_id(tmp_path, capsys):
     assert cli_main(["infer", str(tmp_path / "nope")]) == 2
-    assert "not an existing directory nor an MLflow run id" in one_error_line(capsys)
+    err = one_error_line(capsys)
+    assert "is not an existing directory, an MLflow run id (32 hex digits)" in err
+    assert "nor a registered model (models:/NAME/VERSION)" in err
 
 
 def test_directory_that_is_nothing_loadable(tmp_path, capsys):
