@@ -175,8 +175,9 @@ class SweepProgress(Callback):
     def _ensure_run(self, row: TrialRow) -> str:
         if row.sla is None:
             sla = {f"sla.{f}": "none (full attention)" for f in self.sla_fields}
-        else:  # every SLAConfig field, defaults included: what the trial actually ran with
-            sla = flat_params("sla", SLAConfig.from_dict(row.sla).to_dict())
+        else:  # every SLAConfig field, defaults (and no topk_schedule: None) included
+            ran = SLAConfig.from_dict(row.sla).to_dict()
+            sla = flat_params("sla", {**dict.fromkeys(self.sla_fields), **ran})
         params = {"trial_id": row.trial_id, "sla.enabled": row.sla is not None, **sla,
                   **self.train_params, **flat_params("train", row.train)}  # fmt: skip
         row.run_id = self.recorder.child_run(
