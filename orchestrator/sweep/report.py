@@ -121,11 +121,7 @@ def write_csv(rows: Sequence[TrialRow], path: Path) -> Path:
 
 def plot_pareto(rows: Sequence[TrialRow], path: Path, quality: str, mode: str) -> Path:
     """Scatter of quality against attention-FLOPs ratio with the Pareto front drawn and labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = varying_keys(rows)
     pts = [
         r for r in rows if is_num(r.metrics.get(quality)) and is_num(r.metrics.get(FLOPS_METRIC))
@@ -147,6 +143,23 @@ def plot_pareto(rows: Sequence[TrialRow], path: Path, quality: str, mode: str) -
     ax.set_ylabel(f"{quality} ({'lower' if mode == 'min' else 'higher'} is better)")
     ax.set_title("SLA sweep: quality vs attention FLOPs")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (a driver has no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG atomically (a temp file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)

@@ -26,7 +26,7 @@ from pathlib import Path
 from orchestrator.spec.schema import ExperimentSpec
 from orchestrator.sweep.findings import FLOPS, ConfigGroup, Verdict, group_rows, judge
 from orchestrator.sweep.records import TrialRow, read_json
-from orchestrator.sweep.report import TABLE_METRICS
+from orchestrator.sweep.report import TABLE_METRICS, pyplot, save_figure
 from orchestrator.values import is_num
 
 REPORT_DIR = "report"
@@ -131,7 +131,7 @@ def report_markdown(
 
 def plot_config_pareto(groups: Sequence[ConfigGroup], path: Path, quality: str, mode: str) -> Path:
     """Config means of quality against the attention-FLOPs ratio, std error bars, front dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     pts = [(g, g.spread(FLOPS), g.spread(quality)) for g in groups]
     pts = [(g, f, q) for g, f, q in pts if f is not None and q is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -152,12 +152,12 @@ def plot_config_pareto(groups: Sequence[ConfigGroup], path: Path, quality: str, 
     ax.set_ylabel(f"{quality} ({'lower' if mode == 'min' else 'higher'} is better)")
     ax.set_title("quality vs attention FLOPs (mean ± std over repeats)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_curves(groups: Sequence[ConfigGroup], sweep_dir: Path, path: Path) -> Path:
     """train/loss and val/loss of every trial over its steps (Tune's result.json per trial)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
@@ -175,7 +175,7 @@ def plot_loss_curves(groups: Sequence[ConfigGroup], sweep_dir: Path, path: Path)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def trial_history(sweep_dir: Path, trial_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -201,34 +201,14 @@ def write_sample_panel(groups: Sequence[ConfigGroup], path: Path) -> Path | None
     strips = config_strips(groups)
     if not strips:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(strips), 1, figsize=(8, 1.4 * len(strips) + 0.4), dpi=120,
                              squeeze=False)  # fmt: skip
     for ax, (label, image) in zip(axes[:, 0], strips, strict=True):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(label, fontsize=8, loc="left")
         ax.axis("off")
-    return _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _write_json(path: Path, data) -> Path:
