@@ -13,7 +13,8 @@
 #             dense vs SLA (marginal topk 0.05/0.1/0.2, all and sparse-only at 0.05), attention's share
 #             (STEP_FLAGS="--compile --profile DIR", STEP_TOPK, STEP_SLA, STEP_NAME, STEP_EXTRA: the
 #             extra configs, space-separated dicts without spaces)
-#   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short)
+#   sweep     sla-sweep experiments/h200.yaml (resumes the last one when it was cut short; SWEEP_SPEC
+#             and SWEEP_NAME pick another file and its name, e.g. experiments/h200-study.yaml, h200-study)
 #   compare   sla-sweep compare + infer (SLA and dense) on the sweep's best trial
 #
 # Sweeps go to ./sla_runs (git-ignored, so a machine that is still warm finds them next call);
@@ -31,7 +32,8 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,nohead
 smi=$!
 trap 'kill $smi 2>/dev/null' EXIT
 stamp() { echo "[run_h200] $(date +%T) $*" | tee -a "$out/phases.log"; }
-last_sweep() { ls -d sla_runs/h200-* 2>/dev/null | tail -1; }
+spec=${SWEEP_SPEC:-experiments/h200.yaml}  # the sweep and compare phases: SWEEP_SPEC, SWEEP_NAME (its name:)
+last_sweep() { ls -d "sla_runs/${SWEEP_NAME:-h200}"-[0-9]* 2>/dev/null | tail -1; }
 sweep_done() {  # every expected trial ended (trials.json against sweep.json)
     python - "$1" <<'PY'
 import json, sys
@@ -79,10 +81,11 @@ for phase in "$@"; do
         if [ -n "$sweep" ] && ! sweep_done "$sweep"; then
             timeout -k 60 "${SWEEP_TIMEOUT:-420}" python -m orchestrator resume "$sweep" 2>&1 | tee -a "$out/sweep.log"
         else
-            timeout -k 60 "${SWEEP_TIMEOUT:-420}" python -m orchestrator run experiments/h200.yaml ${SWEEP_SET:-} 2>&1 | tee -a "$out/sweep.log"
+            timeout -k 60 "${SWEEP_TIMEOUT:-420}" python -m orchestrator run "$spec" ${SWEEP_SET:-} 2>&1 | tee -a "$out/sweep.log"
         fi
         sweep=$(last_sweep)
-        [ -n "$sweep" ] && cp "$sweep"/results.csv "$sweep"/trials.json "$sweep"/timings.json "$sweep"/pareto.png "$out"/ 2>/dev/null ;;
+        [ -n "$sweep" ] && cp "$sweep"/results.csv "$sweep"/trials.json "$sweep"/timings.json "$sweep"/pareto.png "$out"/ 2>/dev/null
+        [ -n "$sweep" ] && [ -d "$sweep/report" ] && cp -r "$sweep/report" "$out/" ;;
     compare)
         sweep=$(last_sweep)
         if [ -z "$sweep" ]; then stamp "no sweep to compare"; continue; fi
