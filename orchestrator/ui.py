@@ -64,7 +64,11 @@ class Store:
 
 def resolve_store(target: str) -> Store:
     """DIR -> its tracking store: a sweep directory, a directory holding mlflow.db, or a URI."""
-    if "://" in target:
+    from orchestrator.storage import is_uri
+
+    if is_uri(target) and not target.startswith(("http://", "https://", "databricks://")):
+        target = str(_pulled_sweep(target))  # a sweep in a bucket: its files, read here
+    elif "://" in target:
         return Store(target)
     path = Path(target).expanduser().resolve()
     if not path.is_dir():
@@ -81,6 +85,17 @@ def resolve_store(target: str) -> Store:
     raise UIError(
         f"{path} is neither a sweep directory (sweep.json) nor holds an MLflow store (mlflow.db)"
     )
+
+
+def _pulled_sweep(uri: str) -> Path:
+    """The working copy of a bucket sweep's files (orchestrator.sweep.sweep_storage)."""
+    from orchestrator.spec import SpecError
+    from orchestrator.sweep.sweep_storage import open_place
+
+    try:
+        return open_place(uri).local
+    except SpecError as exc:
+        raise UIError(str(exc)) from None
 
 
 def free_port() -> int:

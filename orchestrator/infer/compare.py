@@ -141,7 +141,7 @@ def _num(v: Any, fmt: str = ".4f") -> str:
 # ---- the `sla-sweep compare` subcommand ----------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `sla-sweep compare`."""
-    p.add_argument("sweep_dir", type=Path, help="a sweep directory (holds sweep.json)")
+    p.add_argument("sweep_dir", help="a sweep directory (holds sweep.json), or its URI (s3://...)")
     p.add_argument(
         "--num-samples", type=positive_int, default=4, help="clips per trial (default 4)"
     )
@@ -154,12 +154,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Compare every finished trial's samples, loss and generation time with the control."""
+    from orchestrator.spec import SpecError
+    from orchestrator.sweep.sweep_storage import open_place
+
     try:
         result = compare_sweep(
-            args.sweep_dir, num_samples=args.num_samples, seed=args.seed, device=args.device,
+            open_place(args.sweep_dir).local, num_samples=args.num_samples, seed=args.seed, device=args.device,
             compile=args.compile,
         )  # fmt: skip
-    except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
+    except (ValueError, OSError, SpecError) as exc:  # InferenceError, bad files: one line
         print(f"sla-sweep compare: error: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path(result["sweep"]) / "compare.json"

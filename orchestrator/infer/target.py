@@ -11,6 +11,9 @@ TARGET may be:
   - a registered model version, models:/NAME/VERSION (or models:/NAME/latest, models:/NAME@ALIAS),
     in the same store: the checkpoint it names, or, when that is not on this machine and the
     checkpoint was lean, the small files logged with it (orchestrator.sweep.model_registry).
+  - any of the directories above as a URI (s3://bucket/prefix/<sweep>, ...): a sweep's files
+    are read from the bucket, and the checkpoint to load is fetched into the local cache, keyed
+    by its content (orchestrator.storage.local_copy), once per machine.
 A checkpoint inside a sweep directory is matched back to its trial, so its samples can be
 logged to the trial's MLflow run.
 """
@@ -55,6 +58,10 @@ def resolve_target(
     target: str, *, trial: str | None = None, tracking_uri: str | None = None
 ) -> Target:
     """Resolve TARGET (see the module docstring); InferenceError with one line when it is none."""
+    from orchestrator.storage import is_uri
+
+    if is_uri(target):
+        return from_uri(target, trial)
     path = Path(target).expanduser()
     if path.is_dir():
         path = path.resolve()
@@ -83,6 +90,44 @@ def resolve_target(
     )
 
 
+def from_uri(uri: str, trial: str | None) -> Target:
+    """A sweep in a bucket (its files pulled), or a checkpoint, trial or export directory there
+    (fetched into the local cache)."""
+    from orchestrator.spec import SpecError
+    from orchestrator.storage import StorageError, check_reachable, local_copy, open_location
+    from orchestrator.sweep.sweep_storage import open_place
+
+    try:
+        loc = open_location(uri, what="TARGET")
+        check_reachable(loc, what="TARGET")
+        if loc.join(SWEEP_FILE).is_file():
+            return from_sweep(open_place(uri).local, trial)
+        if trial is not None:
+            raise InferenceError(
+                f"--trial ({trial!r}) needs a sweep; {uri} is not one (no sweep.json)"
+            )
+        return resolve_target(str(local_copy(loc)))
+    except (StorageError, SpecError) as exc:
+        raise InferenceError(str(exc)) from None
+
+
+def _checkpoint_dir(sweep_dir: Path, meta: dict, recorded: str | None) -> Path | None:
+    """A trial's recorded checkpoint as a local directory: itself, or for a bucket sweep its
+    copy in the local cache (fetched once)."""
+    if not recorded:
+        return None
+    storage = meta.get("storage")
+    if storage:
+        from orchestrator.storage import open_location
+        from orchestrator.sweep.sweep_storage import SweepPlace
+
+        place = SweepPlace(sweep_dir, open_location(storage, what="sweep"))
+        recorded = place.localize(recorded, log=lambda msg: print(f"[sla-sweep] {msg}"))
+        if recorded is None:
+            return None
+    return latest_checkpoint(Path(recorded))
+
+
 def latest_checkpoint(path: Path) -> Path | None:
     """path itself when it holds trial.json, else its latest complete checkpoint_* directory."""
     if (path / TRIAL_FILE).is_file():
@@ -100,13 +145,14 @@ def from_sweep(sweep_dir: Path, trial: str | None) -> Target:
             f"sweep {sweep_dir} has no trials yet (trials.json is missing or empty)"
         )
     row = _pick_trial(sweep_dir, rows, trial)
-    if not row.checkpoint or latest_checkpoint(Path(row.checkpoint)) is None:
+    checkpoint = _checkpoint_dir(sweep_dir, meta, row.checkpoint)
+    if checkpoint is None:
         raise InferenceError(
             f"trial {row.trial_id} of {sweep_dir} has no complete checkpoint "
             f"(recorded: {row.checkpoint or 'none'}); finish the sweep with: sla-sweep resume {sweep_dir}"
         )
     return Target(
-        "checkpoint", latest_checkpoint(Path(row.checkpoint)), trial_id=row.trial_id,
+        "checkpoint", checkpoint, trial_id=row.trial_id,
         is_control=row.sla is None, run_id=row.run_id, tracking_uri=meta.get("tracking_uri"),
         sweep_dir=sweep_dir,
     )  # fmt: skip
@@ -159,6 +205,7 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
     """A trial's child run -> its checkpoint; a sweep's parent run -> its best (or --trial) trial."""
     from mlflow.exceptions import MlflowException
 
+    from orchestrator.storage import is_uri
     from orchestrator.sweep.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
     uri = tracking_uri or default_tracking_uri()
@@ -171,6 +218,8 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
         ) from None
     tags = run.data.tags
     if SWEEP_TAG in tags:  # the parent run of a sweep
+        if is_uri(tags[SWEEP_TAG]):
+            return from_uri(tags[SWEEP_TAG], trial)
         return from_sweep(Path(tags[SWEEP_TAG]), trial)
     parent_id = tags.get(PARENT_TAG)
     trial_id = tags.get(TRIAL_TAG)
@@ -179,6 +228,8 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
             f"run {run_id} in {uri} is not an sla-sweep trial or sweep run (no {TRIAL_TAG} tag)"
         )
     sweep_dir = client.get_run(parent_id).data.tags.get(SWEEP_TAG)
+    if sweep_dir and is_uri(sweep_dir):
+        return from_uri(sweep_dir, trial if trial is not None else trial_id)
     if not sweep_dir or not Path(sweep_dir).is_dir():
         raise InferenceError(
             f"run {run_id}: its sweep directory ({sweep_dir!r}) is not on this machine"

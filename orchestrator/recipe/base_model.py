@@ -5,6 +5,11 @@ the trial's data, saved with save_pretrained under <cache>/<preset>-<hash of the
 lock serialises concurrent trials on one host (the first trains, the rest wait and load) and the
 directory appears by an atomic rename, so nobody ever loads half a model. A local model
 directory is the base as is; base_steps 0 means the preset's seeded random initialisation.
+
+When the sweep's storage is a bucket, the base is also kept there (<results_dir>/_cache/
+base_models/<base id>, named by $SLA_SWEEP_BASE_STORE in the trials' environment): the driver
+pre-trains and uploads it, and a trial on another node fetches it into its own cache instead of
+pre-training again. Its config.json is uploaded last, so a base without it is incomplete.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 from .config import TrainConfig, autocast_dtype
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
 
+BASE_STORE_ENV = "SLA_SWEEP_BASE_STORE"  # a URI: the shared copy of pre-trained bases
+BASE_STORE_DIR = "_cache/base_models"  # under a bucket's results_dir
 BASE_FORMAT = 1  # bump when the pre-training procedure changes, so old caches are not reused
 _BASE_SEED_OFFSET = 104729  # the base's data/noise stream differs from any trial's
 
@@ -73,11 +80,15 @@ def load_base_model(
     device: torch.device,
     mixed_precision: str,
     log: Callable[[str], None] = print,
+    store: str | None = None,
 ) -> tuple[WanTransformer3DModel, str]:
     """(model in float32 on the CPU, its base id); pre-trains and caches a preset's base if needed.
 
     The base trains on the trial's own clip shape (train.clip_shape) in `mixed_precision` (resolved).
+    `store` (default $SLA_SWEEP_BASE_STORE): a URI whose copy is fetched before pre-training and
+    which is given the base when it lacks it.
     """
+    store = store or os.environ.get(BASE_STORE_ENV) or None
     base_id = base_model_id(train, mixed_precision)
     if train.model not in PRESETS:
         return load_local(train.model), base_id
@@ -87,6 +98,8 @@ def load_base_model(
     final = cache / base_id
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f"{base_id}.lock"):
+        if not (final / "config.json").is_file() and store:
+            _fetch(store, base_id, cache, log)
         if not (final / "config.json").is_file():
             log(
                 f"pre-training base model {base_id} ({train.base_steps} steps, full attention) into {cache}"
@@ -96,7 +109,37 @@ def load_base_model(
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(tmp, safe_serialization=True)
             os.replace(tmp, final)
+        if store:
+            _publish(store, base_id, final, log)
     return WanTransformer3DModel.from_pretrained(final, local_files_only=True), base_id
+
+
+def _fetch(store: str, base_id: str, cache: Path, log: Callable[[str], None]) -> None:
+    """The store's copy of the base into cache/<base_id> (atomic), when the store has it whole."""
+    from orchestrator.storage import download_dir, open_location
+
+    remote = open_location(store, what="the base model store").join(base_id)
+    if not remote.join("config.json").is_file():
+        return
+    tmp = cache / f".{base_id}.fetch-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    count = download_dir(remote, tmp)
+    shutil.rmtree(cache / base_id, ignore_errors=True)  # an incomplete one (no config.json)
+    os.replace(tmp, cache / base_id)
+    log(f"fetched base model {base_id} ({count} files) from {remote.uri}")
+
+
+def _publish(store: str, base_id: str, final: Path, log: Callable[[str], None]) -> None:
+    """Upload cache/<base_id> to the store unless it has it; config.json last (the marker)."""
+    from orchestrator.storage import open_location
+
+    remote = open_location(store, what="the base model store").join(base_id)
+    if remote.join("config.json").is_file():
+        return
+    files = sorted(p for p in final.rglob("*") if p.is_file())
+    for path in sorted(files, key=lambda p: p.name == "config.json"):
+        remote.join(path.relative_to(final).as_posix()).write_bytes(path.read_bytes())
+    log(f"uploaded base model {base_id} to {remote.uri}")
 
 
 def folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:

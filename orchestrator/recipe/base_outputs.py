@@ -6,6 +6,11 @@ trial. With a cache directory the first trial computes them and writes <director
 trials, restarted workers and a resumed sweep load that file. The key hashes everything the values
 depend on. A file lock makes concurrent trials on one host compute it once, and the file appears by
 an atomic rename, so nobody reads half of it. Loaded with torch.load(weights_only=True).
+
+When the sweep lives in a bucket the directory is a URI: each node keeps a local mirror of it
+(`reference_dir`: <cache>/remote/reference/<digest of the URI>, with a STORE_FILE naming the
+URI); a trial takes the file from the mirror, else from the bucket, else computes it and uploads
+it, so trials on other nodes load it too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from orchestrator.data.cache import file_lock
 
+STORE_FILE = ".store"  # in a node's mirror of a bucket's reference directory: the bucket's URI
 REFERENCE_FORMAT = 1  # bump when the evaluation changes, so old files are not reused
 
 
@@ -30,6 +36,30 @@ class BaseReference:
     val_loss: float
     samples: torch.Tensor  # (n, C, F, H, W) float32
     cached: bool  # loaded from the cache directory, not computed by this process
+
+
+def reference_dir(directory: str | os.PathLike) -> Path:
+    """The local directory for a reference cache given as a path or a URI (its node mirror)."""
+    from orchestrator.storage import cache_root, is_uri
+
+    if not is_uri(str(directory)):
+        return Path(directory)
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    mirror = cache_root() / "remote" / "reference" / digest
+    mirror.mkdir(parents=True, exist_ok=True)
+    if not (mirror / STORE_FILE).is_file():
+        (mirror / STORE_FILE).write_text(str(directory))
+    return mirror
+
+
+def _store(directory: Path):
+    """The bucket a mirror stands for (None: a plain directory)."""
+    from orchestrator.storage import open_location
+
+    marker = directory / STORE_FILE
+    if not marker.is_file():
+        return None
+    return open_location(marker.read_text().strip(), what="the base reference store")
 
 
 def base_reference(
@@ -44,7 +74,10 @@ def base_reference(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{digest}.pt"
+    store = _store(directory)
     with file_lock(directory / f"{digest}.lock"):
+        if not path.is_file() and store is not None and store.join(path.name).is_file():
+            _write(path, store.join(path.name).read_bytes())
         if path.is_file():
             return _load(path, key)
         val_loss, samples = compute()
@@ -56,7 +89,18 @@ def base_reference(
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        if store is not None:
+            store.join(path.name).write_bytes(path.read_bytes())
     return BaseReference(float(val_loss), samples, cached=False)
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _load(path: Path, key: dict[str, Any]) -> BaseReference:

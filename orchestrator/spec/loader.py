@@ -18,7 +18,6 @@ from orchestrator.spec.bounded_yaml import load_bounded
 from orchestrator.spec.recipe import train_kwargs
 from orchestrator.spec.schema import (
     ALGORITHMS,
-    DEFAULT_RESULTS_DIR,
     METRIC_NAMES,
     MODES,
     SCHEDULERS,
@@ -29,9 +28,7 @@ from orchestrator.spec.schema import (
     ResourcesSpec,
     SchedulerSpec,
     SearchSpec,
-    StorageSpec,
     VerdictSpec,
-    sqlite_store,
 )
 from orchestrator.spec.search import (
     check_schedules,
@@ -42,6 +39,7 @@ from orchestrator.spec.search import (
     parse_verdict,
     split_train_space,
 )
+from orchestrator.spec.storage_spec import parse_storage
 from orchestrator.values import is_int, is_num, shown
 
 __all__ = [
@@ -201,7 +199,9 @@ def parse_spec(
     scheduler = _scheduler(raw.get("scheduler", "none"), metric, mode, errors)
     resources = _resources(_section(raw, "resources", errors), errors, gpus_available)
     max_conc = _max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
-    storage = _storage(_section(raw, "storage", errors), cwd, errors)
+    storage_sec = _section(raw, "storage", errors)
+    errors += _unknown(storage_sec, ("results_dir", "tracking_uri"), "storage.")
+    storage = parse_storage(storage_sec, cwd, errors)
     errors += _size_errors(train)
     ck = _section(raw, "checkpoint", errors)
     errors += _unknown(ck, ("num_to_keep",), "checkpoint.")
@@ -394,50 +394,7 @@ def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> R
     return ResourcesSpec(workers, float(cpus), float(gpus))
 
 
-def _storage(sec: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
-    errors += _unknown(sec, ("results_dir", "tracking_uri"), "storage.")
-    results = sec.get("results_dir", DEFAULT_RESULTS_DIR)
-    if not isinstance(results, str) or not results:
-        errors.append(f"storage.results_dir ({shown(results)}) must be a directory path")
-        results = DEFAULT_RESULTS_DIR
-    results_dir = (cwd / Path(results).expanduser()).resolve()
-    problem = _directory_problem(results_dir)
-    if problem:
-        errors.append(f"storage.results_dir ({shown(results)}) {problem}")
-    uri = sec.get("tracking_uri")
-    if uri is None:
-        uri = sqlite_store(results_dir)
-    elif not isinstance(uri, str) or not re.match(
-        r"^(sqlite|postgresql|mysql|https?|databricks)", uri
-    ):
-        errors.append(
-            f"storage.tracking_uri ({shown(uri)}) must be a sqlite:///, postgresql://, mysql:// or "
-            "http(s):// tracking URI"
-        )
-    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # a relative sqlite path would move with Ray's per-trial working directories
-        uri = f"sqlite:///{(cwd / uri[len('sqlite:///') :]).resolve()}"
-    return StorageSpec(results_dir=results_dir, tracking_uri=uri)
-
-
 # ---- small helpers ------------------------------------------------------------------------------
-SPECIAL_ROOTS = (Path("/proc"), Path("/sys"))  # /dev/null and the like: special files
-
-
-def _directory_problem(path: Path) -> str | None:
-    """Why `path` (resolved) cannot be, or become, a directory of sweeps; None when it can."""
-    if any(path == root or root in path.parents for root in SPECIAL_ROOTS):
-        return f"is {path}, a special path; give a directory on a disk"
-    for p in (path, *path.parents):
-        if not p.exists():
-            continue
-        if p.is_dir():
-            return None
-        what = "a regular file" if p.is_file() else "a special file"
-        return f"is {what}" if p == path else f"is under {p}, {what}"
-    return None
-
-
 def _section(raw: Mapping, key: str, errors: list[str]) -> Mapping:
     value = raw.get(key)
     if value is None:

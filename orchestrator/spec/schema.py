@@ -84,8 +84,15 @@ class ResourcesSpec:
 
 @dataclasses.dataclass(frozen=True)
 class StorageSpec:
-    results_dir: Path
+    # An absolute local (or shared mounted) directory, or a URI (s3://bucket/prefix, gs://...)
+    # that orchestrator.storage opens: Ray Train's storage, where every file of a sweep lives.
+    results_dir: Path | str
     tracking_uri: str
+
+    @property
+    def remote(self) -> bool:
+        """Whether results_dir is a URI (a bucket), not a directory of this machine."""
+        return isinstance(self.results_dir, str)
 
 
 @dataclasses.dataclass(frozen=True)

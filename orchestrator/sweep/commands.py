@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_resume_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "sweep_dir", type=Path, help="a sweep directory (printed when the sweep started)"
+        "sweep_dir",
+        help="a sweep directory or its URI (s3://bucket/prefix/<sweep>; printed when it started)",
     )
     p.add_argument(
         "--address", help="join an existing Ray cluster (default: $RAY_ADDRESS or local)"
@@ -47,13 +48,14 @@ def resume(args: argparse.Namespace) -> int:
     """Finish an interrupted sweep; finished trials are not run again."""
     from orchestrator.sweep.run import read_sweep, resume_sweep
 
-    read_sweep(args.sweep_dir.resolve())  # a clear error for something that is not a sweep
+    read_sweep(args.sweep_dir)  # a clear error for something that is not a sweep
     return exit_status(resume_sweep(args.sweep_dir, address=args.address, verbose=args.verbose))
 
 
 def add_best_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "target", type=Path, help="a sweep directory, or an experiment YAML (its latest sweep)"
+        "target",
+        help="a sweep directory or URI (s3://...), or an experiment YAML (its latest sweep)",
     )
 
 
@@ -65,17 +67,13 @@ def best(args: argparse.Namespace) -> int:
     from orchestrator.sweep.report import best_row, format_table
     from orchestrator.sweep.run import find_sweep, read_sweep
     from orchestrator.sweep.study_report import format_summary
+    from orchestrator.sweep.sweep_storage import open_place
 
-    target = args.target.resolve()
-    if target.is_file():
-        sweep_dir = find_sweep(load_spec(target))
-    elif target.is_dir():
-        sweep_dir = target
-    else:
-        raise SpecError(str(args.target), ["no such sweep directory or experiment file"])
-    spec, meta = read_sweep(sweep_dir)
+    place = open_place(_sweep_of(args.target, find_sweep, load_spec))
+    sweep_dir = place.local
+    spec, meta = read_sweep(place)
     rows = list(load_rows(sweep_dir).values())
-    print(f"sweep {sweep_dir}")
+    print(f"sweep {place.uri}")
     print(format_table(rows, spec.metric, spec.mode))
     groups = group_rows(rows)
     if spec.repeats > 1:
@@ -88,13 +86,28 @@ def best(args: argparse.Namespace) -> int:
     print(
         f"best trial: {best.trial_id}  {best.label}  {spec.metric}={best.metrics[spec.metric]:.6g}"
     )
-    print(f"checkpoint: {best.checkpoint}")
+    checkpoint = place.checkpoint(best.checkpoint) if place.remote else None
+    print(f"checkpoint: {checkpoint.uri if checkpoint else best.checkpoint}")
     print(f"mlflow run: {best.run_id}  ({meta['tracking_uri']})")
     if (sweep_dir / "pareto.png").is_file():
         print(f"pareto plot: {sweep_dir / 'pareto.png'}")
     if (sweep_dir / "report" / "report.md").is_file():
         print(f"report: {sweep_dir / 'report' / 'report.md'}")
     return 0
+
+
+def _sweep_of(target: str, find_sweep, load_spec) -> str | Path:
+    """A sweep URI as it is; an experiment file's latest sweep; a directory made absolute."""
+    from orchestrator.storage import is_uri
+
+    if is_uri(target):
+        return target
+    path = Path(target).resolve()
+    if path.is_file():
+        return find_sweep(load_spec(path))
+    if path.is_dir():
+        return path
+    raise SpecError(str(target), ["no such sweep directory or experiment file"])
 
 
 def exit_status(outcome) -> int:

@@ -4,7 +4,9 @@ A sweep directory (storage.results_dir/<name>-<time>) holds spec.yaml, sweep.jso
 trials.json (the driver's record of every trial), results.csv, pareto.png, tune/ (Tune's
 experiment directory: Tune syncs it wholesale on restore, so nothing of ours lives in it),
 train/<trial id>/checkpoint_* (the Ray Train runs) and base_reference/ (the base model's val loss
-and samples, computed by the first trial and loaded by the others).
+and samples, computed by the first trial and loaded by the others). With storage.results_dir a
+URI the sweep is a prefix in a bucket: Ray writes tune/ and train/ there, the driver keeps its
+own files in a working copy and uploads them (orchestrator.sweep.sweep_storage).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
-from orchestrator.spec.bounded_yaml import load_bounded
+from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.spec.sizes import memory_errors
 from orchestrator.sweep import search_space
@@ -35,7 +35,13 @@ from orchestrator.sweep.cluster import (
     ray_address,
 )
 from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
-from orchestrator.sweep.mlflow_log import NOTE_TAG, SweepRecorder, flat_params, sweep_note
+from orchestrator.sweep.mlflow_log import (
+    NOTE_TAG,
+    SWEEP_TAG,
+    flat_params,
+    sweep_note,
+    sweep_recorder,
+)
 from orchestrator.sweep.mlflow_review import log_review
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
@@ -46,16 +52,24 @@ from orchestrator.sweep.records import (
     SPEC_FILE,
     STEP_KEY,
     SWEEP_FILE,
-    TRIALS_FILE,
     TrialRow,
     load_rows,
     trial_sla,
 )
 from orchestrator.sweep.report import best_row, format_table, plot_pareto, write_csv
 from orchestrator.sweep.study_report import report_findings
+from orchestrator.sweep.sweep_files import (  # noqa: F401 (find_sweep, read_sweep: run's API)
+    TUNE_DIR,
+    base_store,
+    find_sweep,
+    prepare_base_model,
+    prepare_encoded_data,
+    read_sweep,
+)
+from orchestrator.sweep.sweep_storage import STORAGE_KEY, SweepPlace, new_place, open_place
+from orchestrator.sweep.tracking_creds import without_credentials
 from orchestrator.sweep.trainable import TrialSettings, sweep_trial
 
-TUNE_DIR = "tune"
 # How often a trial's Train controller polls its workers (Ray's default: every 2 s). A worker's
 # ray.train.report blocks until the controller has taken the one before, and the trial ends
 # only at the poll after its last one, so the default costs up to 2 s per report and per trial.
@@ -75,6 +89,7 @@ class SweepOutcome:
     parent_run_id: str
     timings: dict[str, float]
     stopped_by: int | None = None  # the signal that interrupted it (None: Ctrl-C once, or none)
+    uri: str | None = None  # where it lives: sweep_dir, or its bucket URI (sweep_dir: the copy)
 
 
 def run_sweep(
@@ -84,6 +99,7 @@ def run_sweep(
     SIGTERM, SIGHUP). Unreachable services and resources no trial fits in are a SpecError
     before anything is created."""
     t0 = time.monotonic()
+    spec = without_credentials(spec)  # a server URI's user:password@ into the environment
     address = ray_address(address)
     preflight(spec, address, spec.storage.tracking_uri)
     prepare_base_model(spec)
@@ -92,13 +108,13 @@ def run_sweep(
     with contextlib.ExitStack() as held:
         with connect(address, spec, log_to_driver=verbose) as cluster:
             t_ray = time.monotonic()
-            sweep_dir, parent = _start_sweep(spec, encoded)
-            held.enter_context(driver_lock(sweep_dir))
-            held.enter_context(_runs_closed_on_error(sweep_dir))
+            place, parent = _start_sweep(spec, encoded)
+            held.enter_context(driver_lock(place.local))
+            held.enter_context(_runs_closed_on_error(place.local))
             from ray import tune
 
             _quiet_tune_output()
-            settings = trial_settings(spec, sweep_dir, encoded=encoded)
+            settings = trial_settings(spec, place, encoded=encoded)
             metric, mode = search_space.tune_metric(spec)
             tuner = tune.Tuner(
                 _trainable(settings),
@@ -114,8 +130,8 @@ def run_sweep(
                 ),
                 run_config=tune.RunConfig(
                     name=TUNE_DIR,
-                    storage_path=str(sweep_dir),
-                    callbacks=[_progress(spec, sweep_dir, parent, settings)],
+                    storage_path=place.ray_storage(""),
+                    callbacks=_callbacks(spec, place, parent, settings),
                     verbose=0,
                 ),
             )
@@ -123,7 +139,7 @@ def run_sweep(
             t_fit = time.monotonic()
         timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base,
                    "fit_s": t_fit - t_ray}  # fmt: skip
-        return finish(spec, sweep_dir, timings, t0, stopped_by=stopped_by)
+        return finish(spec, place, timings, t0, stopped_by=stopped_by)
 
 
 def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> None:
@@ -133,6 +149,13 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
     cluster's CPUs and GPUs are checked once joined."""
     check_ray_address(address)
     check_tracking_uri(tracking_uri)
+    if spec.storage.remote:
+        from orchestrator.storage import StorageError, check_reachable, open_location
+
+        try:
+            check_reachable(open_location(spec.storage.results_dir))
+        except StorageError as exc:
+            raise SpecError(spec.name, [str(exc)]) from None
     if address is None:
         check_fits(spec, local_resources(), "this machine")
         train = build_train_config(spec.train)
@@ -141,23 +164,28 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
             raise SpecError(spec.name, problems)
 
 
-def _start_sweep(spec: ExperimentSpec, encoded: str | None) -> tuple[Path, str]:
+def _start_sweep(spec: ExperimentSpec, encoded: str | None) -> tuple[SweepPlace, str]:
     """The MLflow experiment (the store created under its lock), then the sweep directory with
-    spec.yaml and sweep.json, and the sweep's parent run."""
+    spec.yaml and sweep.json (uploaded, for a bucket), and the sweep's parent run."""
     recorder = open_store(spec.storage.tracking_uri, spec.name)
-    sweep_dir = _new_sweep_dir(spec)
+    place = new_place(spec.storage.results_dir, spec.name)
+    sweep_dir = place.local
     spec_file = sweep_dir / SPEC_FILE
     spec_file.write_text(yaml.safe_dump(spec.source, sort_keys=False))
     parent = recorder.start_parent(sweep_dir, _parent_params(spec), spec_file)
     meta = {"name": spec.name, "tracking_uri": spec.storage.tracking_uri,
             "experiment_id": recorder.experiment_id, "parent_run_id": parent,
             "expected_trials": expected_trials(spec), "encoded": encoded}  # fmt: skip
+    if place.remote is not None:
+        meta[STORAGE_KEY] = place.uri
+        recorder.set_tags(parent, {SWEEP_TAG: place.uri})
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=1))
-    print(f"[sla-sweep] sweep {sweep_dir}")
+    place.push(strict=True)
+    print(f"[sla-sweep] sweep {place.uri}")
     print(
         f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})"
     )
-    return sweep_dir, parent
+    return place, parent
 
 
 def _fit(tuner) -> int | None:
@@ -181,27 +209,27 @@ def _runs_closed_on_error(sweep_dir: Path) -> Iterator[None]:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         with contextlib.suppress(Exception):
             meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
-            recorder = SweepRecorder(meta["tracking_uri"], meta["name"])
-            recorder.attach_parent(meta["parent_run_id"])
+            recorder = sweep_recorder(sweep_dir, meta)
             recorder.end_running_children(status)
-            recorder.client.set_terminated(meta["parent_run_id"], status=status)
+            recorder.finish_parent([], status=status)
         raise
 
 
 def resume_sweep(
-    sweep_dir: Path, *, address: str | None = None, verbose: bool = False
+    sweep: Path | str, *, address: str | None = None, verbose: bool = False
 ) -> SweepOutcome:
-    """Finish an interrupted sweep: unfinished and errored trials run again, finished ones don't.
-    Refused (SpecError) while another driver is alive on the sweep."""
+    """Finish an interrupted sweep (a directory or a bucket URI): unfinished and errored trials
+    run again, finished ones don't. Refused (SpecError) while another driver is alive on it."""
     t0 = time.monotonic()
-    sweep_dir = Path(sweep_dir).resolve()
-    spec, meta = read_sweep(sweep_dir)
+    place = open_place(sweep)
+    sweep_dir = place.local
+    spec, meta = read_sweep(place)
     address = ray_address(address)
     with contextlib.ExitStack() as held:
         held.enter_context(driver_lock(sweep_dir))
         held.enter_context(_runs_closed_on_error(sweep_dir))
         preflight(spec, address, meta["tracking_uri"])
-        print(f"[sla-sweep] resuming {sweep_dir}")
+        print(f"[sla-sweep] resuming {place.uri}")
         with connect(address, spec, log_to_driver=verbose):
             t_ray = time.monotonic()
             from ray import tune
@@ -211,9 +239,9 @@ def resume_sweep(
             # when Tune's own state, saved only now and then, still has the trial unfinished
             done = {t: {**row.metrics, STEP_KEY: row.step}
                     for t, row in load_rows(sweep_dir).items() if row.status in DONE}  # fmt: skip
-            settings = trial_settings(spec, sweep_dir, encoded=meta.get("encoded"))
+            settings = trial_settings(spec, place, encoded=meta.get("encoded"))
             tuner = tune.Tuner.restore(
-                str(sweep_dir / TUNE_DIR),
+                place.ray_storage(TUNE_DIR),
                 _trainable(dataclasses.replace(settings, finished=done)),
                 resume_unfinished=True,
                 resume_errored=True,
@@ -221,29 +249,30 @@ def resume_sweep(
             stopped_by = _fit(tuner)
             t_fit = time.monotonic()
         timings = {"ray_start_s": t_ray - t0, "fit_s": t_fit - t_ray}
-        return finish(spec, sweep_dir, timings, t0, stopped_by=stopped_by)
+        return finish(spec, place, timings, t0, stopped_by=stopped_by)
 
 
 def finish(
     spec: ExperimentSpec,
-    sweep_dir: Path,
+    place: SweepPlace,
     timings: dict[str, float],
     t0: float,
     *,
     stopped_by: int | None = None,
 ) -> SweepOutcome:
     """Table, results.csv, Pareto plot; artifacts to MLflow; the best trial's SLA weights. An
-    interrupted sweep leaves no MLflow run RUNNING (the parent and its unfinished trials: KILLED)."""
+    interrupted sweep leaves no MLflow run RUNNING (the parent and its unfinished trials: KILLED).
+    A bucket's finished checkpoints are fetched for the report; every file is uploaded at the end."""
+    sweep_dir = place.local
     meta = json.loads((sweep_dir / SWEEP_FILE).read_text())
-    rows = list(load_rows(sweep_dir).values())
+    rows = _local_rows(place)
     ended = sum(r.status in ENDED for r in rows)
     complete = ended == len(rows) and len(rows) >= meta["expected_trials"]
     best = best_row(rows, spec.metric, spec.mode)
     csv_path = write_csv(rows, sweep_dir / "results.csv")
     plot_path = plot_pareto(rows, sweep_dir / "pareto.png", spec.metric, spec.mode)
     print(format_table(rows, spec.metric, spec.mode))
-    recorder = SweepRecorder(meta["tracking_uri"], spec.name)
-    recorder.attach_parent(meta["parent_run_id"])
+    recorder = sweep_recorder(sweep_dir, meta)  # the sweep's own: its records in order
     findings = report_findings(spec, sweep_dir, rows, recorder, meta["parent_run_id"])
     if best is not None and best.run_id:
         weights = Path(best.checkpoint or "") / "sla_attention.pt"
@@ -265,9 +294,10 @@ def finish(
         "KILLED" if not complete else "FAILED")  # fmt: skip
     review = log_review(recorder, spec, sweep_dir, rows, complete=complete)
     recorder.finish_parent([csv_path, plot_path], status=status)
+    place.push()
     print(f"[sla-sweep] results: {csv_path}  plot: {plot_path}  report: {findings.files[0]}")
     if not complete:
-        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {sweep_dir}", flush=True)
+        print(f"[sla-sweep] interrupted; finish it with: sla-sweep resume {place.uri}", flush=True)
     elif best is not None:
         print(f"[sla-sweep] best: {best.trial_id} ({best.label}) checkpoint {best.checkpoint}")
     else:
@@ -277,7 +307,18 @@ def finish(
     for line in review:  # sla-sweep ui DIR, the registered model, links on a tracking server
         print(f"[sla-sweep] {line}")
     return SweepOutcome(sweep_dir, rows, best, complete, meta["tracking_uri"],
-                        meta["parent_run_id"], timings, stopped_by)  # fmt: skip
+                        meta["parent_run_id"], timings, stopped_by, place.uri)  # fmt: skip
+
+
+def _local_rows(place: SweepPlace) -> list[TrialRow]:
+    """trials.json's rows; for a bucket, each finished trial's checkpoint fetched (for the
+    report's samples and the registered model) and named by its local copy."""
+    rows = list(load_rows(place.local).values())
+    if place.remote is None:
+        return rows
+    say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
+    return [dataclasses.replace(r, checkpoint=place.localize(r.checkpoint, log=say))
+            if r.status in DONE and r.checkpoint else r for r in rows]  # fmt: skip
 
 
 def trial_overheads(rows: list[TrialRow]) -> dict[str, float]:
@@ -318,46 +359,15 @@ def expected_trials(spec: ExperimentSpec) -> int:
     return len(search_space.expand_trials(spec)) * search_space.num_samples(spec)
 
 
-def read_sweep(sweep_dir: Path) -> tuple[ExperimentSpec, dict[str, Any]]:
-    """The spec and MLflow ids a sweep directory was started with."""
-    for name in (SPEC_FILE, SWEEP_FILE, f"{TUNE_DIR}/tuner.pkl"):
-        if not (sweep_dir / name).is_file():
-            raise SpecError(str(sweep_dir), [f"not a sweep directory (no {name})"])
-    loaded = {}
-    for name, load in (
-        (SPEC_FILE, load_bounded),  # sizes and alias expansion bounded, as an experiment file's
-        (SWEEP_FILE, json.loads),
-        (TRIALS_FILE, json.loads),
-    ):
-        path = sweep_dir / name
-        try:
-            loaded[name] = load(path.read_text()) if path.is_file() else None
-        except (
-            yaml.YAMLError,
-            json.JSONDecodeError,
-        ) as exc:  # a damaged sweep: one line, no traceback
-            why = str(exc).strip().splitlines()[0]
-            raise SpecError(str(path), [f"damaged sweep file, cannot be parsed ({why})"]) from None
-    spec = parse_spec(loaded[SPEC_FILE], source=str(sweep_dir / SPEC_FILE))
-    return spec, loaded[SWEEP_FILE]
-
-
-def find_sweep(spec: ExperimentSpec) -> Path:
-    """The most recent sweep directory of this spec's name."""
-    base = spec.storage.results_dir
-    # <name>-YYYYmmdd-HHMMSS[-n] exactly: "smoke-*" would also match experiment "smoke-x"
-    own = re.compile(re.escape(spec.name) + r"-\d{8}-\d{6}(-\d+)?")
-    found = sorted(p for p in base.glob(f"{spec.name}-*")
-                   if own.fullmatch(p.name) and (p / SWEEP_FILE).is_file())  # fmt: skip
-    if not found:
-        raise SpecError(spec.name, [f"no sweep named {spec.name!r} under {base}"])
-    return found[-1]
-
-
 def trial_settings(
-    spec: ExperimentSpec, sweep_dir: Path, *, encoded: str | None = None
+    spec: ExperimentSpec, place: SweepPlace, *, encoded: str | None = None
 ) -> TrialSettings:
+    from orchestrator.recipe.base_model import BASE_STORE_ENV
+
     r = spec.resources
+    env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))}
+    if place.remote is not None:
+        env[BASE_STORE_ENV] = base_store(spec)
     return TrialSettings(
         train=dict(spec.train),
         fixed_sla=spec.fixed_sla,
@@ -366,57 +376,12 @@ def trial_settings(
         gpus_per_worker=r.gpus_per_worker,
         num_to_keep=spec.checkpoint.num_to_keep,
         max_failures=spec.failure.max_failures,
-        train_storage=str(sweep_dir / "train"),
-        reference_cache=str(Path(sweep_dir).resolve() / "base_reference"),
+        train_storage=place.ray_storage("train"),
+        reference_cache=place.ray_storage("base_reference"),
         encoded=encoded,
-        worker_env={"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))},
+        worker_env=env,
         controller_env={TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S)},
     )
-
-
-def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
-    """A pipeline's clips and captions, encoded once before any trial (what the cache lacks),
-    on this machine's GPU when it has one; the manifest's path (None: not a pipeline). Problems
-    with the data or the pipeline are a SpecError: every one listed, nothing started."""
-    import torch
-
-    from orchestrator.data.encoded import EncodeError
-    from orchestrator.data.videos import VideoDataError
-    from orchestrator.models.pipeline import PipelineError
-    from orchestrator.recipe.pipeline_data import prepare_encoded
-
-    train = build_train_config(spec.train)
-    if not train.is_pipeline:
-        return None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
-    try:
-        manifest = prepare_encoded(train, device=device, log=say)
-    except (VideoDataError, PipelineError, EncodeError) as exc:
-        raise SpecError(spec.name, [str(exc)]) from None
-    stats = json.loads(manifest.read_text())["stats"]
-    say(f"encoded data: {manifest} ({stats['seconds']:.1f} s)")
-    return str(manifest)
-
-
-def prepare_base_model(spec: ExperimentSpec) -> None:
-    """Pre-train (or find cached) the full-attention base once, before any trial starts."""
-    import torch
-
-    from orchestrator.models.wan_presets import PRESETS
-    from orchestrator.recipe.base_model import load_base_model
-    from orchestrator.recipe.config import resolve_mixed_precision
-
-    train = build_train_config(spec.train)
-    gpu = spec.resources.gpus_per_worker > 0
-    if train.model not in PRESETS or train.base_steps == 0:
-        return  # a local model directory or a seeded init: nothing to pre-train
-    if gpu and not torch.cuda.is_available():
-        return  # the workers' precision differs from this machine's: the first trial trains it
-    mixed = resolve_mixed_precision(train.mixed_precision, cuda=gpu)
-    device = torch.device("cuda" if gpu else "cpu")
-    load_base_model(train, device=device, mixed_precision=mixed,
-                    log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
 
 
 def _quiet_tune_output() -> None:
@@ -433,15 +398,18 @@ def _trainable(settings: TrialSettings):
     return tune.with_resources(fn, {"cpu": 0, "memory": 1})
 
 
-def _progress(spec: ExperimentSpec, sweep_dir: Path, parent: str, settings: TrialSettings):
+def _callbacks(spec: ExperimentSpec, place: SweepPlace, parent: str, settings: TrialSettings):
+    """The progress callback (trials.json, MLflow), then, for a bucket, the upload of the files."""
+    from orchestrator.sweep.storage_sync import SyncCallback
     from sla_kernel_glue import SLAConfig
 
     train_params = dataclasses.asdict(build_train_config(spec.train))
-    return SweepProgress(
-        sweep_dir, spec.storage.tracking_uri, spec.name, parent,
+    progress = SweepProgress(
+        place.local, spec.storage.tracking_uri, spec.name, parent,
         functools.partial(trial_sla, settings.fixed_sla), train_params,
         [f.name for f in dataclasses.fields(SLAConfig)],
     )  # fmt: skip
+    return [progress] if place.remote is None else [progress, SyncCallback(place)]
 
 
 def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
@@ -460,20 +428,6 @@ def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
         "mode": spec.mode,
         **flat_params("resources", dataclasses.asdict(spec.resources)),
     }
-
-
-def _new_sweep_dir(spec: ExperimentSpec) -> Path:
-    base = spec.storage.results_dir
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(100):
-        path = base / (f"{spec.name}-{stamp}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new sweep directory under {base}")
 
 
 __all__ = ["SweepOutcome", "run_sweep", "resume_sweep", "read_sweep", "find_sweep"]

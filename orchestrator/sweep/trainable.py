@@ -36,7 +36,8 @@ class TrialSettings:
     gpus_per_worker: float
     num_to_keep: int
     max_failures: int
-    train_storage: str  # absolute: Ray changes the working directory of trials and workers
+    # absolute, or a URI (s3://...): Ray changes the working directory of trials and workers
+    train_storage: str
     worker_env: dict[str, str] = dataclasses.field(default_factory=dict)
     # Set in the trial's Tune actor before it builds the TorchTrainer: Ray Train's controller
     # takes its settings (RAY_TRAIN_*) from the process that calls fit().
@@ -79,7 +80,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         ),
         run_config=RunConfig(
             name=trial_id,
-            storage_path=str(Path(settings.train_storage).resolve()),
+            storage_path=_storage_path(settings.train_storage),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.num_to_keep),
             failure_config=FailureConfig(max_failures=settings.max_failures),
             callbacks=[TuneReportCallback()],
@@ -89,3 +90,10 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         ),
     )
     trainer.fit()
+
+
+def _storage_path(storage: str) -> str:
+    """A directory made absolute; a URI as it is (Ray opens it with pyarrow in each process)."""
+    from orchestrator.storage import is_uri
+
+    return storage if is_uri(storage) else str(Path(storage).resolve())

@@ -60,6 +60,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Imported here, not at the top: the trial's Tune actor imports this module only to hand the
     # function to Ray Train, and diffusers, accelerate and the kernels cost it seconds per trial.
     from orchestrator.recipe import run_trial
+    from orchestrator.recipe.base_outputs import reference_dir
     from orchestrator.spec.recipe import build_train_config
     from sla_kernel_glue import SLAConfig
 
@@ -70,7 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cache, encoded = config.get("reference_cache"), config.get("encoded")
     common = {
         "callback": callback,
-        "reference_cache": None if cache is None else Path(cache),
+        "reference_cache": None if cache is None else reference_dir(cache),  # a URI: a mirror
         "encoded": None if encoded is None else Path(encoded),
     }
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
