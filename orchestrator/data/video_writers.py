@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -32,6 +31,7 @@ def write_video(path: str | Path, video: np.ndarray | torch.Tensor, *, fps: floa
     frames = _as_uint8_frames(video)
     _, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    import av  # PyAV: imported where an MP4 is written, so frame grids and GIFs run without it
 
     def write(tmp: Path) -> None:
         with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:

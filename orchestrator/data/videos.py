@@ -44,13 +44,15 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import av
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -323,6 +325,8 @@ def _probe(path: Path, fps: float | None) -> tuple[int, str]:
         raise _MediaError("no frame could be decoded: the file is damaged or truncated")
     available = sum(1 for _ in _resample(timed, fps))
     how = f"{available} frame(s)" + (f" at {fps:g} fps of {len(timed)} decoded" if fps else "")
+    import av  # PyAV: imported where a video is read, so the digits source runs without it
+
     with av.open(str(path)) as container:  # opened and decoded a moment ago
         listed = container.streams.video[0].frames
     if listed > len(timed):
@@ -335,6 +339,8 @@ def _video_frames(path: Path) -> Iterator[tuple[float, float, av.VideoFrame]]:
 
     A frame without a duration lasts 1 / the stream's frame rate (or as long as the one before).
     """
+    import av
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:

@@ -347,7 +347,7 @@ def test_write_video_is_atomic_and_reproducible(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(videos.av.VideoFrame, "from_ndarray", broken)
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_video(tmp_path / "a.mp4", smooth_clip(4, 16, 16) * 0, fps=8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no tmp file left
