@@ -4,8 +4,10 @@ refuse writes (503 SlowDown) under a key prefix, to test a store that fails mid-
 
     with s3_server() as s3:            # s3.endpoint, s3.bucket, s3.env, s3.uri("prefix")
         os.environ.update(s3.env)      # or: the `s3` pytest fixture (module scope) does it
-        with s3.refusing_writes("sweep/train/"):
-            ...                        # PUT/POST under that prefix answer 503 meanwhile
+        s3.refuse_writes("runs/x/train/t1/", keep_first=1, for_s=6)
+            ...                        # PUT/POST under that prefix answer 503: every folder
+                                       # after the first one seen there (its first checkpoint),
+                                       # for 6 s from the first refusal
 
 `s3.env` holds AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (dummy values, moto
 accepts any) and AWS_DEFAULT_REGION. Ray workers must see them too: set them before the Ray
@@ -19,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,7 +39,7 @@ class S3Server:
     endpoint: str
     bucket: str
     refused: list[str] = dataclasses.field(default_factory=list)  # "METHOD key" answered 503
-    _refuse_prefix: str | None = None
+    _rule: dict | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -79,20 +83,30 @@ class S3Server:
             out.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
         return out
 
-    @contextlib.contextmanager
-    def refusing_writes(self, prefix: str) -> Iterator[None]:
-        """PUT and POST of keys under `prefix` answer 503 SlowDown for the block."""
-        self._refuse_prefix = prefix
-        try:
-            yield
-        finally:
-            self._refuse_prefix = None
+    def refuse_writes(self, prefix: str, *, keep_first: int = 0, for_s: float = 5.0) -> None:
+        """From now on, PUT and POST of keys under `prefix` answer 503 SlowDown, except those
+        in the first `keep_first` folders seen under it, until `for_s` seconds after the first
+        refusal."""
+        self._rule = {"prefix": prefix, "keep": keep_first, "for_s": for_s, "seen": [],
+                      "until": None}  # fmt: skip
 
-    def start_refusing(self, prefix: str) -> None:
-        self._refuse_prefix = prefix
-
-    def stop_refusing(self) -> None:
-        self._refuse_prefix = None
+    def _refuses(self, method: str, key: str) -> bool:
+        rule = self._rule
+        if rule is None or method not in ("PUT", "POST") or not key.startswith(rule["prefix"]):
+            return False
+        folder = key[len(rule["prefix"]) :].split("/", 1)[0]
+        if folder not in rule["seen"]:
+            rule["seen"].append(folder)
+        if rule["seen"].index(folder) < rule["keep"]:
+            return False
+        now = time.monotonic()
+        if rule["until"] is None:
+            rule["until"] = now + rule["for_s"]
+        if now > rule["until"]:
+            self._rule = None
+            return False
+        self.refused.append(f"{method} {key}")
+        return True
 
 
 def _client_args(s3: S3Server) -> dict[str, str]:
@@ -103,17 +117,15 @@ def _client_args(s3: S3Server) -> dict[str, str]:
 
 
 class _Refuser:
-    """WSGI middleware in front of moto: 503 for writes under the server's refuse prefix."""
+    """WSGI middleware in front of moto: 503 for the writes the server's rule refuses."""
 
     def __init__(self, app, server: S3Server) -> None:
         self.app, self.server = app, server
 
     def __call__(self, environ, start_response):
-        prefix = self.server._refuse_prefix
         method = environ.get("REQUEST_METHOD", "")
         key = environ.get("PATH_INFO", "").lstrip("/").split("/", 1)[-1]
-        if prefix is not None and method in ("PUT", "POST") and key.startswith(prefix):
-            self.server.refused.append(f"{method} {key}")
+        if self.server._refuses(method, key):
             body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
                     b"<Message>writes refused by the test</Message></Error>")  # fmt: skip
             start_response("503 Service Unavailable", [("Content-Type", "application/xml"),
@@ -135,6 +147,7 @@ def s3_server(bucket: str = BUCKET) -> Iterator[S3Server]:
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     port = _free_port()
     server = S3Server(f"http://{HOST}:{port}", bucket)
     app = _Refuser(DomainDispatcherApplication(create_backend_app), server)

@@ -1,0 +1,100 @@
+"""orchestrator.storage against a real S3-compatible server (moto's, on 127.0.0.1): files and
+trees round trip, a remote tree is fetched once into the content-keyed cache, bad locations are
+refused with one line naming the value, and a bucket as results_dir needs a tracking store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from orchestrator.spec import SpecError, load_spec
+from orchestrator.storage import (
+    StorageError,
+    check_reachable,
+    download_dir,
+    local_copy,
+    open_location,
+    upload_dir,
+)
+from tests.paths import REPO
+from tests.s3_server import s3  # noqa: F401 (the module's S3 server fixture)
+
+SMOKE = REPO / "experiments" / "smoke.yaml"
+
+
+def test_text_json_and_trees_round_trip(s3, tmp_path):  # noqa: F811
+    loc = open_location(s3.uri("unit/round"))
+    assert loc.remote and not loc.exists()
+    loc.join("a.json").write_json({"x": [1, 2]})
+    loc.join("sub/b.txt").write_text("héllo")
+    assert loc.join("a.json").read_json() == {"x": [1, 2]}
+    assert loc.join("sub/b.txt").read_text() == "héllo"
+    assert sorted(s3.keys("unit/round/")) == ["unit/round/a.json", "unit/round/sub/b.txt"]
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "w.bin").write_bytes(os.urandom(3 << 20))
+    (src / "top.txt").write_text("1")
+    assert upload_dir(src, loc.join("tree")) == 2
+    assert download_dir(loc.join("tree"), tmp_path / "back") == 2
+    assert (tmp_path / "back" / "d" / "w.bin").read_bytes() == (src / "d" / "w.bin").read_bytes()
+
+
+def test_local_copy_is_fetched_once_and_keyed_by_content(s3, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("SLA_SWEEP_CACHE", str(tmp_path / "cache"))
+    loc = open_location(s3.uri("unit/ckpt"))
+    loc.join("trial.json").write_json({"step": 2})
+    fetched: list[str] = []
+    first = local_copy(loc, log=fetched.append)
+    assert json.loads((first / "trial.json").read_text()) == {"step": 2}
+    again = local_copy(loc, log=fetched.append)
+    assert again == first and len(fetched) == 1, fetched  # the second call fetched nothing
+    loc.join("trial.json").write_json({"step": 40})  # changed content (and size): a new copy
+    changed = local_copy(loc, log=fetched.append)
+    assert changed != first and json.loads((changed / "trial.json").read_text())["step"] == 40
+    assert str(changed).startswith(str(tmp_path / "cache" / "remote"))
+    with pytest.raises(StorageError, match="holds no files"):
+        local_copy(open_location(s3.uri("unit/nothing-here")))
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("ftp://host/dir", "has scheme ftp://; allowed: a directory path, file://, s3://"),
+        ("s3://", "names no bucket"),
+        ("s3://AKIDSECRET:hunter2@bucket/x", "carries credentials in the URI"),
+        ("s3://bucket/a/../b", "'.' or '..'"),
+    ],
+)
+def test_bad_locations_are_one_line_naming_the_value(value, says):
+    with pytest.raises(StorageError) as err:
+        open_location(value)
+    text = str(err.value)
+    assert says in text and "\n" not in text
+    assert "hunter2" not in text  # a credential is never echoed
+    assert text.startswith("storage.results_dir (")
+
+
+def test_missing_bucket_is_one_line(s3):  # noqa: F811
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist"):
+        check_reachable(open_location("s3://no-such-bucket/x"))
+
+
+def test_spec_with_a_bucket_needs_a_tracking_store(s3, tmp_path):  # noqa: F811
+    uri = s3.uri("unit/runs")
+    with pytest.raises(SpecError) as err:
+        load_spec(SMOKE, [f"storage.results_dir={uri}"], cwd=tmp_path)
+    assert "storage.tracking_uri must be given" in str(err.value) and uri in str(err.value)
+    spec = load_spec(
+        SMOKE,
+        [f"storage.results_dir={uri}/", "storage.tracking_uri=http://127.0.0.1:5000"],
+        cwd=tmp_path,
+    )
+    assert spec.storage.remote and spec.storage.results_dir == uri
+    with pytest.raises(SpecError, match="carries credentials") as err:
+        load_spec(SMOKE, ["storage.results_dir=s3://K:hunter2@b/x"], cwd=tmp_path)
+    assert "hunter2" not in str(err.value)
+    local = load_spec(SMOKE, ["storage.results_dir=out"], cwd=tmp_path)
+    assert not local.storage.remote and local.storage.results_dir == (tmp_path / "out").resolve()
