@@ -118,8 +118,11 @@ def sla_triton(
     routing, indices = route_for_kernels(q, k, config)  # indices: (B*H, T_m, k) int32
     t_m, kc = indices.shape[-2:]
     mode = linear_mode(config, kc, n_blocks(n, config.blkk))
-    neg_indices = negligible_indices(routing.negligible, config, n_blocks(n, config.blkk))
-    neg_indices = neg_indices.reshape(b * h, t_m, -1).to(torch.int32).contiguous()
+    if mode == LINEAR_MARGINAL and config.negligible_blocks(n_blocks(n, config.blkk)) > 0:
+        neg_indices = negligible_indices(routing.negligible, config, n_blocks(n, config.blkk))
+        neg_indices = neg_indices.reshape(b * h, t_m, -1).to(torch.int32).contiguous()
+    else:
+        neg_indices = indices[..., :0]  # none: an empty view, no allocation
 
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.to(cdt).reshape(b * h, n, d).contiguous()

@@ -30,14 +30,16 @@ from .triton_fwd import (
     ForwardState,
     KernelSettings,
     LaunchConfig,
+    add_totals,
     block_rows,
     kernel_and_kwargs,
+    load_hi_lo,
     load_rows,
+    load_z,
     phi_bwd,
     phi_fwd,
     phi_rows,
     prune_by_rows,
-    split_hi_lo,
     stream_launch,
     tune_configs,
 )
@@ -56,14 +58,14 @@ def qt_rows(q, den, valid, FMAP: tl.constexpr):
 
 @triton.jit
 def _bwd_prologue_kernel(
-    Q, OS, DOS, OL, DOL, DEN, DS, DL, HPART, ZPART,
+    Q, OS, DOS, OL, DOL, DEN, DS, DL, DTOT,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr, LINEAR: tl.constexpr,
 ):  # fmt: skip
-    """Row statistics D_s, D_l; partial sums of qt^T dO_l and -qt D_l, with qt = phi(Q)/den."""
+    """Row statistics D_s, D_l; sums of qt^T dO_l and -qt D_l (qt = phi(Q)/den) over a chunk,
+    added into the zeroed totals DTOT (add_totals)."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    n_chunks = tl.num_programs(0)
     offs_d = tl.arange(0, D)
     base = bh * N * D
     h = tl.zeros((D, D), dtype=tl.float32)
@@ -86,9 +88,7 @@ def _bwd_prologue_kernel(
             h += tl.dot(tl.trans(qt), do_l)
             z -= tl.sum(qt.to(tl.float32) * d_l[:, None], 0)
     if LINEAR != 0:
-        part = bh * n_chunks + c
-        tl.store(HPART + part * D * D + offs_d[:, None] * D + offs_d[None, :], h)
-        tl.store(ZPART + part * D + offs_d, z)
+        add_totals(DTOT, bh, h, z, D)
 
 
 @triton.jit
@@ -152,7 +152,7 @@ DQ_CONFIGS = [
 )
 @triton.jit
 def _sla_bwd_dq_kernel(
-    Q, K, V, DOS, DOL, LSE, DS, DL, DEN, IDX, NIDX, HHI, HLO, ZTOT, PHIK, DQ,
+    Q, K, V, DOS, DOL, LSE, DS, DL, DEN, IDX, NIDX, TOT, PHIK, DQ,
     N, T_M, KC, KN, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
@@ -194,10 +194,9 @@ def _sla_bwd_dq_kernel(
             dphi_sub = _dq_linear_visit(do_l, d_l, K, V, base, offs_n, kvalid, dphi_sub, D, FMAP)
     dq = dq * sm_scale
     if LINEAR != 0:
-        offs_d = tl.arange(0, D)
-        hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
-        tot = tl.dot(do_l, tl.trans(tl.load(HHI + hp))) + tl.dot(do_l, tl.trans(tl.load(HLO + hp)))
-        ztot = tl.load(ZTOT + bh * D + offs_d)
+        h_hi, h_lo = load_hi_lo(TOT, bh, do_l.dtype, D)
+        tot = tl.dot(do_l, tl.trans(h_hi)) + tl.dot(do_l, tl.trans(h_lo))
+        ztot = load_z(TOT, bh, D)
         den = load_stats(DEN, bh, N, offs_m, qvalid, 1.0, True)
         dphi = (tot - d_l[:, None] * ztot[None, :] - dphi_sub) / den[:, None]
         qf = q.to(tl.float32)
@@ -211,19 +210,22 @@ def _dkdv_visit(
     k, v, pk, Q, DOS, DOL, LSE, DS, DL, DEN, bh, N, base, offs_m, qvalid, kvalid, dk, dv, dpk,
     qk_scale,
     D: tl.constexpr, LINEAR: tl.constexpr, FMAP: tl.constexpr, MASKED: tl.constexpr,
+    PART: tl.constexpr,
 ):  # fmt: skip
-    """dK/dV's share of one (rows, D) query tile that chose this key block."""
+    """dK/dV's share of one (rows, D) query tile that chose this key block: the sparse branch
+    (unless PART 2) and the marginal linear branch's correction (unless PART 1)."""
     q = load_rows(Q, base, offs_m, qvalid, D, MASKED)
-    do_s = load_rows(DOS, base, offs_m, qvalid, D, MASKED)
-    lse = load_stats(LSE, bh, N, offs_m, qvalid, 0.0, MASKED)
-    d_s = load_stats(DS, bh, N, offs_m, qvalid, 0.0, MASKED)
-    pt = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
-    if MASKED:
-        pt = tl.where(kvalid[:, None] & qvalid[None, :], pt, 0.0)
-    dv += tl.dot(pt.to(v.dtype), do_s)
-    dpt = tl.dot(v, tl.trans(do_s))
-    dk += tl.dot((pt * (dpt - d_s[None, :])).to(q.dtype), q)
-    if LINEAR == 1:
+    if PART != 2:
+        do_s = load_rows(DOS, base, offs_m, qvalid, D, MASKED)
+        lse = load_stats(LSE, bh, N, offs_m, qvalid, 0.0, MASKED)
+        d_s = load_stats(DS, bh, N, offs_m, qvalid, 0.0, MASKED)
+        pt = tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+        if MASKED:
+            pt = tl.where(kvalid[:, None] & qvalid[None, :], pt, 0.0)
+        dv += tl.dot(pt.to(v.dtype), do_s)
+        dpt = tl.dot(v, tl.trans(do_s))
+        dk += tl.dot((pt * (dpt - d_s[None, :])).to(q.dtype), q)
+    if LINEAR == 1 and PART != 1:
         dv, dpk = _dkdv_linear(pk, v, q, DOL, DL, DEN, bh, N, base, offs_m, qvalid, dv, dpk,
                                D, FMAP, MASKED)  # fmt: skip
     return dk, dv, dpk
@@ -252,20 +254,23 @@ DKDV_CONFIGS = [
     LaunchConfig(8, 2, 1),
     LaunchConfig(8, 3, 1),
 ]
+# PART of the dK/dV kernel: 0 both branches in one pass; the marginal scope may instead run
+# 1 (sparse branch, stores its dK, dV) and then 2 (linear branch, adds to what 1 stored).
+DKDV_FUSED, DKDV_SPARSE, DKDV_LINEAR = 0, 1, 2
 
 
 @triton.autotune(
     configs=tune_configs(DKDV_CONFIGS),
-    key=["N", "D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG"],
+    key=["N", "D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG", "PART"],
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
     Q, K, V, DEN, DOS, DOL, LSE, DS, DL, COLROWS, COLSTART, COLCNT,
-    NROWS, NSTART, NCNT, DHHI, DHLO, DZTOT, DK, DV,
+    NROWS, NSTART, NCNT, DTOT, DK, DV,
     N, L, LN, T_N, qk_scale, sm_scale,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, FMAP: tl.constexpr, HAS_NEG: tl.constexpr,
-    MASKED: tl.constexpr, PAIR: tl.constexpr,
+    MASKED: tl.constexpr, PART: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -275,7 +280,8 @@ def _sla_bwd_dkdv_kernel(
     base = bh * N * D
     k = load_rows(K, base, offs_n, kvalid, D, True)
     v = load_rows(V, base, offs_n, kvalid, D, True)
-    pk = phi_rows(k, kvalid, FMAP) if LINEAR != 0 else k
+    linear = LINEAR != 0 and PART != 1  # this pass adds the linear branch's terms
+    pk = phi_rows(k, kvalid, FMAP) if linear else k
     dk = tl.zeros((BK, D), dtype=tl.float32)
     dv = tl.zeros((BK, D), dtype=tl.float32)
     dpk = tl.zeros((BK, D), dtype=tl.float32)
@@ -286,15 +292,15 @@ def _sla_bwd_dkdv_kernel(
         offs_m, qvalid = block_rows(rows, t, N, BQ, PAIR)
         dk, dv, dpk = _dkdv_visit(
             k, v, pk, Q, DOS, DOL, LSE, DS, DL, DEN, bh, N, base, offs_m, qvalid, kvalid,
-            dk, dv, dpk, qk_scale, D, LINEAR, FMAP, MASKED,
+            dk, dv, dpk, qk_scale, D, LINEAR, FMAP, MASKED, PART,
         )  # fmt: skip
     for t in range((cnt // PAIR) * PAIR, cnt):
         offs_m, qvalid = block_rows(rows, t, N, BQ, 1)
         dk, dv, dpk = _dkdv_visit(
             k, v, pk, Q, DOS, DOL, LSE, DS, DL, DEN, bh, N, base, offs_m, qvalid, kvalid,
-            dk, dv, dpk, qk_scale, D, LINEAR, FMAP, MASKED,
+            dk, dv, dpk, qk_scale, D, LINEAR, FMAP, MASKED, PART,
         )  # fmt: skip
-    if LINEAR == 1 and HAS_NEG:
+    if (LINEAR == 1 and HAS_NEG) and PART != 1:  # nested: Triton 3.6 takes two operands per "and"
         # Query blocks for which this key block is negligible: linear branch only.
         nrows = NROWS + bh * LN + tl.load(NSTART + col)
         for t in range(0, tl.load(NCNT + col)):
@@ -303,18 +309,25 @@ def _sla_bwd_dkdv_kernel(
             dv, dpk = _dkdv_linear(pk, v, q, DOL, DL, DEN, bh, N, base, offs_m, qvalid, dv, dpk,
                                    D, FMAP, True)  # fmt: skip
     dk = dk * sm_scale
-    if LINEAR != 0:
-        hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
-        dh_hi = tl.load(DHHI + hp)
-        dh_lo = tl.load(DHLO + hp)
-        dv += tl.dot(pk, dh_hi) + tl.dot(pk, dh_lo)
-        dpk += tl.dot(v, tl.trans(dh_hi)) + tl.dot(v, tl.trans(dh_lo))
-        dpk += tl.load(DZTOT + bh * D + offs_d)[None, :]
-        kf = k.to(tl.float32)
-        dk += phi_bwd(kf, phi_fwd(kf, FMAP), dpk, FMAP)
+    if linear:
+        dv, dk = _dkdv_totals(k, v, pk, DTOT, bh, dk, dv, dpk, D, FMAP)
     col_ptr = base + offs_n[:, None] * D + offs_d[None, :]
+    if PART == 2:  # add the sparse branch's dK, dV that PART 1 stored
+        dk += tl.load(DK + col_ptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(DV + col_ptr, mask=kvalid[:, None], other=0.0).to(tl.float32)
     tl.store(DK + col_ptr, dk.to(DK.dtype.element_ty), mask=kvalid[:, None])
     tl.store(DV + col_ptr, dv.to(DV.dtype.element_ty), mask=kvalid[:, None])
+
+
+@triton.jit
+def _dkdv_totals(k, v, pk, DTOT, bh, dk, dv, dpk, D: tl.constexpr, FMAP: tl.constexpr):
+    """The linear branch's terms from the totals dH, dZ, and dK through phi."""
+    dh_hi, dh_lo = load_hi_lo(DTOT, bh, v.dtype, D)
+    dv += tl.dot(pk, dh_hi) + tl.dot(pk, dh_lo)
+    dpk += tl.dot(v, tl.trans(dh_hi)) + tl.dot(v, tl.trans(dh_lo))
+    dpk += load_z(DTOT, bh, D)[None, :]
+    kf = k.to(tl.float32)
+    return dv, dk + phi_bwd(kf, phi_fwd(kf, FMAP), dpk, FMAP)
 
 
 @triton.jit
@@ -393,6 +406,11 @@ def column_lists(
     return rows.contiguous(), starts.contiguous(), counts.contiguous()
 
 
+# The marginal scope runs dK/dV as two passes (DKDV_SPARSE, then DKDV_LINEAR), each with two
+# accumulators instead of three.
+MARGINAL_DKDV_SPLIT = True
+
+
 def sla_backward(
     do_s: torch.Tensor,
     do_l: torch.Tensor,
@@ -401,18 +419,20 @@ def sla_backward(
     dq_launch: LaunchConfig | None = None,
     dkdv_launch: LaunchConfig | None = None,
     phik_buffer: bool = MARGINAL_PHIK_BUFFER,
+    dkdv_split: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv for (B*H, N, D) tensors, from the forward's saved inputs, outputs, statistics.
 
     dq_launch, dkdv_launch: autotuned when None. phik_buffer: the marginal scope's dQ reads phi(K)
-    from a buffer, freed before dK and dV are allocated (so the peak does not grow)."""
+    from a buffer, freed before dK and dV are allocated (so the peak does not grow). dkdv_split:
+    the marginal scope's dK/dV in two passes (sparse, then linear); None: MARGINAL_DKDV_SPLIT."""
     q, k, v, indices, neg_indices = saved[:5]
     blkq, blkk, fmap, mode = settings.blkq, settings.blkk, settings.fmap, settings.linear_mode
     bh, n, d = q.shape
     t_m, kc = indices.shape[1], indices.shape[2]
     t_n = triton.cdiv(n, blkk)
     do_s, do_l = do_s.contiguous(), do_l.contiguous()
-    d_s, d_l, dh_hi, dh_lo, dztot = bwd_prologue(q, do_s, do_l, saved, settings)
+    d_s, d_l, dtot = bwd_prologue(q, do_s, do_l, saved, settings)
     sm_scale = d**-0.5
     qk_scale = sm_scale * LOG2E
     kn = neg_indices.shape[2]
@@ -425,7 +445,7 @@ def sla_backward(
     kernel, kwargs = kernel_and_kwargs(_sla_bwd_dq_kernel, dq_launch)
     kernel[(t_m, bh)](
         q, k, v, do_s, do_l, saved.lse, d_s, d_l, saved.den, indices,
-        neg_indices if kn > 0 else indices, saved.h_hi, saved.h_lo, saved.ztot, phik, dq,
+        neg_indices if kn > 0 else indices, saved.totals, phik, dq,
         n, t_m, kc, kn, qk_scale, sm_scale,
         D=d, BQ=blkq, BK=blkk, LINEAR=mode, FMAP=fmap, HAS_NEG=kn > 0, MASKED=masked,
         LOAD_PHIK=load_phik, **kwargs,
@@ -441,30 +461,29 @@ def sla_backward(
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     kernel, kwargs = kernel_and_kwargs(_sla_bwd_dkdv_kernel, dkdv_launch)
-    kernel[(t_n, bh)](
-        q, k, v, saved.den, do_s, do_l, saved.lse, d_s, d_l, *cols, *negs,
-        dh_hi, dh_lo, dztot, dk, dv,
-        n, cols[0].shape[-1], negs[0].shape[-1], t_n, qk_scale, sm_scale,
-        D=d, BQ=bq_sub, BK=blkk, LINEAR=mode, FMAP=fmap, HAS_NEG=kn > 0, MASKED=masked,
-        **kwargs,
-    )  # fmt: skip
+    split = (MARGINAL_DKDV_SPLIT if dkdv_split is None else dkdv_split) and mode == LINEAR_MARGINAL
+    for part in (DKDV_SPARSE, DKDV_LINEAR) if split else (DKDV_FUSED,):
+        kernel[(t_n, bh)](
+            q, k, v, saved.den, do_s, do_l, saved.lse, d_s, d_l, *cols, *negs, dtot, dk, dv,
+            n, cols[0].shape[-1], negs[0].shape[-1], t_n, qk_scale, sm_scale,
+            D=d, BQ=bq_sub, BK=blkk, LINEAR=mode, FMAP=fmap, HAS_NEG=kn > 0, MASKED=masked,
+            PART=part, **kwargs,
+        )  # fmt: skip
     return dq, dk, dv
 
 
 def bwd_prologue(q, do_s, do_l, saved: ForwardState, settings: KernelSettings, launch=None):
-    """Row statistics D_s, D_l (B*H, N) and the totals dH (hi, lo) and dZ of the linear branch."""
+    """Row statistics D_s, D_l (B*H, N) and the linear branch's totals (B*H, D + 1, D) float32:
+    dH = sum qt^T dO_l in rows 0..D-1, dZ = -sum qt D_l in row D."""
     bh, n, d = q.shape
     launch = stream_launch(launch, d)
     chunk = launch.chunk_rows(n)
-    n_chunks = triton.cdiv(n, chunk)
     d_s = torch.empty((bh, n), dtype=torch.float32, device=q.device)
-    d_l = torch.zeros((bh, n), dtype=torch.float32, device=q.device)
-    hpart = torch.zeros((bh, n_chunks, d, d), dtype=torch.float32, device=q.device)
-    zpart = torch.zeros((bh, n_chunks, d), dtype=torch.float32, device=q.device)
-    _bwd_prologue_kernel[(n_chunks, bh)](
-        q, saved.o_s, do_s, saved.o_l, do_l, saved.den, d_s, d_l, hpart, zpart, n, chunk,
+    d_l = torch.empty((bh, n), dtype=torch.float32, device=q.device)  # unread if not linear
+    dtot = torch.zeros((bh, d + 1, d), dtype=torch.float32, device=q.device)
+    _bwd_prologue_kernel[(triton.cdiv(n, chunk), bh)](
+        q, saved.o_s, do_s, saved.o_l, do_l, saved.den, d_s, d_l, dtot, n, chunk,
         D=d, BLK=launch.blk, FMAP=settings.fmap, LINEAR=settings.linear_mode,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    dh_hi, dh_lo = split_hi_lo(hpart.sum(dim=1), q.dtype)
-    return d_s, d_l, dh_hi, dh_lo, zpart.sum(dim=1)
+    return d_s, d_l, dtot

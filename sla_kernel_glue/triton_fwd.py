@@ -61,8 +61,9 @@ class ForwardState(NamedTuple):
     """What the backward needs: the forward's inputs, its outputs and its statistics.
 
     q, k, v, o_s, o_l: (B*H, N, D) in the compute dtype; indices, neg_indices: (B*H, T_m, *)
-    int32; lse (log2 units), den: (B*H, N) float32; h_hi, h_lo: (B*H, D, D) in the compute dtype
-    (H = h_hi + h_lo); ztot: (B*H, D) float32.
+    int32; lse (log2 units), den: (B*H, N) float32; totals: (B*H, D + 1, D) float32, the linear
+    states H (rows 0..D-1; the kernels split it into hi + lo of the compute dtype, as split_hi_lo
+    does) and Z (row D).
     """
 
     q: torch.Tensor
@@ -74,9 +75,7 @@ class ForwardState(NamedTuple):
     o_l: torch.Tensor
     lse: torch.Tensor
     den: torch.Tensor
-    h_hi: torch.Tensor
-    h_lo: torch.Tensor
-    ztot: torch.Tensor
+    totals: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,15 +190,14 @@ def load_rows(X, base, offs, valid, D: tl.constexpr, MASKED: tl.constexpr):
 
 @triton.jit
 def _linear_totals_kernel(
-    K, V, HPART, ZPART, PHIK,
+    K, V, TOT, PHIK,
     N, CHUNK,
     D: tl.constexpr, BLK: tl.constexpr, FMAP: tl.constexpr, STORE_PHIK: tl.constexpr,
 ):  # fmt: skip
-    """Per-chunk partial sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows;
-    with STORE_PHIK, phi(K) itself too."""
+    """Per-chunk sums of phi(K)^T V and phi(K), with phi(K) rounded as by phi_rows, added into the
+    zeroed totals TOT (float32 atomics); with STORE_PHIK, phi(K) itself too."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    n_chunks = tl.num_programs(0)
     offs_d = tl.arange(0, D)
     base = bh * N * D
     h = tl.zeros((D, D), dtype=tl.float32)
@@ -215,9 +213,33 @@ def _linear_totals_kernel(
             tl.store(ptr, pk, mask=valid[:, None])
         h += tl.dot(tl.trans(pk), v)
         z += tl.sum(pk.to(tl.float32), 0)
-    part = bh * n_chunks + c
-    tl.store(HPART + part * D * D + offs_d[:, None] * D + offs_d[None, :], h)
-    tl.store(ZPART + part * D + offs_d, z)
+    add_totals(TOT, bh, h, z, D)
+
+
+@triton.jit
+def add_totals(TOT, bh, h, z, D: tl.constexpr):
+    """Add one chunk's (D, D) and (D,) float32 sums into the head's (D + 1, D) totals: H in rows
+    0..D-1, Z in row D. Atomics: the chunks of a head add in any order, so the float32 totals can
+    differ in the last bits between runs."""
+    offs_d = tl.arange(0, D)
+    head = TOT + bh * (D + 1) * D
+    tl.atomic_add(head + offs_d[:, None] * D + offs_d[None, :], h, sem="relaxed")
+    tl.atomic_add(head + D * D + offs_d, z, sem="relaxed")
+
+
+@triton.jit
+def load_hi_lo(TOT, bh, dtype: tl.constexpr, D: tl.constexpr):
+    """A head's float32 (D, D) total H as hi + lo in a 16-bit dtype (split_hi_lo, in the kernel)."""
+    offs_d = tl.arange(0, D)
+    h = tl.load(TOT + bh * (D + 1) * D + offs_d[:, None] * D + offs_d[None, :])
+    hi = h.to(dtype)
+    return hi, (h - hi.to(tl.float32)).to(dtype)
+
+
+@triton.jit
+def load_z(TOT, bh, D: tl.constexpr):
+    """A head's float32 (D,) total Z (row D of its totals)."""
+    return tl.load(TOT + bh * (D + 1) * D + D * D + tl.arange(0, D))
 
 
 @triton.jit
@@ -278,7 +300,7 @@ FWD_CONFIGS = [
 )
 @triton.jit
 def _sla_fwd_kernel(
-    Q, K, V, IDX, NIDX, HHI, HLO, ZTOT, PHIK,
+    Q, K, V, IDX, NIDX, TOT, PHIK,
     OS, OL, LSE, DEN,
     N, T_M, KC, KN, qk_scale, eps,
     D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
@@ -324,10 +346,9 @@ def _sla_fwd_kernel(
     tl.store(OS + out_ptr, (acc / l_i[:, None]).to(OS.dtype.element_ty), mask=qvalid[:, None])
     tl.store(LSE + bh * N + offs_m, m_i + tl.log2(l_i), mask=qvalid)
     if LINEAR != 0:
-        hp = bh * D * D + offs_d[:, None] * D + offs_d[None, :]
-        num = tl.dot(phiq, tl.load(HHI + hp)) + tl.dot(phiq, tl.load(HLO + hp)) - acc_l
-        ztot = tl.load(ZTOT + bh * D + offs_d)
-        den = tl.sum(phiq.to(tl.float32) * ztot[None, :], 1) - den_sub + eps
+        h_hi, h_lo = load_hi_lo(TOT, bh, phiq.dtype, D)
+        num = tl.dot(phiq, h_hi) + tl.dot(phiq, h_lo) - acc_l
+        den = tl.sum(phiq.to(tl.float32) * load_z(TOT, bh, D)[None, :], 1) - den_sub + eps
         tl.store(OL + out_ptr, (num / den[:, None]).to(OL.dtype.element_ty), mask=qvalid[:, None])
         tl.store(DEN + bh * N + offs_m, den, mask=qvalid)
     else:
@@ -348,21 +369,19 @@ def linear_totals(
     fmap: int,
     store_phik: bool = False,
     launch: StreamLaunch | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The float32 totals H (B*H, D, D), Z (B*H, D) of phi(K)^T V and phi(K) over all keys; with
-    store_phik also phi(K) (B*H, N, D) in k's dtype, else None."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 totals (B*H, D + 1, D) over all keys: phi(K)^T V in rows 0..D-1, the column sums
+    of phi(K) in row D; with store_phik also phi(K) (B*H, N, D) in k's dtype, else None."""
     bh, n, d = k.shape
     launch = stream_launch(launch, d)
     chunk = launch.chunk_rows(n)
-    n_chunks = triton.cdiv(n, chunk)
-    hpart = torch.empty((bh, n_chunks, d, d), dtype=torch.float32, device=k.device)
-    zpart = torch.empty((bh, n_chunks, d), dtype=torch.float32, device=k.device)
+    totals = torch.zeros((bh, d + 1, d), dtype=torch.float32, device=k.device)
     phik = torch.empty_like(k) if store_phik else None
-    _linear_totals_kernel[(n_chunks, bh)](
-        k, v, hpart, zpart, phik, n, chunk, D=d, BLK=launch.blk, FMAP=fmap, STORE_PHIK=store_phik,
+    _linear_totals_kernel[(triton.cdiv(n, chunk), bh)](
+        k, v, totals, phik, n, chunk, D=d, BLK=launch.blk, FMAP=fmap, STORE_PHIK=store_phik,
         num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return hpart.sum(dim=1), zpart.sum(dim=1), phik
+    return totals, phik
 
 
 # The marginal forward reads phi(K) from a transient buffer instead of recomputing it per visit.
@@ -383,7 +402,7 @@ def sla_forward(
     neg_indices (B*H, T_m, n_neg) int32 (negligible blocks; n_neg may be 0). launch: autotuned
     when None; phik_buffer: the marginal scope reads phi(K) from a buffer (freed on return).
 
-    Returns o_s, o_l, lse (log2 units, float32), den (float32), H hi, H lo, Z: ForwardState's
+    Returns o_s, o_l, lse (log2 units, float32), den (float32), the totals: ForwardState's
     fields after the inputs. The linear branch's denominator adds feature_maps.LINEAR_EPS.
     """
     bh, n, d = q.shape
@@ -393,22 +412,20 @@ def sla_forward(
     load_phik = phik_buffer and settings.linear_mode == LINEAR_MARGINAL
     phik = None
     if settings.linear_mode == LINEAR_EMPTY:  # sparse only: the kernels never read the states
-        ztot = torch.zeros((bh, d), dtype=torch.float32, device=q.device)
-        h_hi, h_lo = q.new_zeros((bh, d, d)), q.new_zeros((bh, d, d))
+        totals = torch.zeros((bh, d + 1, d), dtype=torch.float32, device=q.device)
     else:
-        htot, ztot, phik = linear_totals(k, v, settings.fmap, load_phik)
-        h_hi, h_lo = split_hi_lo(htot, q.dtype)
+        totals, phik = linear_totals(k, v, settings.fmap, load_phik)
     o_s = torch.empty_like(q)
     o_l = torch.empty_like(q)
     lse = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     den = torch.empty((bh, n), dtype=torch.float32, device=q.device)
     kernel, kwargs = kernel_and_kwargs(_sla_fwd_kernel, launch)
     kernel[(t_m, bh)](
-        q, k, v, indices, nidx, h_hi, h_lo, ztot, k if phik is None else phik,
+        q, k, v, indices, nidx, totals, k if phik is None else phik,
         o_s, o_l, lse, den,
         n, t_m, kc, kn, d**-0.5 * LOG2E, LINEAR_EPS,
         D=d, BQ=settings.blkq, BK=settings.blkk, LINEAR=settings.linear_mode,
         FMAP=settings.fmap, HAS_NEG=kn > 0, MASKED=n % settings.blkk != 0, LOAD_PHIK=load_phik,
         **kwargs,
     )  # fmt: skip
-    return o_s, o_l, lse, den, h_hi, h_lo, ztot
+    return o_s, o_l, lse, den, totals

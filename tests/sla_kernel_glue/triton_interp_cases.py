@@ -90,7 +90,8 @@ LAUNCH_CASES = {
 
 def launch_variant_errors(n: int, blkq: int, scope: str) -> dict:
     """Max abs differences of the fused kernels' outputs and gradients under each LaunchConfig
-    (paired tiles, the phi(K) buffer or not) from the first autotune config, and their scale."""
+    (paired tiles, the phi(K) buffer or not, dK/dV in one pass or two) from the first autotune
+    config, and their scale."""
     import torch
 
     from sla_kernel_glue import SLAConfig
@@ -113,15 +114,21 @@ def launch_variant_errors(n: int, blkq: int, scope: str) -> dict:
     q, k, v, g_s, g_l = (t.reshape(2, n, 16) for t in (q, k, v, g_s, g_l))
     no_neg = idx[..., :0]
 
-    def run(launch: LaunchConfig, phik: bool) -> list:
+    def run(launch: LaunchConfig, phik: bool, split: bool = True) -> list:
         outs = sla_forward(q, k, v, idx, no_neg, settings, launch, phik)
         saved = ForwardState(q, k, v, idx, no_neg, *outs)
-        return [*outs[:2], *sla_backward(g_s, g_l, saved, settings, launch, launch, phik)]
+        grads = sla_backward(g_s, g_l, saved, settings, launch, launch, phik, split)
+        return [*outs[:2], *grads]
 
     base = run(LaunchConfig(4, 2, 1), phik=False)
     result = {"scale": max(t.abs().max().item() for t in base)}
-    for name, launch, phik in (("pair", LaunchConfig(4, 2, 2), False), ("phik", None, True)):
-        outs = run(launch or LaunchConfig(4, 2, 1), phik)
+    variants = (
+        ("pair", LaunchConfig(4, 2, 2), False, True),
+        ("phik", None, True, True),
+        ("fused_dkdv", None, False, False),  # the marginal dK/dV in one pass instead of two
+    )
+    for name, launch, phik, split in variants:
+        outs = run(launch or LaunchConfig(4, 2, 1), phik, split)
         result[name] = max(
             (a.float() - b.float()).abs().max().item() for a, b in zip(outs, base, strict=True)
         )
