@@ -13,6 +13,7 @@ moment the sweep starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import urllib.parse
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.sweep.records import FINISHED, TrialRow
+from orchestrator.sweep.tracking_creds import public_uri
 from orchestrator.values import is_num
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -58,7 +60,8 @@ def view_state(parent_run_id: str, params: Iterable[str], metric: str, mode: str
 
 
 def save_view(client, experiment_id: str, parent_run_id: str, state: Mapping[str, Any]) -> str:
-    """Store the view on the experiment (tag), and mark the experiment as model training."""
+    """Store the view on the experiment (tag), and mark the experiment as model training.
+    `client`: anything with MlflowClient's set_experiment_tag (a SweepRecorder queues it)."""
     key = view_key(parent_run_id)
     client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key, json.dumps(state))
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
@@ -211,17 +214,23 @@ def log_review(
     if tags:
         recorder.set_tags(parent, tags)
     state = view_state(parent, trial_columns(rows), spec.metric, spec.mode)
-    save_view(recorder.client, recorder.experiment_id, parent, state)
+    save_view(recorder, recorder.experiment_id, parent, state)
     lines = [f"review: sla-sweep ui {sweep_dir}"]
     best = best_row(rows, spec.metric, spec.mode)
+    if complete and not recorder.settled():  # registering needs the store itself
+        lines.append(f"not registered yet: the tracking server is unreachable; "
+                     f"sla-sweep resume {sweep_dir} registers it")  # fmt: skip
+        complete = False
+    if best is not None:
+        best = dataclasses.replace(best, run_id=recorder.resolve(best.run_id))
     version = _register(recorder, spec.name, best, sweep_dir) if complete else None
     if version is not None:
         uri = f"models:/{version.name}/{version.version}"
         recorder.set_tags(parent, {MODEL_TAG: uri})
         lines.append(f"registered: {uri} (sla-sweep infer {uri})")
     if recorder.tracking_uri.startswith(("http://", "https://")):
-        children = [r.run_id for r in rows if r.run_id]
-        found = links(recorder.tracking_uri, recorder.experiment_id, parent, children)
+        children = [recorder.resolve(r.run_id) for r in rows if r.run_id]
+        found = links(public_uri(recorder.tracking_uri), recorder.experiment_id, parent, children)
         lines += [f"  {what}: {url}" for what, url in found.items()]
     return lines
 

@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from orchestrator.recipe.checkpoint import VALIDATION_DIR
 from orchestrator.sweep.findings import group_tags
+from orchestrator.sweep.mlflow_buffer import RECORDS_LOCK
 from orchestrator.sweep.mlflow_log import SweepRecorder, flat_params
 from orchestrator.sweep.records import (
     CHECKPOINT_KEY,
@@ -73,7 +74,9 @@ class SweepProgress(Callback):
         if self._recorder is None:
             # trials.json first: a resumed sweep keeps the rows of the trials it already ran
             self.rows = {**load_rows(self.sweep_dir), **self.rows}
-            self._recorder = SweepRecorder(self.tracking_uri, self.experiment_name)
+            self._recorder = SweepRecorder(
+                self.tracking_uri, self.experiment_name, sweep_dir=self.sweep_dir
+            )
             self._recorder.attach_parent(self.parent_run_id)
         return self._recorder
 
@@ -90,7 +93,7 @@ class SweepProgress(Callback):
         row.status = RUNNING
         row.times.setdefault("start", time.time())
         run_id = self._ensure_run(row)
-        self.recorder.client.update_run(run_id, status="RUNNING")  # an interrupted one: KILLED
+        self.recorder.set_status(run_id, "RUNNING")  # an interrupted one: KILLED
         self._say(f"trial {row.trial_id} started: {row.label}  [{self._counts(trials)}]")
         self._save()
 
@@ -195,10 +198,15 @@ class SweepProgress(Callback):
         print(f"[sla-sweep] {line}", file=sys.stdout, flush=True)
 
     def _save(self) -> None:
+        """trials.json, with the run ids the store has made so far (a run created while the
+        tracking server is away has a placeholder until then: MlflowBuffer patches the file)."""
         path = self.sweep_dir / TRIALS_FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps([r.to_json() for r in self.rows.values()], indent=1))
-        os.replace(tmp, path)
+        with RECORDS_LOCK:
+            for row in self.rows.values():
+                row.run_id = self.recorder.resolve(row.run_id)
+            tmp.write_text(json.dumps([r.to_json() for r in self.rows.values()], indent=1))
+            os.replace(tmp, path)
 
 
 def _error_text(trial) -> str:
