@@ -26,7 +26,7 @@ set -uo pipefail
 out=${1:?usage: experiments/run_h200.sh OUTDIR PHASE [PHASE ...]}
 shift
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled SLA_SWEEP_CACHE="$PWD/sla_runs/cache"
+export PYTHONUNBUFFERED=1 SLA_SWEEP_CACHE="$PWD/sla_runs/cache"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$out/gpu.txt"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 1 >> "$out/gpu_util.csv" &
 smi=$!

@@ -1,39 +1,45 @@
-"""Ray for a sweep: a local instance sized to this machine, or an existing cluster to join."""
+"""Ray for a sweep: a private local instance on this machine, or an existing cluster to join.
+
+The local instance keeps Ray's token authentication on (the token from Ray's standard places,
+made once when there is none) and puts every Ray server on 127.0.0.1. Joining a cluster uses
+its token from the same places: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token, read by
+Ray when RAY_AUTH_MODE=token (docs/cluster.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 from orchestrator.spec import ExperimentSpec, SpecError
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+# "0": Ray takes 127.0.0.1 as this node's address (binding its gRPC servers to it) and keeps
+# 127.0.0.1 in an address; otherwise it replaces both with the machine's outward IP.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @contextlib.contextmanager
 def connect(
     address: str | None, spec: ExperimentSpec, *, log_to_driver: bool = False
 ) -> Iterator[dict]:
-    """Yield the cluster's resources. Starts a local Ray (dashboard on 127.0.0.1) when no address
-    is given and none is running in this process; leaves an already-initialised Ray alone."""
+    """Yield the cluster's resources. Starts a local Ray (start_local) when no address is given
+    and none is running in this process; leaves an already-initialised Ray alone."""
     import ray
 
     address = ray_address(address)
     started = False
     if not ray.is_initialized():
         if address is None:
-            # A private single-machine cluster: no token file needed.
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(
-                address="local",
-                num_cpus=local_resources()["CPU"],
-                num_gpus=local_resources()["GPU"],
-                include_dashboard=True,  # under Train V2 it frees a stopped trial's resources
-                dashboard_host="127.0.0.1",
-                log_to_driver=log_to_driver,
-            )
+            cpus_gpus = local_resources()
+            start_local(cpus_gpus["CPU"], cpus_gpus["GPU"], log_to_driver=log_to_driver)
         else:
-            ray.init(address=address, log_to_driver=log_to_driver)
+            join(address, log_to_driver=log_to_driver)
         started = True
     try:
         resources = ray.cluster_resources()
@@ -42,6 +48,114 @@ def connect(
     finally:
         if started:
             ray.shutdown()
+
+
+def start_local(num_cpus: int, num_gpus: int, *, log_to_driver: bool = False) -> dict:
+    """Start a private Ray instance on this machine and connect to it; returns its address_info.
+    Token authentication on (a SpecError when RAY_AUTH_MODE says otherwise), every Ray server
+    (GCS, raylet, object manager, workers, dashboard and its agents) on 127.0.0.1."""
+    import ray
+
+    ensure_local_token()
+    with loopback_node():
+        context = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=True,  # under Train V2 it frees a stopped trial's resources
+            dashboard_host="127.0.0.1",
+            log_to_driver=log_to_driver,
+        )
+    return context.address_info
+
+
+def join(address: str, *, log_to_driver: bool = False) -> None:
+    """Connect to the cluster at `address`; a SpecError in one line when Ray refuses (no token
+    found, or the cluster did not accept this one)."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    on_loopback = _host(address) in LOOPBACK_HOSTS  # a cluster of this machine's, on 127.0.0.1
+    try:
+        with loopback_node() if on_loopback else contextlib.nullcontext():
+            ray.init(address=address, log_to_driver=log_to_driver)
+    except AuthenticationError as exc:
+        raise SpecError("--address", [f"{address!r}: {exc}"]) from None
+    except ConnectionError as exc:
+        raise SpecError("--address", [f"{address!r}: {exc}; {_auth_hint()}"]) from None
+
+
+def ensure_local_token() -> Path | None:
+    """Make sure a local Ray instance starts with token authentication and has a token: the
+    one in RAY_AUTH_TOKEN (returns None), else the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token
+    names, written once (readable by this user only) when it is missing or empty; returns it.
+    RAY_AUTH_MODE set to anything but token is refused: the instance would let in whoever
+    reaches its ports."""
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is not None and mode.lower() != "token":
+        raise SpecError(
+            AUTH_MODE_ENV,
+            [f"{mode!r}: the local Ray instance sla-sweep starts keeps token authentication on; "
+             f"unset {AUTH_MODE_ENV} (or set it to token), or join a cluster of your own with "
+             "--address"],
+        )  # fmt: skip
+    if os.environ.get(TOKEN_ENV):
+        return None
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+    if not (path.is_file() and path.read_text().strip()):
+        write_token(path)
+    return path
+
+
+def write_token(path: Path) -> None:
+    """A new Ray token at `path`, mode 0600 from its creation (Ray's own `ray get-auth-token
+    --generate` leaves it readable by everyone)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 bits, what Ray's own generator makes
+    os.chmod(path, 0o600)  # an empty file that was there kept its mode
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Inside: Ray takes 127.0.0.1 as this node's address, so the servers ray.init starts bind
+    to it only, and an address on 127.0.0.1 stays on it (Ray otherwise turns 127.0.0.1 into the
+    machine's outward IP, even when given as --node-ip-address). Ray's switch for it is its
+    single-machine mode, read from the environment by every Ray process started inside (they
+    keep it) and from ray_constants by this one; both are restored afterwards."""
+    from ray._private import ray_constants
+
+    saved_env, saved = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = saved_env
+
+
+def _host(address: str) -> str:
+    """The host of a Ray address: HOST:PORT, ray://HOST:PORT, [IPV6]:PORT or HOST."""
+    rest = address.partition("://")[2] or address
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        return rest[: rest.find("]") + 1]
+    return rest.rpartition(":")[0] or rest
+
+
+def _auth_hint() -> str:
+    where = f"{TOKEN_ENV}, {TOKEN_PATH_ENV} or ~/.ray/auth_token"
+    if (os.environ.get(AUTH_MODE_ENV) or "").lower() == "token":
+        return f"if it has token authentication, the token found here ({where}) is not its own"
+    return (
+        f"a cluster with token authentication needs {AUTH_MODE_ENV}=token here and its token "
+        f"in {where}"
+    )
 
 
 def ray_address(address: str | None) -> str | None:
@@ -55,8 +169,8 @@ def local_resources() -> dict:
 
 
 def check_fits(spec: ExperimentSpec, resources: dict, where: str) -> None:
-    """A SpecError when one trial's workers ask for more CPUs or GPUs than `where` has in all:
-    Tune would wait for them for ever."""
+    """A SpecError when one trial's workers ask for more CPUs, GPUs or custom resources than
+    `where` has in all: Tune would wait for them for ever."""
     r = spec.resources
     cpus, gpus = r.workers_per_trial * r.cpus_per_worker, r.workers_per_trial * r.gpus_per_worker
     have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
@@ -74,10 +188,21 @@ def check_fits(spec: ExperimentSpec, resources: dict, where: str) -> None:
              f"cpus_per_worker {r.cpus_per_worker:g}) but {where} has {have_cpu:g}; lower "
              "resources.cpus_per_worker or resources.workers_per_trial"],
         )  # fmt: skip
+    for name, amount in r.custom_per_worker.items():
+        need, have = r.workers_per_trial * amount, resources.get(name, 0)
+        if need > have + 1e-9:
+            raise SpecError(
+                "resources",
+                [f"a trial needs {need:g} {name} (workers_per_trial {r.workers_per_trial} x "
+                 f"custom_per_worker.{name} {amount:g}) but {where} has {have:g}; start nodes "
+                 f"with it (ray start --resources '{{\"{name}\": N}}') and join them with "
+                 "--address, or leave it out of resources.custom_per_worker"],
+            )  # fmt: skip
 
 
 def max_concurrent(spec: ExperimentSpec, resources: dict) -> int:
-    """The spec's max_concurrent_trials, or as many trials as the cluster's CPUs/GPUs hold."""
+    """The spec's max_concurrent_trials, or as many trials as the cluster's CPUs, GPUs and
+    custom resources hold."""
     if spec.max_concurrent_trials is not None:
         return spec.max_concurrent_trials
     r = spec.resources
@@ -86,6 +211,8 @@ def max_concurrent(spec: ExperimentSpec, resources: dict) -> int:
         fits.append(
             math.floor(resources.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker) + 1e-9)
         )
+    for name, amount in r.custom_per_worker.items():
+        fits.append(math.floor(resources.get(name, 0) / (r.workers_per_trial * amount) + 1e-9))
     return max(1, min(fits))
 
 

@@ -6,13 +6,15 @@
   orchestrator.sweep.cluster.connect uses for a local cluster: dashboard_host="127.0.0.1"):
   its HTTP port is bound to 127.0.0.1 only.
 
-Ray's own gRPC ports (GCS, raylet, workers, dashboard agent, metrics) bind all interfaces by
-Ray's design; docs/reliability.md says so.
+The session's cluster keeps token authentication on, so the dashboard's API wants the token;
+every other Ray port of it is checked in tests/orchestrator/sweep/test_ray_auth.py.
 """
 
 from __future__ import annotations
 
+import os
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -55,7 +57,10 @@ def test_ray_dashboard_listens_on_loopback_only(ray_cluster):
     url = ray._private.worker.get_dashboard_url()
     host, port = url.rsplit(":", 1)
     assert host == "127.0.0.1", url
-    with urllib.request.urlopen(f"http://{url}/api/version", timeout=10) as response:
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text()  # tests/conftest.py's
+    request = urllib.request.Request(f"http://{url}/api/version",
+                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
     ours = psutil.Process().children(recursive=True)  # this session's cluster only
     dashboard = [p for p in ours if "dashboard/dashboard.py" in " ".join(_cmdline(p))]

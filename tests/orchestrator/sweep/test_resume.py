@@ -29,7 +29,7 @@ def test_interrupted_sweep_resumes_and_completes(ray_cluster, base_cache, tmp_pa
         "--set", "name=smoke_resume", "--set", "sla.topk={grid: [0.25]}",
         "--set", "max_concurrent_trials=1", "--set", f"train.base_cache_dir={base_cache}",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     lines, finished = [], None
