@@ -371,7 +371,9 @@ def _scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> Schedul
 
 def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> ResourcesSpec:
     errors += _unknown(
-        sec, ("workers_per_trial", "cpus_per_worker", "gpus_per_worker"), "resources."
+        sec,
+        ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "custom_per_worker"),
+        "resources.",
     )
     workers = _int(sec, "resources.workers_per_trial", "workers_per_trial", 1, 1, errors)
     cpus = sec.get("cpus_per_worker", 1)
@@ -391,7 +393,39 @@ def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> R
                 f"resources.gpus_per_worker ({gpus}) asks for GPUs but this machine has none; "
                 "set resources.gpus_per_worker=0 or run with --address on a GPU cluster"
             )
-    return ResourcesSpec(workers, float(cpus), float(gpus))
+    custom = _custom_resources(sec.get("custom_per_worker", {}), errors)
+    return ResourcesSpec(workers, float(cpus), float(gpus), custom)
+
+
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _custom_resources(value: Any, errors: list[str]) -> dict[str, float]:
+    """resources.custom_per_worker: Ray custom resource name -> amount each worker asks for."""
+    key = "resources.custom_per_worker"
+    if not isinstance(value, Mapping):
+        errors.append(
+            f"{key} must be a mapping of Ray resource name to amount, e.g. {{trial_node: 1}}, "
+            f"got {type(value).__name__} {shown(value)}"
+        )
+        return {}
+    out = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]*", name):
+            errors.append(
+                f"{key} name {shown(name)} must be a Ray resource name: letters, digits, "
+                "_ . : - (starting with a letter or _)"
+            )
+        elif name in RAY_BUILTIN_RESOURCES:
+            errors.append(
+                f"{key}.{name} is one of Ray's own resources, not a custom one; CPUs and GPUs "
+                "are resources.cpus_per_worker and resources.gpus_per_worker"
+            )
+        elif not is_num(amount) or amount <= 0:
+            errors.append(f"{key}.{name} ({shown(amount)}) must be a number > 0")
+        else:
+            out[name] = float(amount)
+    return out
 
 
 # ---- small helpers ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,9 @@ class ResourcesSpec:
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # Ray custom resources each Train worker asks for besides CPUs and GPUs ({"trial_node": 1}):
+    # a trial's workers go only to nodes started with them (ray start --resources).
+    custom_per_worker: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -374,6 +374,7 @@ def trial_settings(
         workers_per_trial=r.workers_per_trial,
         cpus_per_worker=r.cpus_per_worker,
         gpus_per_worker=r.gpus_per_worker,
+        custom_per_worker=dict(r.custom_per_worker),
         num_to_keep=spec.checkpoint.num_to_keep,
         max_failures=spec.failure.max_failures,
         train_storage=place.ray_storage("train"),

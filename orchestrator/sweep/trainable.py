@@ -51,6 +51,8 @@ class TrialSettings:
     # then, was older than the kill: it reports those metrics again (Tune needs its metric in a
     # trial's last result) and ends.
     finished: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    # Ray custom resources per worker (resources.custom_per_worker): where the workers may go.
+    custom_per_worker: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -64,6 +66,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     resources = {"CPU": settings.cpus_per_worker}
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
+    resources.update(settings.custom_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
