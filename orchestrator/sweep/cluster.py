@@ -89,8 +89,19 @@ def ensure_local_token() -> Path | None:
     """Make sure a local Ray instance starts with token authentication and has a token: the
     one in RAY_AUTH_TOKEN (returns None), else the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token
     names, written once (readable by this user only) when it is missing or empty; returns it.
-    RAY_AUTH_MODE set to anything but token is refused: the instance would let in whoever
-    reaches its ports."""
+    RAY_AUTH_MODE set to anything but token is refused (check_local_auth_mode)."""
+    check_local_auth_mode()
+    if os.environ.get(TOKEN_ENV):
+        return None
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+    if not (path.is_file() and path.read_text().strip()):
+        write_token(path)
+    return path
+
+
+def check_local_auth_mode() -> None:
+    """A SpecError when RAY_AUTH_MODE asks a local Ray instance for anything but token
+    authentication (checked before a sweep creates anything)."""
     mode = os.environ.get(AUTH_MODE_ENV)
     if mode is not None and mode.lower() != "token":
         raise SpecError(
@@ -99,12 +110,6 @@ def ensure_local_token() -> Path | None:
              f"unset {AUTH_MODE_ENV} (or set it to token), or join a cluster of your own with "
              "--address"],
         )  # fmt: skip
-    if os.environ.get(TOKEN_ENV):
-        return None
-    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
-    if not (path.is_file() and path.read_text().strip()):
-        write_token(path)
-    return path
 
 
 def write_token(path: Path) -> None:

@@ -29,6 +29,7 @@ from orchestrator.spec.sizes import memory_errors
 from orchestrator.sweep import search_space
 from orchestrator.sweep.cluster import (
     check_fits,
+    check_local_auth_mode,
     connect,
     local_resources,
     max_concurrent,
@@ -157,6 +158,7 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
         except StorageError as exc:
             raise SpecError(spec.name, [str(exc)]) from None
     if address is None:
+        check_local_auth_mode()
         check_fits(spec, local_resources(), "this machine")
         train = build_train_config(spec.train)
         problems = memory_errors(train, gpu=spec.resources.gpus_per_worker > 0)

@@ -1,0 +1,98 @@
+"""Nobody else gets in: the local Ray instance the tool starts (orchestrator.sweep.cluster.
+start_local, which also starts the pytest session's cluster) keeps token authentication on and
+listens on 127.0.0.1 only.
+
+- A client without the token (another HOME, no token variables) reaching the GCS is refused with
+  Ray's own authentication error; the same client with the token connects.
+- Every listening socket of every process of that instance is on 127.0.0.1 (gRPC's IPv6 sockets
+  as ::ffff:127.0.0.1, the same address).
+- The token the tool writes when there is none is readable by its user only; RAY_AUTH_MODE set
+  to anything but token is refused in one line before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from orchestrator.spec import SpecError
+from orchestrator.sweep.cluster import LOOPBACK_ENV, ensure_local_token
+
+CLIENT = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+except Exception as exc:
+    print(f"REFUSED {type(exc).__name__}: {exc}")
+else:
+    print(f"CONNECTED {ray.cluster_resources()['CPU']:g} CPUs")
+"""
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+def client(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    # LOOPBACK_ENV keeps 127.0.0.1 in the address (Ray would turn it into the outward IP,
+    # where nothing of this instance listens, and the refusal would not be Ray's check)
+    env = {**env, LOOPBACK_ENV: "0"}
+    return subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_client_without_the_token_is_refused_with_it_connects(ray_cluster, tmp_path):
+    assert ray_cluster.startswith("127.0.0.1:"), ray_cluster
+    stranger = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    stranger["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there
+    refused = client(ray_cluster, stranger)
+    assert "REFUSED ConnectionError" in refused.stdout, refused.stdout + refused.stderr[-2000:]
+    assert "Unauthenticated" in refused.stderr and "InvalidAuthToken" in refused.stderr, (
+        refused.stderr[-2000:]
+    )
+    assert not (tmp_path / ".ray").exists()  # a client never makes a token of its own
+
+    friend = client(ray_cluster, dict(os.environ))  # RAY_AUTH_MODE=token, the token's file
+    assert "CONNECTED 2 CPUs" in friend.stdout, friend.stdout + friend.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_every_ray_port_of_the_local_instance_is_on_loopback(ray_cluster):
+    ours = psutil.Process().children(recursive=True)  # this session's instance only
+    names = {p.pid: p.name() for p in ours}
+    assert any(n == "gcs_server" for n in names.values()), names
+    assert any(n == "raylet" for n in names.values()), names
+    sockets = [(c.laddr.ip, c.laddr.port, names[c.pid])
+               for c in psutil.net_connections(kind="tcp")
+               if c.status == psutil.CONN_LISTEN and c.pid in names]  # fmt: skip
+    assert {n for _, _, n in sockets} >= {"gcs_server", "raylet"}, sockets
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _, _ in sockets), sockets
+
+
+def test_the_token_written_is_private(tmp_path, monkeypatch):
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = ensure_local_token()
+    assert path == tmp_path / ".ray" / "auth_token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert ensure_local_token() == path and path.read_text() == token  # made once, then reused
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere" / "token"))
+    assert ensure_local_token() == tmp_path / "elsewhere" / "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
+    assert ensure_local_token() is None  # Ray reads the variable itself
+
+
+@pytest.mark.parametrize("mode", ["disabled", "k8s"])
+def test_auth_mode_other_than_token_is_refused(mode, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    with pytest.raises(SpecError) as err:
+        ensure_local_token()
+    assert str(err.value).startswith(f"RAY_AUTH_MODE: {mode!r}: the local Ray instance")
+    assert "\n" not in str(err.value)
