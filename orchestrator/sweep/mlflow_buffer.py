@@ -47,9 +47,12 @@ THREAD_NAME = "sla-sweep-mlflow"
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 EXIT_WAIT_S = 10.0  # a process ending without close(): how long its records may still take
 # MLflow's own HTTP retries (7, backoff 2: minutes per call) would hide an outage inside one
-# call; the buffer retries instead. Set for an http(s) store unless the user set them.
+# call; the buffer retries instead. Its "View run ... at" line per ended run would go between
+# the progress lines; the sweep prints its links at the end. Set for an http(s) store unless
+# the user set them.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # fmt: skip
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
 BATCH = {"metrics": 900, "params": 90, "tags": 90}  # within log_batch's limits per call
 
 RECORDS_LOCK = threading.Lock()  # trials.json: the progress callback's writes and our patches
