@@ -195,8 +195,9 @@ class MlflowBuffer:
                     op["tried"] = True
                     self._outage_starts(exc)
                     failures += 1
-                    with self._cond:
-                        self._cond.wait(min(RETRY_MIN_S * 2 ** (failures - 1), self.retry_max_s))
+                    backoff = min(RETRY_MIN_S * 2 ** (failures - 1), self.retry_max_s)
+                    with self._cond:  # new records do not cut it short; close() does
+                        self._cond.wait_for(lambda: self._closed, timeout=backoff)
                     continue
             failures = 0
             self._outage_ends()
@@ -299,10 +300,14 @@ class MlflowBuffer:
     def _load_journal(self) -> bool:
         if self.sweep_dir is None or not self._journal_path().is_file():
             return False
-        lines = self._journal_path().read_text().splitlines()
-        self._ops.extend({**json.loads(line), "journal": True} for line in lines if line.strip())
-        if self._ops:
-            self.say(f"sending the {len(self._ops)} MLflow records kept in {self._journal_path()}")
+        damaged = 0
+        for line in self._journal_path().read_text().splitlines():
+            try:
+                self._ops.append({**json.loads(line), "journal": True})
+            except (json.JSONDecodeError, TypeError):  # a line cut by a kill, or not a record
+                damaged += line.strip() != ""
+        cut = f" ({damaged} damaged lines left out)" if damaged else ""
+        self.say(f"sending the {len(self._ops)} MLflow records kept in {self._journal_path()}{cut}")
         return True
 
     def _write_journal(self) -> None:

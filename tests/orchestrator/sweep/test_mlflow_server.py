@@ -95,7 +95,8 @@ def test_buffer_holds_records_through_an_outage(server, tmp_path, quick_http):
 
 def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick_http):
     """close() with the server away: the records go to the journal with one line saying how to
-    send them; the sweep's next buffer sends them once the server answers, then drops it."""
+    send them; the sweep's next buffer sends them once the server answers (a line cut by a kill
+    left out, said), then drops the journal."""
     client = MlflowClient(server.url)
     experiment_id = client.create_experiment("buffer-journal")
     parent = client.create_run(experiment_id).info.run_id
@@ -112,8 +113,11 @@ def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick
     assert (
         len(said) == 1 and f"sla-sweep resume {tmp_path}" in said[0] and "4 metric rows" in said[0]
     )
+    with journal.open("a") as f:
+        f.write('{"op": "batch", "run": "cut by a ki')  # a driver killed while writing
     server.start()
     replay = MlflowBuffer(client, name=server.url, sweep_dir=tmp_path, say=lines.append)
+    assert lines[-1].endswith("(1 damaged lines left out)"), lines[-1]
     assert replay.flush(60)
     run_id = replay.resolve(run)
     assert len(client.get_metric_history(run_id, "val/loss")) == 2
