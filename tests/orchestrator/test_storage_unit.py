@@ -98,3 +98,13 @@ def test_spec_with_a_bucket_needs_a_tracking_store(s3, tmp_path):  # noqa: F811
     assert "hunter2" not in str(err.value)
     local = load_spec(SMOKE, ["storage.results_dir=out"], cwd=tmp_path)
     assert not local.storage.remote and local.storage.results_dir == (tmp_path / "out").resolve()
+
+
+@pytest.mark.parametrize("command", ["best", "resume", "infer", "compare", "ui"])
+def test_a_uri_without_a_sweep_is_one_line(s3, command, capsys):  # noqa: F811
+    from orchestrator.cli import main as cli_main
+
+    target = s3.uri("unit/no-sweep-here")
+    assert cli_main([command, target]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and target in err, err
