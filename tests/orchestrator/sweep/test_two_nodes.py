@@ -1,0 +1,165 @@
+"""A sweep on a real two-node Ray cluster of this machine (tests/ray_nodes.py: a head with 1 CPU,
+a worker node with 2 CPUs and the custom resource trial_node), joined with --address, token
+authentication on. The trials ask for trial_node (resources.custom_per_worker), so their Ray
+Train workers run on the worker node only.
+
+One `sla-sweep run` in a subprocess: two identical trials (topk 0.25, search.num_samples 2, one
+at a time, 6 steps, a checkpoint every 2, failure.max_failures 1). When the first trial's step-2
+checkpoint is registered, the worker node dies (every process of it SIGKILLed) and a new worker
+node with the same resource joins: Ray Train restarts the trial's workers there, from its last
+checkpoint; the trial ends with the same weights and metrics, bit for bit, as its twin, which ran
+uninterrupted on the new node (the same code path: CPU, one thread per worker). Storage is a
+local directory both nodes see (one machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sla_kernel_glue import read_sla_state
+from tests.orchestrator.sweep.test_fault_kill import registered, wait_for
+from tests.paths import REPO
+from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fixture)
+
+SMOKE = REPO / "experiments" / "smoke.yaml"
+STEPS = 6
+pytestmark = pytest.mark.slow
+
+
+def placements(dashboard: str) -> dict[str, list[str]]:
+    """Node IP -> Ray actor class names of every actor this cluster ran, dead ones included."""
+    from ray.util.state import list_actors, list_nodes
+
+    ips = {n.node_id: n.node_ip for n in list_nodes(address=dashboard)}
+    out: dict[str, list[str]] = {}
+    for actor in list_actors(address=dashboard, limit=10_000):
+        out.setdefault(ips.get(actor.node_id, "?"), []).append(actor.class_name)
+    return out
+
+
+def train_workers_on(where: dict[str, list[str]]) -> dict[str, int]:
+    return {ip: sum("RayTrainWorker" in c for c in cls) for ip, cls in where.items()}
+
+
+@pytest.fixture(scope="module")
+def node_killed_sweep(two_nodes, base_cache, tmp_path_factory):  # noqa: F811
+    cwd = tmp_path_factory.mktemp("two_nodes")
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(SMOKE),
+           "--address", two_nodes.address, "--set", "name=two_nodes",
+           "--set", "sla.topk={grid: [0.25]}", "--set", "control=false",
+           "--set", "search.num_samples=2", "--set", "max_concurrent_trials=1",
+           "--set", "failure.max_failures=1", "--set", f"train.steps={STEPS}",
+           "--set", "checkpoint.num_to_keep=8", "--set", f"train.base_cache_dir={base_cache}",
+           "--set", f"resources.custom_per_worker.{TRIAL_RESOURCE}=1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    facts: dict = {"killed_ip": two_nodes.worker.ip}
+    try:
+        found = wait_for(lambda: [re.search(r"\] sweep (\S+)", ln) for ln in lines if "] sweep " in ln],
+                         "the sweep directory", lines)  # fmt: skip
+        sweep_dir = Path(found[0].group(1))
+
+        def first_checkpointed():  # the first trial, once Ray Train registered its step-2 checkpoint
+            trials = (
+                sorted((sweep_dir / "train").glob("*/")) if (sweep_dir / "train").is_dir() else []
+            )
+            return trials and any(step >= 2 for _, step in registered(trials[0])) and trials[0]
+
+        trial_dir = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
+        facts["before_kill"] = placements(two_nodes.dashboard)
+        two_nodes.kill_worker()
+        facts.update(first=trial_dir.name, kill_time=time.time())
+        facts["new_ip"] = two_nodes.start_worker().ip
+        proc.wait(timeout=600)
+        reader.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    facts.update(sweep_dir=sweep_dir, out="".join(lines), rc=proc.returncode, cwd=cwd,
+                 after=placements(two_nodes.dashboard), nodes=two_nodes)  # fmt: skip
+    return facts
+
+
+def test_the_sweep_completes_on_the_two_nodes(node_killed_sweep):
+    assert node_killed_sweep["rc"] == 0, node_killed_sweep["out"][-4000:]
+    rows = json.loads((node_killed_sweep["sweep_dir"] / "trials.json").read_text())
+    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"], rows
+
+
+def test_trials_train_only_on_nodes_with_the_trial_resource(node_killed_sweep):
+    killed, new = node_killed_sweep["killed_ip"], node_killed_sweep["new_ip"]
+    before = train_workers_on(node_killed_sweep["before_kill"])
+    after = train_workers_on(node_killed_sweep["after"])
+    assert before == {**dict.fromkeys(before, 0), killed: 1}, node_killed_sweep["before_kill"]
+    # the first trial's restarted worker and its twin's, on the new node; none on the head
+    assert after.get(killed) == 1 and after.get(new) == 2, node_killed_sweep["after"]
+    assert after.get(HEAD_IP, 0) == 0
+
+
+def test_the_trial_resumes_from_its_last_checkpoint_on_the_new_node(node_killed_sweep):
+    first, kill_time = node_killed_sweep["first"], node_killed_sweep["kill_time"]
+    checkpoints = registered(node_killed_sweep["sweep_dir"] / "train" / first)
+    before = [step for when, step in checkpoints if when < kill_time]
+    after = [step for when, step in checkpoints if when > kill_time]
+    assert before and after, checkpoints
+    # the restarted attempt's first checkpoint is the next one after the dead node's last
+    assert max(before) >= 2 and min(after) == max(before) + 2 and after[-1] == STEPS, checkpoints
+    steps = [int(s) for s in re.findall(rf"trial {first} step (\d+)", node_killed_sweep["out"])]
+    assert steps.count(0) == 1 and steps[-1] == STEPS, steps  # step 0 not evaluated again
+
+
+def last_checkpoint(sweep_dir: Path, trial: str) -> Path:
+    found = sorted((sweep_dir / "train" / trial).glob("checkpoint_*/trial.json"))
+    final = [p.parent for p in found if json.loads(p.read_text())["step"] == STEPS]
+    assert final, found
+    return final[-1]
+
+
+def test_the_resumed_trial_equals_its_uninterrupted_twin(node_killed_sweep):
+    sweep_dir, first = node_killed_sweep["sweep_dir"], node_killed_sweep["first"]
+    rows = {r["trial_id"]: r for r in json.loads((sweep_dir / "trials.json").read_text())}
+    (twin,) = [t for t in rows if t != first]
+    a, b = last_checkpoint(sweep_dir, first), last_checkpoint(sweep_dir, twin)
+    sla_a, sla_b = read_sla_state(a / "sla_attention.pt"), read_sla_state(b / "sla_attention.pt")
+    assert sla_a["layers"].keys() == sla_b["layers"].keys()
+    for layer, entry in sla_a["layers"].items():
+        for key, tensor in entry["state"].items():
+            assert torch.equal(tensor, sla_b["layers"][layer]["state"][key]), (layer, key)
+    model_a, model_b = (
+        load_file(str(a / "model.safetensors")),
+        load_file(str(b / "model.safetensors")),
+    )
+    assert model_a.keys() == model_b.keys()
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    measured = ("perf/", "system/")  # what the machine measured differs between any two runs
+    quality = lambda m: {k: v for k, v in m.items() if not k.startswith(measured)}  # noqa: E731
+    final_a, final_b = quality(rows[first]["metrics"]), quality(rows[twin]["metrics"])
+    assert "val/loss" in final_a and final_a == final_b
+
+
+def test_the_token_is_in_no_log_file_or_record(node_killed_sweep):
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip().encode()
+    assert token not in node_killed_sweep["out"].encode()
+    roots = [
+        node_killed_sweep["cwd"],
+        node_killed_sweep["nodes"].root,
+    ]  # MLflow store, sweep, Ray logs
+    files = [
+        p for root in roots for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()
+    ]
+    assert len(files) > 50, files  # the Ray nodes' logs and the sweep's files were looked at
+    assert not [p for p in files if token in p.read_bytes()]
