@@ -26,6 +26,7 @@ import yaml
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.spec.sizes import memory_errors
+from orchestrator.storage import StorageError
 from orchestrator.sweep import search_space
 from orchestrator.sweep.cluster import (
     check_fits,
@@ -151,7 +152,7 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
     check_ray_address(address)
     check_tracking_uri(tracking_uri)
     if spec.storage.remote:
-        from orchestrator.storage import StorageError, check_reachable, open_location
+        from orchestrator.storage import check_reachable, open_location
 
         try:
             check_reachable(open_location(spec.storage.results_dir))
@@ -182,7 +183,10 @@ def _start_sweep(spec: ExperimentSpec, encoded: str | None) -> tuple[SweepPlace,
         meta[STORAGE_KEY] = place.uri
         recorder.set_tags(parent, {SWEEP_TAG: place.uri})
     (sweep_dir / SWEEP_FILE).write_text(json.dumps(meta, indent=1))
-    place.push(strict=True)
+    try:
+        place.push(strict=True)
+    except StorageError as exc:
+        raise SpecError(spec.name, [str(exc)]) from None
     print(f"[sla-sweep] sweep {place.uri}")
     print(
         f"[sla-sweep] MLflow: {spec.storage.tracking_uri} (experiment {spec.name!r}, run {parent})"

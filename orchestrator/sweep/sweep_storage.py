@@ -111,6 +111,10 @@ class SweepPlace:
             return str(local_copy(loc, log=log))
         except StorageError:
             return None
+        except (OSError, pa.ArrowException) as exc:  # the store away: this checkpoint unread
+            if log is not None:
+                log(f"could not fetch {loc.uri}: {_first_line(exc)}")
+            return None
 
 
 def working_copy(sweep: Location) -> Path:
