@@ -2,8 +2,9 @@
 start_local, which also starts the pytest session's cluster) keeps token authentication on and
 listens on 127.0.0.1 only.
 
-- A client without the token (another HOME, no token variables) reaching the GCS is refused with
-  Ray's own authentication error; the same client with the token connects.
+- A driver without the token (another HOME, no token variables) reaching the GCS is refused with
+  Ray's own authentication error, which the tool reports in one line; a client with the token
+  connects.
 - Every listening socket of every process of that instance is on 127.0.0.1 (gRPC's IPv6 sockets
   as ::ffff:127.0.0.1, the same address).
 - The token the tool writes when there is none is readable by its user only; RAY_AUTH_MODE set
@@ -25,21 +26,27 @@ from orchestrator.sweep.cluster import LOOPBACK_ENV, ensure_local_token
 
 CLIENT = """
 import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+print(f"CONNECTED {ray.cluster_resources()['CPU']:g} CPUs")
+"""
+DRIVER = """
+import sys
+from orchestrator.spec import SpecError
+from orchestrator.sweep.cluster import join
 try:
-    ray.init(address=sys.argv[1], log_to_driver=False)
-except Exception as exc:
-    print(f"REFUSED {type(exc).__name__}: {exc}")
-else:
-    print(f"CONNECTED {ray.cluster_resources()['CPU']:g} CPUs")
+    join(sys.argv[1])
+except SpecError as exc:
+    print(f"REFUSED {exc}")
 """
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
 
 
-def client(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def client(code: str, address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     # LOOPBACK_ENV keeps 127.0.0.1 in the address (Ray would turn it into the outward IP,
-    # where nothing of this instance listens, and the refusal would not be Ray's check)
+    # where nothing of this instance listens, and the refusal would not be Ray's check);
+    # the tool's join() does the same itself
     env = {**env, LOOPBACK_ENV: "0"}
-    return subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True,
                           text=True, timeout=180)  # fmt: skip
 
 
@@ -48,14 +55,16 @@ def test_a_client_without_the_token_is_refused_with_it_connects(ray_cluster, tmp
     assert ray_cluster.startswith("127.0.0.1:"), ray_cluster
     stranger = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
     stranger["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there
-    refused = client(ray_cluster, stranger)
-    assert "REFUSED ConnectionError" in refused.stdout, refused.stdout + refused.stderr[-2000:]
+    refused = client(DRIVER, ray_cluster, stranger)  # a driver of the tool's, joining
     assert "Unauthenticated" in refused.stderr and "InvalidAuthToken" in refused.stderr, (
         refused.stderr[-2000:]
-    )
+    )  # Ray's own refusal, then the tool's one line
+    (line,) = [ln for ln in refused.stdout.splitlines() if ln.startswith("REFUSED")]
+    assert line.startswith(f"REFUSED --address: {ray_cluster!r}: Failed to connect"), line
+    assert "needs RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN" in line, line
     assert not (tmp_path / ".ray").exists()  # a client never makes a token of its own
 
-    friend = client(ray_cluster, dict(os.environ))  # RAY_AUTH_MODE=token, the token's file
+    friend = client(CLIENT, ray_cluster, dict(os.environ))  # RAY_AUTH_MODE=token, the token file
     assert "CONNECTED 2 CPUs" in friend.stdout, friend.stdout + friend.stderr[-2000:]
 
 
