@@ -311,8 +311,9 @@ class MlflowBuffer:
         return True
 
     def _write_journal(self) -> None:
-        with self._cond:
-            left = list(self._ops)
+        with self._cond:  # placeholders of runs made already: their ids (this process knows)
+            left = [{**op, "run": self._ids.get(op["run"], op["run"])} if "run" in op else op
+                    for op in self._ops]  # fmt: skip
         if not left:
             return
         if self.sweep_dir is None:

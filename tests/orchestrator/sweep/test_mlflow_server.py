@@ -96,22 +96,27 @@ def test_buffer_holds_records_through_an_outage(server, tmp_path, quick_http):
 def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick_http):
     """close() with the server away: the records go to the journal with one line saying how to
     send them; the sweep's next buffer sends them once the server answers (a line cut by a kill
-    left out, said), then drops the journal."""
+    left out, said), then drops the journal. One run was made before the outage (its records
+    name it by placeholder), one during it."""
     client = MlflowClient(server.url)
     experiment_id = client.create_experiment("buffer-journal")
     parent = client.create_run(experiment_id).info.run_id
     lines: list[str] = []
-    server.stop()
     buffer = MlflowBuffer(client, name=server.url, sweep_dir=tmp_path, say=lines.append)
-    run = _child(buffer, experiment_id, parent, "t1")
-    buffer.submit({"op": "batch", "run": run, "metrics": _rows([1, 2])})
+    before = _child(buffer, experiment_id, parent, "t1")
+    assert buffer.flush(30)
+    server.stop()
+    during = _child(buffer, experiment_id, parent, "t2")
+    for run in (before, during):
+        buffer.submit({"op": "batch", "run": run, "metrics": _rows([1, 2])})
+        buffer.submit({"op": "end", "run": run, "status": "FINISHED", "end_time": 9_000})
     buffer.submit({"op": "batch", "run": parent, "tags": [["best_trial", "t1"]]})
     assert not buffer.close(1.0)
     journal = tmp_path / JOURNAL
-    assert len(journal.read_text().splitlines()) == 3
+    assert len(journal.read_text().splitlines()) == 6
     said = [ln for ln in lines if "still unreachable" in ln]
     assert (
-        len(said) == 1 and f"sla-sweep resume {tmp_path}" in said[0] and "4 metric rows" in said[0]
+        len(said) == 1 and f"sla-sweep resume {tmp_path}" in said[0] and "8 metric rows" in said[0]
     )
     with journal.open("a") as f:
         f.write('{"op": "batch", "run": "cut by a ki')  # a driver killed while writing
@@ -119,8 +124,12 @@ def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick
     replay = MlflowBuffer(client, name=server.url, sweep_dir=tmp_path, say=lines.append)
     assert lines[-1].endswith("(1 damaged lines left out)"), lines[-1]
     assert replay.flush(60)
-    run_id = replay.resolve(run)
-    assert len(client.get_metric_history(run_id, "val/loss")) == 2
+    assert not [ln for ln in lines if "MLflow refused" in ln], lines
+    ids = [buffer.resolve(before), replay.resolve(during)]
+    assert not [i for i in ids if i.startswith(PENDING)]
+    for run_id in ids:
+        assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2]
+        assert client.get_run(run_id).info.status == "FINISHED"
     assert client.get_run(parent).data.tags["best_trial"] == "t1"
     assert replay.close(5) and not journal.exists()
 
