@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sla_kernel_glue import SLAConfig, triton_bwd, triton_op
+from sla_kernel_glue import SLAConfig, triton_bwd
 from sla_kernel_glue.triton_backend import sla_triton
 
 from .sla_checks import CHECK_CASES, check_case, check_router
@@ -36,7 +36,6 @@ from .sla_stages import host_costs, stage_times
 # What a config's third field switches off, to time with and without it in one run.
 CONFIG_FLAGS = {
     "nosplit": (triton_bwd, "MARGINAL_DKDV_SPLIT", False),
-    "custom_op": (triton_op, "EAGER_FUNCTION", False),
 }
 
 

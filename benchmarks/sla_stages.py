@@ -15,7 +15,7 @@ import time
 import torch
 import triton
 
-from sla_kernel_glue import SLAConfig, route, triton_op
+from sla_kernel_glue import SLAConfig, route
 from sla_kernel_glue.triton_backend import sla_triton
 from sla_kernel_glue.triton_bwd import (
     bwd_prologue,
@@ -98,8 +98,8 @@ def _call_fns(q, k, v, g, cfg) -> dict:
 
 def host_costs(scope: str = "all", n: int = 1024, d: int = 128, profile_calls: int = 300) -> dict:
     """Host microseconds per call of the router's parts, the forward op and whole SLA calls at
-    B 1, H 1 (GPU work of a few microseconds: the loop runs at the host's pace), with eager calls
-    through EagerSLA and through the custom op; and the top of a cProfile of the forward."""
+    B 1, H 1 (GPU work of a few microseconds: the loop runs at the host's pace), and the top of a
+    cProfile of the forward."""
     cfg = SLAConfig(topk=0.05, linear_scope=scope)
     q, k, v = qkv(1, 1, n, d, torch.bfloat16, requires_grad=True, seed=9)
     g = torch.randn_like(q)
@@ -121,11 +121,8 @@ def host_costs(scope: str = "all", n: int = 1024, d: int = 128, profile_calls: i
         "empty_kernel_launch": _host_us(lambda: torch.empty(1, device="cuda").zero_()),
     }
     fns = _call_fns(q, k, v, g, cfg)
-    for eager in (True, False):
-        triton_op.EAGER_FUNCTION = eager
-        for name, fn in fns.items():
-            out[f"sla_{name}_{'function' if eager else 'custom_op'}"] = _host_us(fn)
-    triton_op.EAGER_FUNCTION = True
+    for name, fn in fns.items():
+        out[f"sla_{name}"] = _host_us(fn)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(profile_calls):

@@ -9,9 +9,10 @@ d x d state: with qt = phi(Q) / den and D_l = rowsum(dO_l * O_l),
 where dH_tot = sum over all query tokens qt^T dO_l and dZ_tot = -sum qt D_l.
 
 qt is recomputed from Q and den tiles by qt_rows, the arithmetic the prologue uses for the totals.
-phi(K) comes from phi_rows too; for the marginal scope dQ reads it from a buffer that is freed
-before dK and dV are allocated, so the peak stays at the dK/dV phase (no (B*H, N, D) temporary
-beside dq, dk, dv there).
+The marginal scope's dK/dV runs in two passes (MARGINAL_DKDV_SPLIT): the sparse branch's dK, dV,
+then the linear branch's terms added to them. phi(K) comes from phi_rows too; for the marginal
+scope dQ reads it from a buffer that is freed before dK and dV are allocated, so the peak stays at
+the dK/dV phase (no (B*H, N, D) temporary beside dq, dk, dv there).
 """
 
 # Triton kernels name their pointer arguments in capitals, as the tutorials do.
@@ -248,7 +249,8 @@ def _dkdv_linear(
     return dv, dpk
 
 
-# Measured fastest on an H200 (d 128, N 32768): 4 warps for scope all, 8 for marginal.
+# Measured fastest on an H200 (d 128, N 32768): 4 warps, 2 stages for scope all and for both passes
+# of the marginal dK/dV; 8 warps, 3 stages for the marginal dK/dV in one pass.
 DKDV_CONFIGS = [
     LaunchConfig(4, 2, 1),
     LaunchConfig(8, 2, 1),
@@ -259,9 +261,12 @@ DKDV_CONFIGS = [
 DKDV_FUSED, DKDV_SPARSE, DKDV_LINEAR = 0, 1, 2
 
 
+# restore_value: pass 2 adds to the DK, DV that pass 1 stored, so each autotuning run must start
+# from pass 1's values (without it, the first call at a new size returned dK, dV added many times).
 @triton.autotune(
     configs=tune_configs(DKDV_CONFIGS),
     key=["N", "D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG", "PART"],
+    restore_value=["DK", "DV"],
 )
 @triton.jit
 def _sla_bwd_dkdv_kernel(
@@ -407,7 +412,7 @@ def column_lists(
 
 
 # The marginal scope runs dK/dV as two passes (DKDV_SPARSE, then DKDV_LINEAR), each with two
-# accumulators instead of three.
+# accumulators instead of three: faster on an H200 at N 8192 and 32768 (docs/benchmarks.md).
 MARGINAL_DKDV_SPLIT = True
 
 

@@ -8,7 +8,8 @@ per-block state h_j: for a critical block j, phi(Q_i) h_j = (phi(Q_i) phi(K_j)^T
 the shape of attention, so the fused kernel subtracts it in the same loop that computes the sparse
 branch on K_j, V_j. The totals H = sum_j h_j and Z = sum_j z_j come from the prologue, computed from
 phi(K) rounded to the compute dtype exactly as the loop rounds it (phi_rows), so the subtraction
-cancels consistently. phi(K) is never kept past the call: scope all needs it only in the prologue;
+cancels consistently; its chunks add them by float32 atomics into one (D + 1, D) buffer per head,
+which the kernels split into hi + lo 16-bit halves themselves. phi(K) is never kept past the call: scope all needs it only in the prologue;
 the marginal scope's loop reads it from a buffer the prologue writes (identical values to
 recomputing it per visit, without the exponentials), freed when the forward returns.
 """

@@ -2,7 +2,6 @@
 
     o_s, o_l = fused_sla(q, k, v, indices, neg_indices, settings)
 
-Eager calls run the same kernels through EagerSLA, an autograd.Function (less host time per call).
 sla_kernel_glue::sla_fwd(q, k, v, indices, neg_indices, settings) takes (B*H, N, D) q, k, v in
 the compute dtype, the critical and negligible block indices (B*H, T_m, *) int32 and the
 KernelSettings packed as one int[], and returns o_sparse, o_linear plus what the backward needs;
@@ -25,10 +24,6 @@ from torch import Tensor
 from .triton_bwd import sla_backward
 from .triton_fwd import LINEAR_EMPTY, ForwardState, KernelSettings, sla_forward
 
-# Eager calls go through EagerSLA (a plain autograd.Function: less host time per call than the
-# custom op's dispatch); under torch.compile the custom ops, which the compiler sees as one op each.
-EAGER_FUNCTION = True
-
 
 def fused_sla(
     q: Tensor,
@@ -39,8 +34,6 @@ def fused_sla(
     settings: KernelSettings,
 ) -> tuple[Tensor, Tensor]:
     """o_sparse, o_linear (B*H, N, D) by the fused kernels; differentiable in q, k, v."""
-    if EAGER_FUNCTION and not torch.compiler.is_compiling():
-        return EagerSLA.apply(q, k, v, indices, neg_indices, settings)
     o_s, o_l, *_stats = _sla_fwd(q, k, v, indices, neg_indices, settings.pack())
     return o_s, o_l
 
@@ -87,40 +80,16 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _backward_inputs(saved: ForwardState, settings: KernelSettings, do_s, do_l):
-    """The output gradients and settings for sla_bwd: zeros for a missing do_s; without do_l the
-    linear branch contributes nothing, so it is skipped (do_l unread)."""
+def _backward(ctx, do_s, do_l, *unused_grads):
+    saved = ForwardState(*ctx.saved_tensors)
+    settings = ctx.settings
     if do_s is None:
         do_s = torch.zeros_like(saved.o_s)
     if do_l is None:
+        # No gradient through o_linear: its branch contributes nothing, so skip it (do_l unread).
         do_l, settings = do_s, dataclasses.replace(settings, linear_mode=LINEAR_EMPTY)
-    return do_s, do_l, settings
-
-
-def _backward(ctx, do_s, do_l, *unused_grads):
-    saved = ForwardState(*ctx.saved_tensors)
-    do_s, do_l, settings = _backward_inputs(saved, ctx.settings, do_s, do_l)
     dq, dk, dv = _sla_bwd(do_s, do_l, list(saved), settings.pack())
     return dq, dk, dv, None, None, None
 
 
 torch.library.register_autograd("sla_kernel_glue::sla_fwd", _backward, setup_context=_setup_context)
-
-
-class EagerSLA(torch.autograd.Function):
-    """The same forward and backward as the custom ops, without their dispatch (eager only)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, indices, neg_indices, settings: KernelSettings):
-        outs = sla_forward(q, k, v, indices, neg_indices, settings)
-        ctx.save_for_backward(q, k, v, indices, neg_indices, *outs)
-        ctx.settings = settings
-        ctx.set_materialize_grads(False)
-        return outs[0], outs[1]
-
-    @staticmethod
-    def backward(ctx, do_s, do_l):
-        saved = ForwardState(*ctx.saved_tensors)
-        do_s, do_l, settings = _backward_inputs(saved, ctx.settings, do_s, do_l)
-        dq, dk, dv = sla_backward(do_s, do_l, saved, settings)
-        return dq, dk, dv, None, None, None

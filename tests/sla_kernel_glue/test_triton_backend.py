@@ -53,3 +53,11 @@ def test_sla_triton_raises_on_unsupported_call():
     q = torch.randn(1, 1, 32, 48)
     with pytest.raises(ValueError, match="SLA Triton kernels cannot run this call: head dim 48"):
         sla_triton(q, q, q, config=SLAConfig())
+
+
+def test_dkdv_autotuning_restores_the_gradients_its_second_pass_adds_to():
+    # The marginal dK/dV's second pass adds to the dK, dV the first pass stored: autotuning runs
+    # it several times, so each run must start again from the stored values.
+    from sla_kernel_glue.triton_bwd import _sla_bwd_dkdv_kernel
+
+    assert {"DK", "DV"} <= set(_sla_bwd_dkdv_kernel.restore_value)
