@@ -263,6 +263,7 @@ DKDV_FUSED, DKDV_SPARSE, DKDV_LINEAR = 0, 1, 2
 
 # restore_value: pass 2 adds to the DK, DV that pass 1 stored, so each autotuning run must start
 # from pass 1's values (without it, the first call at a new size returned dK, dV added many times).
+# The autotuner copies DK and DV for that: two (B*H, N, D) buffers more, in the first call only.
 @triton.autotune(
     configs=tune_configs(DKDV_CONFIGS),
     key=["N", "D", "BQ", "BK", "LINEAR", "FMAP", "HAS_NEG", "PART"],
