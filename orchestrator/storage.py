@@ -38,7 +38,10 @@ import pyarrow.fs as pafs
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 REMOTE_DIR = "remote"  # under the cache root: local copies of remote trees
-COMPLETE = ".complete"  # written last into a local copy: the copy is whole
+COMPLETE = ".complete"
+SMALL_FILE = (
+    1 << 20
+)  # files read whole, checked against their listing (see read_whole)  # written last into a local copy: the copy is whole
 
 
 class StorageError(ValueError):
@@ -126,8 +129,7 @@ class Location:
         return self.info().type != pafs.FileType.NotFound
 
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
-            return f.read()
+        return read_whole(self.fs, self.path)
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
@@ -165,6 +167,20 @@ class Location:
 
     def relative(self, info: pafs.FileInfo) -> str:
         return posixpath.relpath(info.path, self.path)
+
+
+def read_whole(fs: pafs.FileSystem, path: str, attempts: int = 5) -> bytes:
+    """A file's bytes as of one version. pyarrow reads an object by ranges sized by a listing
+    made just before, so an object replaced meanwhile could come back cut to the old size: the
+    read is taken again until the size and modification time agree before and after it."""
+    for _ in range(attempts):
+        before = fs.get_file_info(path)
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+        after = fs.get_file_info(path)
+        if len(data) == after.size and before.mtime_ns == after.mtime_ns:
+            return data
+    raise OSError(f"{path} kept changing while it was read ({attempts} attempts)")
 
 
 def open_location(value: str | os.PathLike, *, what: str = "storage.results_dir") -> Location:
@@ -223,8 +239,11 @@ def download_dir(src: Location, local: Path, *, skip: tuple[str, ...] = ()) -> i
             continue
         target = Path(local) / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        with src.fs.open_input_stream(info.path) as f, open(target, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 22)
+        if info.size is not None and info.size < SMALL_FILE:  # the sweep's own records
+            target.write_bytes(read_whole(src.fs, info.path))
+        else:  # checkpoints and models: written once, streamed
+            with src.fs.open_input_stream(info.path) as f, open(target, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 22)
         count += 1
     return count
 

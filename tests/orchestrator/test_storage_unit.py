@@ -108,3 +108,32 @@ def test_a_uri_without_a_sweep_is_one_line(s3, command, capsys):  # noqa: F811
     assert cli_main([command, target]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and target in err, err
+
+
+def test_base_model_is_pretrained_once_and_fetched_by_another_node(s3, tmp_path):  # noqa: F811
+    """Two caches stand for two nodes: the first pre-trains and uploads, the second fetches."""
+    import dataclasses
+
+    import torch
+
+    from orchestrator.recipe.base_model import load_base_model
+    from orchestrator.recipe.config import resolve_mixed_precision
+    from orchestrator.spec.recipe import build_train_config
+
+    train = build_train_config(load_spec(SMOKE, [], cwd=tmp_path).train)
+    mixed = resolve_mixed_precision(train.mixed_precision, cuda=False)
+    store = s3.uri("unit/bases")
+    said: dict[str, list[str]] = {"a": [], "b": []}
+    models = {}
+    for node in ("a", "b"):
+        on_node = dataclasses.replace(train, base_cache_dir=str(tmp_path / node))
+        models[node], base_id = load_base_model(on_node, device=torch.device("cpu"),
+                                                mixed_precision=mixed, store=store,
+                                                log=said[node].append)  # fmt: skip
+    assert any("pre-training base model" in line for line in said["a"]), said
+    assert any("uploaded base model" in line for line in said["a"]), said
+    assert not any("pre-training" in line for line in said["b"]), said["b"]
+    assert any("fetched base model" in line for line in said["b"]), said["b"]
+    assert f"unit/bases/{base_id}/config.json" in s3.keys("unit/bases/")
+    a, b = models["a"].state_dict(), models["b"].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
