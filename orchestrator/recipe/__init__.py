@@ -4,9 +4,31 @@ from orchestrator.recipe import TrainConfig, run_trial
 metrics = run_trial(TrainConfig(model="tiny", steps=30), SLAConfig(topk=0.25), Path("out"))
 """
 
-from .callbacks import Callback, CallbackList, PrintCallback, RecordingCallback
-from .config import DataConfig, TrainConfig
-from .train import TrialRecipe, run_trial
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import DataConfig, TrainConfig  # no torch: what a spec check needs
+
+# The recipe itself imports torch, accelerate and diffusers: loaded on first use.
+_LAZY = {
+    "Callback": "callbacks", "CallbackList": "callbacks", "PrintCallback": "callbacks",
+    "RecordingCallback": "callbacks", "TrialRecipe": "train", "run_trial": "train",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from .callbacks import Callback, CallbackList, PrintCallback, RecordingCallback
+    from .train import TrialRecipe, run_trial
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Callback",

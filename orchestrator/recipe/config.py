@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from orchestrator.models.pipeline import is_pipeline_dir, read_pipeline
 from orchestrator.models.wan_presets import PRESETS, model_source_error, text_len
 from orchestrator.values import is_non_negative_int, is_num, is_positive_int
 
@@ -330,7 +329,11 @@ class TrainConfig:
     @property
     def is_pipeline(self) -> bool:
         """Whether `model` is a diffusers pipeline directory (VAE and text encoder beside it)."""
-        return self.model not in PRESETS and is_pipeline_dir(self.model)
+        if self.model in PRESETS:
+            return False
+        from orchestrator.models.pipeline import is_pipeline_dir  # diffusers: a path only
+
+        return is_pipeline_dir(self.model)
 
     @property
     def flow_shift(self) -> float:
@@ -338,6 +341,8 @@ class TrainConfig:
         if self.timestep_shift is not None:
             return float(self.timestep_shift)
         if self.is_pipeline:
+            from orchestrator.models.pipeline import read_pipeline
+
             return read_pipeline(self.model).shift
         return 1.0
 
@@ -468,4 +473,6 @@ def _shape_errors(c: TrainConfig) -> list[str]:
     if not (is_positive_int(c.data.frames) and c.data.hw and all(map(is_positive_int, c.data.hw))):
         return []  # DataConfig reports the values themselves
     names = ("data.frames", "data.size", "data.size")
+    from orchestrator.models.pipeline import read_pipeline
+
     return read_pipeline(c.model).size_errors(c.data.frames, *c.data.hw, names=names)

@@ -44,11 +44,12 @@ def test_every_shipped_yaml_loads(path, tmp_path, request):
         pipeline = request.getfixturevalue("tiny_pipeline_dir")
         clips = request.getfixturevalue("caption_folder")
         sets = [f"model.path={pipeline}", f"data.source={clips}"]
-    gpu_only = (raw.get("resources") or {}).get("gpus_per_worker", 0) > 0  # h200.yaml
+    gpus = (raw.get("resources") or {}).get("gpus_per_worker", 0)
+    gpu_only = gpus > 0  # h200.yaml, h200-study.yaml
     if gpu_only:  # on a machine without GPUs it is one clear error, before anything starts
         with pytest.raises(
             SpecError,
-            match=r"resources.gpus_per_worker \(1\) asks for GPUs but this machine has none",
+            match=rf"resources.gpus_per_worker \({gpus:g}\) asks for GPUs but this machine has none",
         ):
             load_spec(path, sets, cwd=tmp_path, gpus_available=0)
     spec = load_spec(path, sets, cwd=tmp_path, gpus_available=1 if gpu_only else 0)
