@@ -9,12 +9,13 @@ checkpoint is registered, the worker node dies (every process of it SIGKILLed) a
 node with the same resource joins: Ray Train restarts the trial's workers there, from its last
 checkpoint; the trial ends with the same weights and metrics, bit for bit, as its twin, which ran
 uninterrupted on the new node (the same code path: CPU, one thread per worker). Storage is a
-local directory both nodes see (one machine).
+bucket on a real S3-compatible server on 127.0.0.1 (tests/s3_server.py, moto): every
+checkpoint is read back from it; the MLflow store is a sqlite file of the driver's.
 """
 
 from __future__ import annotations
 
-import json
+import datetime
 import os
 import re
 import subprocess
@@ -27,14 +28,36 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from orchestrator.storage import Location, download_dir, open_location
 from sla_kernel_glue import read_sla_state
-from tests.orchestrator.sweep.test_fault_kill import registered, wait_for
+from tests.orchestrator.sweep.test_fault_kill import wait_for
 from tests.paths import REPO
 from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fixture)
+from tests.s3_server import s3  # noqa: F401 (fixture)
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
 STEPS = 6
 pytestmark = pytest.mark.slow
+
+
+def registered(trial: Location) -> list[tuple[float, int]]:
+    """(report time, step) of each checkpoint Ray Train registered for a trial, from its
+    snapshot in the bucket."""
+    snapshot = trial.join("checkpoint_manager_snapshot.json")
+    if not snapshot.exists():
+        return []
+    out = []
+    for c in snapshot.read_json()["checkpoint_results"]:
+        stamp = c["checkpoint_dir_name"].removeprefix("checkpoint_")
+        when = datetime.datetime.strptime(stamp, "%Y-%m-%d_%H-%M-%S.%f").timestamp()
+        out.append((when, int(c["metrics"]["step"])))
+    return sorted(out)
+
+
+def trial_names(sweep: Location) -> list[str]:
+    return sorted(
+        {sweep.join("train").relative(f).split("/", 1)[0] for f in sweep.join("train").files()}
+    )
 
 
 def placements(dashboard: str) -> dict[str, list[str]]:
@@ -53,7 +76,7 @@ def train_workers_on(where: dict[str, list[str]]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def node_killed_sweep(two_nodes, base_cache, tmp_path_factory):  # noqa: F811
+def node_killed_sweep(s3, two_nodes, base_cache, tmp_path_factory):  # noqa: F811
     cwd = tmp_path_factory.mktemp("two_nodes")
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(SMOKE),
            "--address", two_nodes.address, "--set", "name=two_nodes",
@@ -61,43 +84,57 @@ def node_killed_sweep(two_nodes, base_cache, tmp_path_factory):  # noqa: F811
            "--set", "search.num_samples=2", "--set", "max_concurrent_trials=1",
            "--set", "failure.max_failures=1", "--set", f"train.steps={STEPS}",
            "--set", "checkpoint.num_to_keep=8", "--set", f"train.base_cache_dir={base_cache}",
-           "--set", f"resources.custom_per_worker.{TRIAL_RESOURCE}=1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+           "--set", f"resources.custom_per_worker.{TRIAL_RESOURCE}=1",
+           "--set", f"storage.results_dir={s3.uri('two_nodes')}",
+           "--set", f"storage.tracking_uri=sqlite:///{cwd / 'mlflow.db'}"]  # fmt: skip
+    env = {**os.environ, **s3.job_env(), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     facts: dict = {"killed_ip": two_nodes.worker.ip}
     try:
-        found = wait_for(lambda: [re.search(r"\] sweep (\S+)", ln) for ln in lines if "] sweep " in ln],
-                         "the sweep directory", lines)  # fmt: skip
-        sweep_dir = Path(found[0].group(1))
+        found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
+                         "the sweep's URI", lines)  # fmt: skip
+        sweep = open_location(found[0].group(1))
 
         def first_checkpointed():  # the first trial, once Ray Train registered its step-2 checkpoint
-            trials = (
-                sorted((sweep_dir / "train").glob("*/")) if (sweep_dir / "train").is_dir() else []
-            )
-            return trials and any(step >= 2 for _, step in registered(trials[0])) and trials[0]
+            trials = trial_names(sweep)
+            first = trials and sweep.join("train", trials[0])
+            return first and any(step >= 2 for _, step in registered(first)) and trials[0]
 
-        trial_dir = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
+        first = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
         facts["before_kill"] = placements(two_nodes.dashboard)
         two_nodes.kill_worker()
-        facts.update(first=trial_dir.name, kill_time=time.time())
+        facts.update(first=first, kill_time=time.time())
         facts["new_ip"] = two_nodes.start_worker().ip
         proc.wait(timeout=600)
         reader.join(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    facts.update(sweep_dir=sweep_dir, out="".join(lines), rc=proc.returncode, cwd=cwd,
-                 after=placements(two_nodes.dashboard), nodes=two_nodes)  # fmt: skip
+    facts.update(sweep=sweep, out="".join(lines), rc=proc.returncode, cwd=cwd,
+                 after=placements(two_nodes.dashboard), nodes=two_nodes,
+                 rows=sweep.join("trials.json").read_json())  # fmt: skip
     return facts
 
 
 def test_the_sweep_completes_on_the_two_nodes(node_killed_sweep):
     assert node_killed_sweep["rc"] == 0, node_killed_sweep["out"][-4000:]
-    rows = json.loads((node_killed_sweep["sweep_dir"] / "trials.json").read_text())
+    rows = node_killed_sweep["rows"]  # the sweep's record, in the bucket
     assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"], rows
+    # every checkpoint Ray Train registered is in the bucket, none on the driver's disk
+    sweep = node_killed_sweep["sweep"]
+    for trial in trial_names(sweep):
+        for name in registered_names(sweep.join("train", trial)):
+            assert sweep.join("train", trial, name, "trial.json").is_file(), (trial, name)
+    assert not list(node_killed_sweep["cwd"].rglob("checkpoint_*"))
+
+
+def registered_names(trial: Location) -> list[str]:
+    snapshot = trial.join("checkpoint_manager_snapshot.json").read_json()
+    return [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]
 
 
 def test_trials_train_only_on_nodes_with_the_trial_resource(node_killed_sweep):
@@ -112,7 +149,7 @@ def test_trials_train_only_on_nodes_with_the_trial_resource(node_killed_sweep):
 
 def test_the_trial_resumes_from_its_last_checkpoint_on_the_new_node(node_killed_sweep):
     first, kill_time = node_killed_sweep["first"], node_killed_sweep["kill_time"]
-    checkpoints = registered(node_killed_sweep["sweep_dir"] / "train" / first)
+    checkpoints = registered(node_killed_sweep["sweep"].join("train", first))
     before = [step for when, step in checkpoints if when < kill_time]
     after = [step for when, step in checkpoints if when > kill_time]
     assert before and after, checkpoints
@@ -122,18 +159,22 @@ def test_the_trial_resumes_from_its_last_checkpoint_on_the_new_node(node_killed_
     assert steps.count(0) == 1 and steps[-1] == STEPS, steps  # step 0 not evaluated again
 
 
-def last_checkpoint(sweep_dir: Path, trial: str) -> Path:
-    found = sorted((sweep_dir / "train" / trial).glob("checkpoint_*/trial.json"))
-    final = [p.parent for p in found if json.loads(p.read_text())["step"] == STEPS]
-    assert final, found
-    return final[-1]
+def final_checkpoint(sweep: Location, trial: str, into: Path) -> Path:
+    """The trial's checkpoint at the last step, fetched from the bucket into `into`."""
+    for name in reversed(registered_names(sweep.join("train", trial))):
+        folder = sweep.join("train", trial, name)
+        if folder.join("trial.json").read_json()["step"] == STEPS:
+            assert download_dir(folder, into) > 3
+            return into
+    raise AssertionError(f"{trial}: no checkpoint at step {STEPS}")
 
 
-def test_the_resumed_trial_equals_its_uninterrupted_twin(node_killed_sweep):
-    sweep_dir, first = node_killed_sweep["sweep_dir"], node_killed_sweep["first"]
-    rows = {r["trial_id"]: r for r in json.loads((sweep_dir / "trials.json").read_text())}
+def test_the_resumed_trial_equals_its_uninterrupted_twin(node_killed_sweep, tmp_path):
+    sweep, first = node_killed_sweep["sweep"], node_killed_sweep["first"]
+    rows = {r["trial_id"]: r for r in node_killed_sweep["rows"]}
     (twin,) = [t for t in rows if t != first]
-    a, b = last_checkpoint(sweep_dir, first), last_checkpoint(sweep_dir, twin)
+    a = final_checkpoint(sweep, first, tmp_path / "a")
+    b = final_checkpoint(sweep, twin, tmp_path / "b")
     sla_a, sla_b = read_sla_state(a / "sla_attention.pt"), read_sla_state(b / "sla_attention.pt")
     assert sla_a["layers"].keys() == sla_b["layers"].keys()
     for layer, entry in sla_a["layers"].items():
@@ -154,12 +195,12 @@ def test_the_resumed_trial_equals_its_uninterrupted_twin(node_killed_sweep):
 def test_the_token_is_in_no_log_file_or_record(node_killed_sweep):
     token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip().encode()
     assert token not in node_killed_sweep["out"].encode()
-    roots = [
-        node_killed_sweep["cwd"],
-        node_killed_sweep["nodes"].root,
-    ]  # MLflow store, sweep, Ray logs
-    files = [
-        p for root in roots for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()
-    ]
-    assert len(files) > 50, files  # the Ray nodes' logs and the sweep's files were looked at
+    roots = [node_killed_sweep["cwd"], node_killed_sweep["nodes"].root]  # MLflow store, Ray logs
+    files = [p for root in roots for p in Path(root).rglob("*")
+             if p.is_file() and not p.is_symlink()]  # fmt: skip
+    assert len(files) > 50, files  # the Ray nodes' logs and the MLflow store were looked at
     assert not [p for p in files if token in p.read_bytes()]
+    sweep = node_killed_sweep["sweep"]  # the sweep's files and checkpoints, in the bucket
+    objects = sweep.files()
+    assert len(objects) > 20, objects
+    assert not [o.path for o in objects if token in sweep.with_path(o.path).read_bytes()]
