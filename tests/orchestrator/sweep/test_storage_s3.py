@@ -1,0 +1,184 @@
+"""A sweep whose storage.results_dir is a bucket on a real S3-compatible server (moto's, on
+127.0.0.1: tests/s3_server.py), on the session's Ray cluster, with an explicit sqlite MLflow
+store. One sweep (topk 0.25 + the control, one trial at a time, failure.max_failures 1) by
+`sla-sweep run` in a subprocess:
+
+1. once the first trial has finished the driver is SIGKILLed; `sla-sweep resume s3://...`
+   completes the sweep without running the finished trial again;
+2. while the resumed trial checkpoints, the server refuses its checkpoint writes (503 SlowDown)
+   for 20 s after its first checkpoint, longer than the S3 client's own retries: that
+   checkpoint stays intact in the bucket, the refused one never becomes complete, and Ray
+   Train restarts the trial from the intact one (failure.max_failures 1) to the end;
+3. every checkpoint trials.json names is in the bucket (listed with boto3); `best` and `infer`
+   run from the bucket URI, the checkpoint fetched into the local content-keyed cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main as cli_main
+from tests.orchestrator.sweep.test_fault_kill import train_workers, wait_for
+from tests.paths import REPO
+from tests.s3_server import s3  # noqa: F401 (the module's S3 server fixture)
+
+SMOKE = REPO / "experiments" / "smoke.yaml"
+PREFIX = "runs"
+REFUSE_S = 20
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def reader(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def checkpoints(server, trial_prefix: str) -> dict[str, dict[str, str]]:
+    """checkpoint folder -> {key: etag} of a trial's checkpoints that have their trial.json."""
+    found: dict[str, dict[str, str]] = {}
+    for key, etag in server.etags(trial_prefix).items():
+        folder = key[len(trial_prefix) :].split("/", 1)[0]
+        if folder.startswith("checkpoint_"):
+            found.setdefault(folder, {})[key] = etag
+    return {f: keys for f, keys in found.items() if any(k.endswith("/trial.json") for k in keys)}
+
+
+@pytest.fixture(scope="module")
+def bucket_sweep(s3, ray_cluster, base_cache, tmp_path_factory):  # noqa: F811
+    cwd = tmp_path_factory.mktemp("s3_sweep")
+    proc = cli("run", str(SMOKE), "--address", ray_cluster, "--set", "name=s3_sweep",
+               "--set", "sla.topk={grid: [0.25]}", "--set", "max_concurrent_trials=1",
+               "--set", "failure.max_failures=1", "--set", "checkpoint.num_to_keep=8",
+               "--set", f"storage.results_dir={s3.uri(PREFIX)}",
+               "--set", f"storage.tracking_uri=sqlite:///{cwd / 'mlflow.db'}",
+               "--set", f"train.base_cache_dir={base_cache}", cwd=cwd, env=s3.job_env())  # fmt: skip
+    lines: list[str] = []
+    reader(proc, lines)
+    try:
+        found = wait_for(lambda: [re.search(r"trial (\S+) finished", ln) for ln in lines
+                                  if " finished" in ln], "the first trial to finish", lines)  # fmt: skip
+        finished = found[0].group(1)
+        sweep_key = re.search(r"\[sla-sweep\] sweep s3://[^/]+/(\S+)", "".join(lines)).group(1)
+
+        def recorded() -> bool:  # the driver uploads trials.json just after it says "finished"
+            rows = json.loads(s3_text(s3, f"{sweep_key}/trials.json"))
+            return any(r["trial_id"] == finished and r["status"] == "TERMINATED" for r in rows)
+
+        wait_for(recorded, "trials.json in the bucket to have the finished trial", lines, 60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run_out = "".join(lines)
+    uri = s3.uri(sweep_key)
+    wait_for(lambda: not train_workers(), "Ray to end the killed driver's trial", lines, 120)
+    finished_ckpts = s3.etags(f"{sweep_key}/train/{finished}/")
+
+    # the other trial (Tune numbers a grid's trials <experiment>_00000, _00001): its checkpoint
+    # writes refused after its first checkpoint, for REFUSE_S seconds
+    experiment, index = finished.rsplit("_", 1)
+    retried = f"{experiment}_{1 - int(index):05d}"
+    # (checkpoint_2...: its timestamped checkpoint folders, not the controller's snapshot file);
+    # 20 s: longer than the S3 client's own retries of a refused request
+    s3.refuse_writes(f"{sweep_key}/train/{retried}/checkpoint_2", keep_first=1, for_s=REFUSE_S)
+    lines = []
+    resume = cli("resume", uri, "--address", ray_cluster, cwd=cwd, env=s3.job_env())
+    thread = reader(resume, lines)
+    resume.wait(timeout=480)
+    thread.join(timeout=30)
+    (cwd / "resume.log").write_text("".join(lines))  # for reading after a failure
+    return {"uri": uri, "key": sweep_key, "finished": finished, "retried": retried,
+            "finished_ckpts": finished_ckpts, "run_out": run_out, "cwd": cwd,
+            "resume_out": "".join(lines), "resume_rc": resume.returncode}  # fmt: skip
+
+
+def s3_text(s3, key: str) -> str:  # noqa: F811
+    from orchestrator.storage import open_location
+
+    return open_location(s3.uri(key)).read_text()
+
+
+def test_resume_from_the_uri_completes_without_rerun(bucket_sweep, s3):  # noqa: F811
+    out, finished = bucket_sweep["resume_out"], bucket_sweep["finished"]
+    assert bucket_sweep["resume_rc"] == 0, out
+    rows = json.loads(s3_text(s3, f"{bucket_sweep['key']}/trials.json"))
+    assert len(rows) == 2 and all(r["status"] == "TERMINATED" for r in rows), rows
+    assert all(r["step"] == 4 for r in rows), rows
+    assert f"trial {finished} started" not in out, "a finished trial ran again"
+    assert f"trial {bucket_sweep['retried']} finished" in out
+    after = s3.etags(f"{bucket_sweep['key']}/train/{finished}/")
+    assert after == bucket_sweep["finished_ckpts"], "the finished trial's checkpoints changed"
+
+
+def test_refused_writes_keep_the_last_checkpoint_and_retry(bucket_sweep, s3):  # noqa: F811
+    key, retried = bucket_sweep["key"], bucket_sweep["retried"]
+    assert s3.refused, "the server refused no write: the fault did not happen"
+    assert all(f"/train/{retried}/checkpoint_" in k for k in s3.refused), s3.refused
+    kept = checkpoints(s3, f"{key}/train/{retried}/")
+    first = min(kept)  # the checkpoint written before the refusals (timestamped names sort)
+    refused_folders = {k.split(f"/train/{retried}/", 1)[1].split("/", 1)[0] for k in s3.refused}
+    assert refused_folders and all(f.startswith("checkpoint_") for f in refused_folders)
+    assert first not in refused_folders
+    # a refused checkpoint never became complete (no trial.json): Ray Train failed the attempt
+    # and restarted the trial from `first`, which wrote the later ones
+    assert not refused_folders & set(kept), (sorted(refused_folders), sorted(kept))
+    again = re.findall(rf"trial {retried} step 3 ", bucket_sweep["resume_out"])
+    assert len(again) == 2, bucket_sweep["resume_out"]  # the restarted attempt's step 3
+    assert {k.rsplit("/", 1)[1] for k in kept[first]} >= {"trial.json", "model.safetensors"}
+    steps = [json.loads(s3_text(s3, k))["step"] for f in sorted(kept) for k in kept[f]
+             if k.endswith("/trial.json")]  # fmt: skip
+    assert steps[0] == 2 and steps[-1] == 4, steps  # retried from step 2 to the end
+
+
+def test_every_checkpoint_is_in_the_bucket(bucket_sweep, s3):  # noqa: F811
+    key = bucket_sweep["key"]
+    keys = set(s3.keys(key + "/"))
+    rows = json.loads(s3_text(s3, f"{key}/trials.json"))
+    for row in rows:
+        recorded = row["checkpoint"].removeprefix(f"{s3.bucket}/")
+        assert f"{recorded}/trial.json" in keys, (recorded, sorted(keys))
+        assert f"{recorded}/model.safetensors" in keys
+        if row["sla"] is not None:
+            assert f"{recorded}/sla_attention.pt" in keys
+    for name in ("spec.yaml", "sweep.json", "results.csv", "report/report.md", "tune/tuner.pkl"):
+        assert f"{key}/{name}" in keys, name
+    base = [k for k in s3.keys(f"{PREFIX}/_cache/base_models/") if k.endswith("config.json")]
+    assert base, "the pre-trained base was not uploaded"
+    sweep_json = s3_text(s3, f"{key}/sweep.json")
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in sweep_json  # no credential in the sweep's files
+
+
+def test_best_and_infer_from_the_uri(bucket_sweep, s3, capsys, tmp_path):  # noqa: F811
+    uri = bucket_sweep["uri"]
+    assert cli_main(["best", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep {uri}" in out and f"checkpoint: s3://{s3.bucket}/" in out, out
+    samples = tmp_path / "samples"
+    code = cli_main(["infer", uri, "--num-samples", "1", "--device", "cpu", "--out", str(samples),
+                     "--no-mlflow"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert (samples / "samples.json").is_file()
+    summary = json.loads((samples / "samples.json").read_text())
+    assert summary["source"]["step"] == 4
