@@ -53,6 +53,7 @@ EXIT_WAIT_S = 10.0  # a process ending without close(): how long its records may
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
+HELD_STATUSES = (401, 403, 429)  # refusals that a later try may not meet
 BATCH = {"metrics": 900, "params": 90, "tags": 90}  # within log_batch's limits per call
 
 RECORDS_LOCK = threading.Lock()  # trials.json: the progress callback's writes and our patches
@@ -364,8 +365,10 @@ def _dataset(record: dict[str, Any]) -> DatasetInput:
 
 
 def _transient(exc: Exception) -> bool:
-    """Worth retrying: the server unreachable, timing out or failing (5xx, 429); not a request
-    it refused (4xx) nor a record that cannot be sent (a missing file, a run never made)."""
+    """Worth retrying: the server unreachable, timing out or failing (5xx, 429), or refusing
+    the credentials (401, 403: held, and journaled at the end, until they are mended); not a
+    request it refused otherwise (4xx) nor a record that cannot be sent (a missing file, a run
+    never made)."""
     if isinstance(exc, (FileNotFoundError, ValueError)):
         return False
     status = None
@@ -374,7 +377,7 @@ def _transient(exc: Exception) -> bool:
     response = getattr(exc, "response", None)
     if status is None and response is not None:
         status = getattr(response, "status_code", None)
-    if status is not None and 400 <= int(status) < 500 and int(status) != 429:
+    if status is not None and 400 <= int(status) < 500 and int(status) not in HELD_STATUSES:
         return False
     return isinstance(exc, (MlflowException, OSError))
 

@@ -134,6 +134,23 @@ def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick
     assert replay.close(5) and not journal.exists()
 
 
+def test_a_record_the_server_refuses_is_said_and_left_out(server, tmp_path, quick_http):
+    """A 4xx answer (a param changed after it was logged) is one line and that record only:
+    the records after it are sent."""
+    client = MlflowClient(server.url)
+    experiment_id = client.create_experiment("buffer-refused")
+    run = client.create_run(experiment_id).info.run_id
+    lines: list[str] = []
+    buffer = MlflowBuffer(client, name=server.url, sweep_dir=tmp_path, say=lines.append)
+    buffer.submit({"op": "batch", "run": run, "params": [["sla.topk", "0.25"]]})
+    buffer.submit({"op": "batch", "run": run, "params": [["sla.topk", "0.5"]]})
+    buffer.submit({"op": "batch", "run": run, "metrics": _rows([0])})
+    assert buffer.close(30)
+    assert len(lines) == 1 and lines[0].startswith("MLflow refused a batch record"), lines
+    assert client.get_run(run).data.params == {"sla.topk": "0.25"}
+    assert [m.step for m in client.get_metric_history(run, "val/loss")] == [0]
+
+
 class Outage(threading.Thread):
     """Stops the server once the sweep's first metric rows are in trials.json, and starts it
     again once three more reports came in (at most 30 s later)."""
