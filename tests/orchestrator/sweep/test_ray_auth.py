@@ -105,3 +105,15 @@ def test_auth_mode_other_than_token_is_refused(mode, monkeypatch):
         ensure_local_token()
     assert str(err.value).startswith(f"RAY_AUTH_MODE: {mode!r}: the local Ray instance")
     assert "\n" not in str(err.value)
+
+
+def test_a_local_sweep_without_token_auth_is_refused_before_anything(monkeypatch, tmp_path):
+    from orchestrator.spec import load_spec
+    from orchestrator.sweep.run import preflight
+    from tests.paths import REPO
+
+    spec = load_spec(REPO / "experiments" / "smoke.yaml", [], cwd=tmp_path, gpus_available=0)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(SpecError, match="^RAY_AUTH_MODE: 'disabled': the local Ray instance"):
+        preflight(spec, None, spec.storage.tracking_uri)
+    assert not list(tmp_path.iterdir())  # no sweep directory, no MLflow store
