@@ -182,3 +182,16 @@ def test_best_and_infer_from_the_uri(bucket_sweep, s3, capsys, tmp_path):  # noq
     assert (samples / "samples.json").is_file()
     summary = json.loads((samples / "samples.json").read_text())
     assert summary["source"]["step"] == 4
+
+
+def test_export_and_compare_from_the_uri(bucket_sweep, s3, tmp_path, capsys):  # noqa: F811
+    uri = bucket_sweep["uri"]
+    out = tmp_path / "export"
+    assert cli_main(["export", uri, str(out)]) == 0, capsys.readouterr()
+    assert (out / "sla_attention.pt").is_file() and (out / "inference.json").is_file()
+    compared = tmp_path / "compare.json"
+    code = cli_main(["compare", uri, "--num-samples", "1", "--device", "cpu",
+                     "--out", str(compared)])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    trials = json.loads(compared.read_text())["trials"]
+    assert len(trials) == 2 and trials[0]["sla"] is None  # the control first, then topk 0.25
