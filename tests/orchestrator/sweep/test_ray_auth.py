@@ -117,3 +117,13 @@ def test_a_local_sweep_without_token_auth_is_refused_before_anything(monkeypatch
     with pytest.raises(SpecError, match="^RAY_AUTH_MODE: 'disabled': the local Ray instance"):
         preflight(spec, None, spec.storage.tracking_uri)
     assert not list(tmp_path.iterdir())  # no sweep directory, no MLflow store
+
+
+def test_ray_local_as_an_address_is_the_tools_own_local_start(monkeypatch):
+    from orchestrator.sweep.cluster import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address("local") is None and ray_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    assert ray_address(None) is None
+    assert ray_address("127.0.0.2:6379") == "127.0.0.2:6379"
