@@ -71,7 +71,7 @@ PHASES = ("encode", "decode", "train", "infer", "checkpoint", "train_compiled")
 # ---- phases ------------------------------------------------------------------------------------
 def _vae_encode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
     """Seconds of encode_videos of one synthetic clip, as the cache encodes each clip."""
-    from orchestrator.models.pipeline import encode_videos
+    from orchestrator.models.pipeline_models import encode_videos
 
     _fresh(device)
     vae = build_vae(shape, device)
@@ -116,7 +116,7 @@ def phase_encode(shape: Shape, device: torch.device, args: argparse.Namespace) -
 
 def phase_decode(shape: Shape, device: torch.device, args: argparse.Namespace) -> dict:
     """Seconds of decode_latents of one clip's latent, float32, as the validation decodes."""
-    from orchestrator.models.pipeline import decode_latents
+    from orchestrator.models.pipeline_models import decode_latents
 
     _fresh(device)
     vae = build_vae(shape, device)

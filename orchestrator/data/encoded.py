@@ -112,7 +112,7 @@ def encode_dataset(
 def _encode_clips(info, entries, settings, cache, digests, device, log) -> list[str]:
     """Cache keys of every clip's latents, VAE-encoding the missing ones (the VAE loads only then)."""
     from orchestrator.data.videos import decode_clip
-    from orchestrator.models.pipeline import encode_videos, load_vae
+    from orchestrator.models.pipeline_models import encode_videos, load_vae
 
     model_digest = digests.of_tree(info.root, VAE_FILES)
     common = {"vae": model_digest, "frames": settings.frames, "fps": settings.fps,
@@ -141,7 +141,7 @@ def _encode_clips(info, entries, settings, cache, digests, device, log) -> list[
 
 def _encode_texts(info, texts, settings, cache, digests, device, log) -> list[str]:
     """Cache keys of every text's embedding, text-encoding the missing ones."""
-    from orchestrator.models.pipeline import encode_prompts, load_text_encoder
+    from orchestrator.models.pipeline_models import encode_prompts, load_text_encoder
 
     model_digest = digests.of_tree(info.root, TEXT_FILES)
     common = {"text_encoder": model_digest, "max_len": info.max_text_len, "dtype": settings.dtype}
@@ -260,7 +260,7 @@ class CaptionTable:
         return len(self.keys)
 
     def __getitem__(self, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        from orchestrator.models.pipeline import pad_prompts
+        from orchestrator.models.pipeline_models import pad_prompts
 
         embeds = []
         for label in torch.as_tensor(labels).tolist():

@@ -53,7 +53,8 @@ class VideoValidation:
         device: torch.device,
         autocast: Callable,
     ) -> None:
-        from orchestrator.models.pipeline import pad_prompts, read_pipeline
+        from orchestrator.models.pipeline import read_pipeline
+        from orchestrator.models.pipeline_models import pad_prompts
 
         self.cfg, self.shift, self.device, self.autocast = cfg, shift, device, autocast
         self.info = read_pipeline(manifest["pipeline"])
@@ -95,7 +96,7 @@ class VideoValidation:
         time and peak memory."""
         import time
 
-        from orchestrator.models.pipeline import decode_latents, load_vae
+        from orchestrator.models.pipeline_models import decode_latents, load_vae
 
         started = time.perf_counter()
         with PeakMemory(self.device) as memory:

@@ -12,18 +12,16 @@ from diffusers import (
     WanPipeline,
 )
 
-from orchestrator.models.pipeline import (
-    PipelineError,
+from orchestrator.models.pipeline import PipelineError, is_pipeline_dir, read_pipeline
+from orchestrator.models.pipeline_models import (
     decode_latents,
     encode_prompts,
     encode_videos,
-    is_pipeline_dir,
     load_scheduler,
     load_text_encoder,
     load_transformer,
     load_vae,
     pad_prompts,
-    read_pipeline,
 )
 from tests.pipelines import break_pipeline, edit_json, generate, tiny_pipeline, wan_config_layout
 
