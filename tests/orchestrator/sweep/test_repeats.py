@@ -1,13 +1,11 @@
-"""Repeats on a real sweep: one SLA config and the control, two seeds each, on the session's
-local Ray cluster with a real MLflow store. Every config has two child runs lined up by tags, the
-report (report.md with its figures) and the verdict land in the sweep directory and on the
-parent run; `best` says the verdict. The smoke sweep (one run per config) has a report too, whose
+"""Repeats on a real sweep (conftest.py's `lora_repeats`: a LoRA lr search at topk 0.5 and the
+control, two seeds each, on the session's local Ray cluster with a real MLflow store). Every
+config has two child runs lined up by tags, the report (report.md with its figures) and the
+verdict land in the sweep directory and on the parent run; `best` says the verdict. The smoke sweep (one run per config) has a report too, whose
 verdict says it has no error bars."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -16,32 +14,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from orchestrator.spec import load_spec
 from orchestrator.sweep.findings import CONFIG_TAG, SEED_TAG, VERDICT_TAG
-from orchestrator.sweep.run import run_sweep
-from tests.paths import REPO
 
-SMOKE = REPO / "experiments" / "smoke.yaml"
 SECTIONS = ("## Verdict", "## Every config", "## Quality against attention FLOPs",
             "## Loss curves", "## Samples", "## Settings")  # fmt: skip
 FIGURES = ("pareto.png", "loss_curves.png", "samples.png")
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def repeated(ray_cluster, base_cache, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("repeats")
-    overrides = [
-        "name=repeats", "sla.topk={grid: [0.5]}", "repeats=2", "resources.cpus_per_worker=0.5",
-        "max_concurrent_trials=4", "train.steps=2", "train.checkpoint_every=0",
-        f"train.base_cache_dir={base_cache}",
-    ]  # fmt: skip
-    spec = load_spec(SMOKE, overrides, cwd=cwd, gpus_available=0)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        outcome = run_sweep(spec)
-    return spec, outcome, out.getvalue()
 
 
 def check_report(sweep_dir: Path) -> str:
@@ -57,9 +36,9 @@ def check_report(sweep_dir: Path) -> str:
     return text
 
 
-def test_every_config_runs_once_per_seed_and_mlflow_lines_them_up(repeated):
-    spec, outcome, _ = repeated
-    assert outcome.complete and len(outcome.rows) == 4
+def test_every_config_runs_once_per_seed_and_mlflow_lines_them_up(lora_repeats):
+    spec, outcome, _ = lora_repeats
+    assert outcome.complete and len(outcome.rows) == 6
     client = MlflowClient(tracking_uri=outcome.tracking_uri)
     seen = {}
     for row in outcome.rows:
@@ -69,17 +48,22 @@ def test_every_config_runs_once_per_seed_and_mlflow_lines_them_up(repeated):
         tags = client.get_run(row.run_id).data.tags
         assert tags[SEED_TAG] == str(row.train["seed"])
         seen.setdefault(tags[CONFIG_TAG], []).append((row.train["seed"], trial["base_model"]))
-    assert sorted(seen) == ["blkq=32 blkk=32 backend=auto topk=0.5", "control"]
+    assert sorted(seen) == [
+        "blkq=32 blkk=32 backend=auto topk=0.5 train.lr=0.0003",
+        "blkq=32 blkk=32 backend=auto topk=0.5 train.lr=0.003",
+        "control train.lr=0.0003",
+    ]
     for runs in seen.values():
         assert sorted(s for s, _ in runs) == [0, 1], "two repeats per config"
     bases = {json.dumps(b, sort_keys=True) for runs in seen.values() for _, b in runs}
     assert len(bases) == 1, "every repeat fine-tunes the same base"
-    losses = [r.metrics["train/loss"] for r in outcome.rows if r.sla is not None]
+    losses = {r.train["seed"]: r.metrics["train/loss"] for r in outcome.rows
+              if r.sla is not None and r.train["lr"] == 3.0e-4}  # fmt: skip
     assert losses[0] != losses[1], "the seeds differ: data order and noise"
 
 
-def test_the_report_and_verdict_reach_the_sweep_dir_and_the_parent_run(repeated):
-    spec, outcome, out = repeated
+def test_the_report_and_verdict_reach_the_sweep_dir_and_the_parent_run(lora_repeats):
+    spec, outcome, out = lora_repeats
     text = check_report(outcome.sweep_dir)
     verdict = json.loads((outcome.sweep_dir / "report" / "verdict.json").read_text())
     assert verdict["has_error_bars"] and "Welch" in verdict["text"]
@@ -90,17 +74,19 @@ def test_the_report_and_verdict_reach_the_sweep_dir_and_the_parent_run(repeated)
     assert parent.data.tags[VERDICT_TAG] == verdict["text"]
     assert verdict["text"] in parent.data.tags["mlflow.note.content"]
     control = [r.metrics["val/loss"] for r in outcome.rows if r.sla is None]
-    assert parent.data.metrics["config/control/val/loss_mean"] == pytest.approx(sum(control) / 2)
-    assert parent.data.metrics["config/control/n"] == 2
-    assert parent.data.metrics["config/topk_0.5/val/loss_std"] > 0
+    # configs are named by what varies between them (train.lr here; topk is 0.5 throughout)
+    control_key = "config/control_train.lr_0.0003"
+    assert parent.data.metrics[f"{control_key}/val/loss_mean"] == pytest.approx(sum(control) / 2)
+    assert parent.data.metrics[f"{control_key}/n"] == 2
+    assert parent.data.metrics["config/train.lr_0.003/val/loss_std"] > 0
     logged = {f.path for f in client.list_artifacts(outcome.parent_run_id, "report")}
     assert {f"report/{n}" for n in (*FIGURES, "report.md", "summary.csv")} <= logged
 
 
-def test_best_prints_the_verdict(repeated, capsys):
+def test_best_prints_the_verdict(lora_repeats, capsys):
     from orchestrator.sweep.commands import best
 
-    _, outcome, _ = repeated
+    _, outcome, _ = lora_repeats
     assert best(Namespace(target=outcome.sweep_dir)) == 0
     shown = capsys.readouterr().out
     verdict = json.loads((outcome.sweep_dir / "report" / "verdict.json").read_text())
