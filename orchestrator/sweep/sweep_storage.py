@@ -34,7 +34,9 @@ from orchestrator.storage import (
 
 STORAGE_KEY = "storage"  # sweep.json: the sweep's URI when it lives in a bucket
 RAY_DIRS = ("train", "tune", "base_reference")  # written by Ray and the trials, not the driver
-LOCAL_ONLY = ("driver.lock",)  # never uploaded: a lock only means something on its host
+# Never uploaded: a lock only means something on its host, and the MLflow buffer's spool holds
+# hard links to this host's files for artifacts not yet sent (mlflow_buffer.SPOOL).
+LOCAL_ONLY = ("driver.lock", "mlflow_spool")
 SWEEP_FILE = "sweep.json"
 
 

@@ -42,6 +42,22 @@ def test_text_json_and_trees_round_trip(s3, tmp_path):  # noqa: F811
     assert (tmp_path / "back" / "d" / "w.bin").read_bytes() == (src / "d" / "w.bin").read_bytes()
 
 
+def test_a_sweeps_push_leaves_host_only_files_out(s3, tmp_path):  # noqa: F811
+    """The driver's files reach the bucket; its lock and the MLflow spool (hard links to this
+    host's files, for artifacts not sent yet) do not, nor do Ray's own directories."""
+    from orchestrator.sweep.mlflow_buffer import JOURNAL, SPOOL
+    from orchestrator.sweep.sweep_storage import SweepPlace
+
+    local = tmp_path / "sweep"
+    for rel in ("sweep.json", "report/report.md", JOURNAL, "driver.lock", f"{SPOOL}/1-a/x.png",
+                "train/t0/checkpoint/model.safetensors"):  # fmt: skip
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_text(rel)
+    SweepPlace(local, open_location(s3.uri("unit/push"))).push(strict=True)
+    pushed = sorted(k.removeprefix("unit/push/") for k in s3.keys("unit/push/"))
+    assert pushed == sorted(["sweep.json", "report/report.md", JOURNAL])
+
+
 def test_local_copy_is_fetched_once_and_keyed_by_content(s3, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("SLA_SWEEP_CACHE", str(tmp_path / "cache"))
     loc = open_location(s3.uri("unit/ckpt"))
