@@ -5,10 +5,10 @@ Imports torch (and triton where present); never ray or mlflow.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .config import SLAConfig, TopkSchedule  # plain Python: what a spec check needs
+from .lazy import lazy_attributes
 
 # Everything else imports torch (and triton): loaded on first use, so that parsing a config
 # (the CLI, a spec check) does not pay for torch. `from sla_kernel_glue import apply_sla` works.
@@ -34,14 +34,7 @@ if TYPE_CHECKING:
     from .router import Routing, route
     from .state import SLAStateError, load_sla_state, read_sla_state, save_sla_state
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "save_sla_state",

@@ -6,8 +6,9 @@ metrics = run_trial(TrainConfig(model="tiny", steps=30), SLAConfig(topk=0.25), P
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sla_kernel_glue.lazy import lazy_attributes
 
 from .config import DataConfig, TrainConfig  # no torch: what a spec check needs
 
@@ -21,14 +22,7 @@ if TYPE_CHECKING:
     from .callbacks import Callback, CallbackList, PrintCallback, RecordingCallback
     from .train import TrialRecipe, run_trial
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "Callback",
