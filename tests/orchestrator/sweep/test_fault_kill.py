@@ -175,11 +175,9 @@ def test_killed_worker_restarts_from_its_last_checkpoint(killed_sweep):
     assert steps[-1] == STEPS
 
 
-def test_restarted_trial_equals_its_uninterrupted_twin(killed_sweep):
-    sweep_dir, first = killed_sweep["sweep_dir"], killed_sweep["first"]
-    rows = {r["trial_id"]: r for r in json.loads((sweep_dir / "trials.json").read_text())}
-    (twin,) = [t for t in rows if t != first]
-    a, b = last_checkpoint(sweep_dir, first), last_checkpoint(sweep_dir, twin)
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two checkpoints hold the same SLA and model tensors, bit for bit (the same code path ran
+    both: CPU, one thread per worker)."""
     sla_a, sla_b = read_sla_state(a / "sla_attention.pt"), read_sla_state(b / "sla_attention.pt")
     assert sla_a["layers"].keys() == sla_b["layers"].keys()
     for layer, entry in sla_a["layers"].items():
@@ -189,10 +187,22 @@ def test_restarted_trial_equals_its_uninterrupted_twin(killed_sweep):
         load_file(str(a / "model.safetensors")),
         load_file(str(b / "model.safetensors")),
     )
+    assert model_a.keys() == model_b.keys()
     assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
-    # what the machine measured (step times, CPU and memory use) differs between any two runs
-    measured = ("perf/", "system/")
-    quality = lambda m: {k: v for k, v in m.items() if not k.startswith(measured)}  # noqa: E731
+
+
+def quality(metrics: dict) -> dict:
+    """A trial's metrics without what the machine measured (step times, CPU and memory use),
+    which differ between any two runs."""
+    return {k: v for k, v in metrics.items() if not k.startswith(("perf/", "system/"))}
+
+
+def test_restarted_trial_equals_its_uninterrupted_twin(killed_sweep):
+    sweep_dir, first = killed_sweep["sweep_dir"], killed_sweep["first"]
+    rows = {r["trial_id"]: r for r in json.loads((sweep_dir / "trials.json").read_text())}
+    (twin,) = [t for t in rows if t != first]
+    a, b = last_checkpoint(sweep_dir, first), last_checkpoint(sweep_dir, twin)
+    assert_same_weights(a, b)
     final_a, final_b = quality(rows[first]["metrics"]), quality(rows[twin]["metrics"])
     assert "val/loss" in final_a and final_a == final_b
     # the twin's saved trial.json metrics (at the last step) agree as well

@@ -10,7 +10,8 @@ node with the same resource joins: Ray Train restarts the trial's workers there,
 checkpoint; the trial ends with the same weights and metrics, bit for bit, as its twin, which ran
 uninterrupted on the new node (the same code path: CPU, one thread per worker). Storage is a
 bucket on a real S3-compatible server on 127.0.0.1 (tests/s3_server.py, moto): every
-checkpoint is read back from it; the MLflow store is a sqlite file of the driver's.
+checkpoint is read back from it. MLflow is a real `mlflow server` on 127.0.0.1
+(tests/mlflow_server.py), the multi-node setting: every trial's run is there, finished.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from orchestrator.storage import Location, download_dir, open_location
-from sla_kernel_glue import read_sla_state
-from tests.orchestrator.sweep.test_fault_kill import wait_for
+from tests.mlflow_server import MlflowServer
+from tests.orchestrator.sweep.test_fault_kill import assert_same_weights, quality, wait_for
 from tests.paths import REPO
 from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fixture)
 from tests.s3_server import s3  # noqa: F401 (fixture)
@@ -78,6 +77,11 @@ def train_workers_on(where: dict[str, list[str]]) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def node_killed_sweep(s3, two_nodes, base_cache, tmp_path_factory):  # noqa: F811
     cwd = tmp_path_factory.mktemp("two_nodes")
+    with MlflowServer(cwd / "mlflow-server") as server:
+        yield run_and_kill_a_node(s3, two_nodes, base_cache, cwd, server.url)
+
+
+def run_and_kill_a_node(s3, two_nodes, base_cache, cwd: Path, tracking_uri: str) -> dict:  # noqa: F811
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(SMOKE),
            "--address", two_nodes.address, "--set", "name=two_nodes",
            "--set", "sla.topk={grid: [0.25]}", "--set", "control=false",
@@ -86,14 +90,14 @@ def node_killed_sweep(s3, two_nodes, base_cache, tmp_path_factory):  # noqa: F81
            "--set", "checkpoint.num_to_keep=8", "--set", f"train.base_cache_dir={base_cache}",
            "--set", f"resources.custom_per_worker.{TRIAL_RESOURCE}=1",
            "--set", f"storage.results_dir={s3.uri('two_nodes')}",
-           "--set", f"storage.tracking_uri=sqlite:///{cwd / 'mlflow.db'}"]  # fmt: skip
+           "--set", f"storage.tracking_uri={tracking_uri}"]  # fmt: skip
     env = {**os.environ, **s3.job_env(), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    facts: dict = {"killed_ip": two_nodes.worker.ip}
+    facts: dict = {"killed_ip": two_nodes.worker.ip, "tracking_uri": tracking_uri}
     try:
         found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
                          "the sweep's URI", lines)  # fmt: skip
@@ -130,6 +134,22 @@ def test_the_sweep_completes_on_the_two_nodes(node_killed_sweep):
         for name in registered_names(sweep.join("train", trial)):
             assert sweep.join("train", trial, name, "trial.json").is_file(), (trial, name)
     assert not list(node_killed_sweep["cwd"].rglob("checkpoint_*"))
+
+
+def test_every_trial_is_a_finished_run_on_the_tracking_server(node_killed_sweep):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=node_killed_sweep["tracking_uri"])
+    (experiment,) = [e for e in client.search_experiments() if e.name == "two_nodes"]
+    runs = client.search_runs([experiment.experiment_id])
+    by_trial = {r.data.tags.get("sla_sweep.trial_id"): r for r in runs}
+    rows = node_killed_sweep["rows"]
+    assert {r["trial_id"] for r in rows} <= set(by_trial), sorted(by_trial)
+    for row in rows:
+        run = by_trial[row["trial_id"]]
+        assert run.info.status == "FINISHED", row["trial_id"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(set(steps)) == list(range(1, STEPS + 1)), (row["trial_id"], steps)
 
 
 def registered_names(trial: Location) -> list[str]:
@@ -175,19 +195,7 @@ def test_the_resumed_trial_equals_its_uninterrupted_twin(node_killed_sweep, tmp_
     (twin,) = [t for t in rows if t != first]
     a = final_checkpoint(sweep, first, tmp_path / "a")
     b = final_checkpoint(sweep, twin, tmp_path / "b")
-    sla_a, sla_b = read_sla_state(a / "sla_attention.pt"), read_sla_state(b / "sla_attention.pt")
-    assert sla_a["layers"].keys() == sla_b["layers"].keys()
-    for layer, entry in sla_a["layers"].items():
-        for key, tensor in entry["state"].items():
-            assert torch.equal(tensor, sla_b["layers"][layer]["state"][key]), (layer, key)
-    model_a, model_b = (
-        load_file(str(a / "model.safetensors")),
-        load_file(str(b / "model.safetensors")),
-    )
-    assert model_a.keys() == model_b.keys()
-    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
-    measured = ("perf/", "system/")  # what the machine measured differs between any two runs
-    quality = lambda m: {k: v for k, v in m.items() if not k.startswith(measured)}  # noqa: E731
+    assert_same_weights(a, b)
     final_a, final_b = quality(rows[first]["metrics"]), quality(rows[twin]["metrics"])
     assert "val/loss" in final_a and final_a == final_b
 
