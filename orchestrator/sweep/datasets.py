@@ -33,7 +33,7 @@ def training_input(sweep_dir: Path) -> DatasetInput:
     train = build_train_config(spec.train)
     encoded = read_json(sweep_dir / SWEEP_FILE).get("encoded")
     if train.is_pipeline and encoded:
-        name, source, digest, profile = _encoded(Path(encoded))
+        name, source, digest, profile = _encoded(encoded)
     elif train.data.source == "digits":
         name, source, digest, profile = _digits(train)
     else:
@@ -83,16 +83,25 @@ def _folder(root: Path, num_val: int) -> tuple[str, tuple[str, dict], str, dict[
     return root.name, source, digest, {"files": files, "num_val": num_val}
 
 
-def _encoded(manifest_path: Path) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
-    """A pipeline's encoded clips and captions: the train split's cache keys, in order."""
-    manifest = json.loads(manifest_path.read_text())
+def _encoded(where: str) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
+    """A pipeline's encoded clips and captions (the manifest's path, or the URI of the set a
+    bucket sweep shares): the train split's cache keys, in order."""
+    from orchestrator.data.shared_encoded import SHARED_MANIFEST
+    from orchestrator.storage import is_uri, open_location
+
+    if is_uri(where):
+        loc = open_location(where, what="encoded data")
+        manifest, uri, stem = json.loads(loc.join(SHARED_MANIFEST).read_text()), where, loc.name
+    else:
+        path = Path(where)
+        manifest, uri, stem = json.loads(path.read_text()), path.as_uri(), path.stem
     rows = manifest["train"]
     h = hashlib.sha256()
     for row in rows:
         h.update(f"{row['latent']}:{row['text']};".encode())
     folders = sorted({str(Path(r["source"]).parent) for r in rows})
-    source = ("local", {"uri": Path(folders[0]).as_uri() if folders else manifest_path.as_uri()})
+    source = ("local", {"uri": Path(folders[0]).as_uri() if folders else uri})
     profile = {"clips": len(rows), "latent_shape": manifest.get("latent_shape"),
-               "manifest": str(manifest_path)}  # fmt: skip
-    name = Path(folders[0]).name if folders else manifest_path.stem
+               "manifest": where}  # fmt: skip
+    name = Path(folders[0]).name if folders else stem
     return f"{name} (encoded)", source, h.hexdigest(), profile

@@ -71,7 +71,8 @@ def find_sweep(spec: ExperimentSpec) -> Path | str:
 
 def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     """A pipeline's clips and captions, encoded once before any trial (what the cache lacks),
-    on this machine's GPU when it has one; the manifest's path (None: not a pipeline). Problems
+    on this machine's GPU when it has one; the manifest's path, or for a bucket sweep the URI of
+    the entries shared through it (None: not a pipeline). Problems
     with the data or the pipeline are a SpecError: every one listed, nothing started."""
     import torch
 
@@ -91,7 +92,17 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
         raise SpecError(spec.name, [str(exc)]) from None
     stats = json.loads(manifest.read_text())["stats"]
     say(f"encoded data: {manifest} ({stats['seconds']:.1f} s)")
-    return str(manifest)
+    if not spec.storage.remote:
+        return str(manifest)
+    from orchestrator.data.shared_encoded import share_encoded
+
+    # A bucket sweep's trials may run on any node: they fetch the entries from the bucket.
+    shared = share_encoded(manifest, open_location(spec.storage.results_dir).join(ENCODED_DIR))
+    say(f"encoded data shared with every node: {shared}")
+    return shared
+
+
+ENCODED_DIR = "_cache/encoded"  # under a bucket's results_dir: a pipeline's encoded data
 
 
 def base_store(spec: ExperimentSpec) -> str | None:

@@ -72,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     common = {
         "callback": callback,
         "reference_cache": None if cache is None else reference_dir(cache),  # a URI: a mirror
-        "encoded": None if encoded is None else Path(encoded),
+        "encoded": None if encoded is None else _encoded_manifest(encoded),
     }
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as workdir:
         checkpoint = ray.train.get_checkpoint()
@@ -84,6 +84,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if _report_if_final(Path(resume_dir), train.steps, callback, rank):
                 return
             run_trial(train, sla, Path(workdir), resume_from=Path(resume_dir), **common)
+
+
+def _encoded_manifest(encoded: str) -> Path:
+    """The manifest of a pipeline's encoded data: the driver's path, or for a bucket sweep a
+    local copy of the shared entries (fetched once per node)."""
+    from orchestrator.storage import is_uri
+
+    if not is_uri(encoded):
+        return Path(encoded)
+    from orchestrator.data.shared_encoded import fetch_encoded
+
+    return fetch_encoded(encoded)
 
 
 def _report_if_final(directory: Path, steps: int, callback: RayReportCallback, rank: int) -> bool:

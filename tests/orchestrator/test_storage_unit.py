@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,54 @@ def test_base_model_is_pretrained_once_and_fetched_by_another_node(s3, tmp_path)
     assert f"unit/bases/{base_id}/config.json" in s3.keys("unit/bases/")
     a, b = models["a"].state_dict(), models["b"].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_encoded_data_is_shared_through_the_bucket(s3, tmp_path, monkeypatch):  # noqa: F811
+    """A pipeline's encoded clips and captions, uploaded once with exactly the entries their
+    manifest names, read back on another node (another cache root) as the same tensors."""
+    import torch
+
+    from orchestrator.data.cache import TensorCache
+    from orchestrator.data.encoded import LATENTS, CaptionTable, EncodedClips, read_manifest
+    from orchestrator.data.shared_encoded import entries, fetch_encoded, share_encoded
+    from orchestrator.recipe import TrainConfig
+    from orchestrator.recipe.pipeline_data import prepare_encoded
+    from tests.pipelines import tiny_pipeline
+
+    config = TrainConfig.from_dict({
+        "model": str(tiny_pipeline(tmp_path / "pipelines")), "steps": 1, "batch_size": 2,
+        "data": {"source": "digits", "frames": 9, "size": 32, "num_train": 4, "num_val": 2,
+                 "cache_dir": str(tmp_path / "cache")},
+        "validation": {"prompts": ["a handwritten digit seven"], "steps": 2, "seeds": [0]},
+    })  # fmt: skip
+    manifest_path = prepare_encoded(config)
+    manifest = read_manifest(manifest_path)
+    TensorCache(Path(manifest["cache"])).save(LATENTS, "f" * 64, {"x": torch.ones(1)})  # not named
+    store = open_location(s3.uri("unit/encoded"))
+    uri = share_encoded(manifest_path, store)
+    named = entries(manifest)
+    uploaded = [k for k in s3.keys("unit/encoded/") if "/cache/" in k]
+    assert len(uploaded) == len(named) and not any("f" * 64 in k for k in uploaded)
+    assert share_encoded(manifest_path, store) == uri  # a set is uploaded once
+    # the MLflow dataset input of a bucket sweep names the same data as the manifest's
+    from orchestrator.sweep.datasets import _encoded
+
+    assert _encoded(uri)[2] == _encoded(str(manifest_path))[2]
+
+    monkeypatch.setenv("SLA_SWEEP_CACHE", str(tmp_path / "other_node"))
+    local = fetch_encoded(uri)
+    assert local.is_relative_to(tmp_path / "other_node") and fetch_encoded(uri) == local
+    there = read_manifest(local)
+    assert Path(there["cache"]).is_relative_to(tmp_path / "other_node")
+    for split in ("train", "val"):
+        a, b = EncodedClips(manifest, split), EncodedClips(there, split)
+        assert len(a) == len(b) > 0
+        for i in range(len(a)):
+            (latent_a, caption_a), (latent_b, caption_b) = a[i], b[i]
+            assert torch.equal(latent_a, latent_b) and caption_a == caption_b
+        texts_a, texts_b = (
+            CaptionTable.of_split(manifest, split),
+            CaptionTable.of_split(there, split),
+        )
+        every = list(range(len(texts_a)))
+        assert torch.equal(texts_a[every], texts_b[every])
