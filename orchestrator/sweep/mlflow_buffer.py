@@ -46,6 +46,11 @@ PENDING = "pending-"
 THREAD_NAME = "sla-sweep-mlflow"
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 EXIT_WAIT_S = 10.0  # a process ending without close(): how long its records may still take
+# A local store (sqlite, a database) answers in milliseconds and never goes away mid-sweep: each
+# write waits for its record to be sent, as a direct call would, so a driver SIGKILLed right
+# after a trial ended has logged all of it. Only a tracking server's writes go on in the
+# background (what its process holds when SIGKILLed is lost; close() journals the rest).
+LOCAL_WAIT_S = 60.0
 # MLflow's own HTTP retries (7, backoff 2: minutes per call) would hide an outage inside one
 # call; the buffer retries instead. Its "View run ... at" line per ended run would go between
 # the progress lines; the sweep prints its links at the end. Set for an http(s) store unless
@@ -106,6 +111,7 @@ class MlflowBuffer:
         self.sweep_dir = Path(sweep_dir) if sweep_dir else None
         self.say = say or (lambda line: print(f"[sla-sweep] {line}", flush=True))
         self.retry_max_s = retry_max_s
+        self.wait_s = 0.0 if name.startswith(("http://", "https://")) else LOCAL_WAIT_S
         self._cond = threading.Condition()
         self._ops: deque[dict[str, Any]] = deque()
         self._ids: dict[str, str] = {}  # placeholder -> run id
@@ -119,7 +125,7 @@ class MlflowBuffer:
             with self._cond:
                 self._wake()
 
-    # ---- queueing (the caller's thread; never waits on the server) ---------------------------
+    # ---- queueing (the caller's thread; waits only for a local store) ------------------------
     def submit(self, op: dict[str, Any]) -> None:
         if op["op"] == "artifact":
             op = {**op, **self._spool(Path(op["path"]))}
@@ -127,6 +133,8 @@ class MlflowBuffer:
             self._ops.append(op)
             self._closed = False
             self._wake()
+        if self.wait_s and threading.current_thread() is not self._thread:
+            self.flush(self.wait_s)  # a local store: sent before the caller goes on
 
     def _wake(self) -> None:
         if self._thread is None or not self._thread.is_alive():
