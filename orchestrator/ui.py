@@ -64,10 +64,12 @@ class Store:
 
 def resolve_store(target: str) -> Store:
     """DIR -> its tracking store: a sweep directory, a directory holding mlflow.db, or a URI."""
-    from orchestrator.storage import is_uri
+    from orchestrator.storage import SCHEMES, is_uri
 
-    if is_uri(target) and not target.startswith(("http://", "https://", "databricks://")):
-        target = str(_pulled_sweep(target))  # a sweep in a bucket: its files, read here
+    # a sweep in a bucket (s3://, gs://, ...): its files, read here; any other URI (sqlite:///,
+    # postgresql://, http://, databricks://) is a tracking store
+    if is_uri(target) and target.split("://", 1)[0].lower() in SCHEMES:
+        target = str(_pulled_sweep(target))
     elif "://" in target:
         return Store(target)
     path = Path(target).expanduser().resolve()
