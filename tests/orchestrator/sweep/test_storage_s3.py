@@ -141,11 +141,16 @@ def test_refused_writes_keep_the_last_checkpoint_and_retry(bucket_sweep, s3):  #
     refused_folders = {k.split(f"/train/{retried}/", 1)[1].split("/", 1)[0] for k in s3.refused}
     assert refused_folders and all(f.startswith("checkpoint_") for f in refused_folders)
     assert first not in refused_folders
-    # a refused checkpoint never became complete (no trial.json): Ray Train failed the attempt
-    # and restarted the trial from `first`, which wrote the later ones
-    assert not refused_folders & set(kept), (sorted(refused_folders), sorted(kept))
+    # Either a refused checkpoint never became complete (no trial.json): Ray Train failed the
+    # attempt and restarted the trial from `first`, which wrote the later ones; or, on a slow
+    # machine, the S3 client was still retrying the refused upload when the refusals ended and
+    # finished it: then that checkpoint is whole. Never a half-written one among the kept.
+    late = refused_folders & set(kept)
+    for folder in late:
+        assert {k.rsplit("/", 1)[1] for k in kept[folder]} >= {"trial.json", "model.safetensors"}
     again = re.findall(rf"trial {retried} step 3 ", bucket_sweep["resume_out"])
-    assert len(again) == 2, bucket_sweep["resume_out"]  # the restarted attempt's step 3
+    if not late:
+        assert len(again) == 2, bucket_sweep["resume_out"]  # the restarted attempt's step 3
     assert {k.rsplit("/", 1)[1] for k in kept[first]} >= {"trial.json", "model.safetensors"}
     steps = [json.loads(s3_text(s3, k))["step"] for f in sorted(kept) for k in kept[f]
              if k.endswith("/trial.json")]  # fmt: skip
