@@ -64,11 +64,11 @@ class Store:
 
 def resolve_store(target: str) -> Store:
     """DIR -> its tracking store: a sweep directory, a directory holding mlflow.db, or a URI."""
-    from orchestrator.storage import SCHEMES, is_uri
+    from orchestrator.storage import SCHEMES
 
     # a sweep in a bucket (s3://, gs://, ...): its files, read here; any other URI (sqlite:///,
     # postgresql://, http://, databricks://) is a tracking store
-    if is_uri(target) and target.split("://", 1)[0].lower() in SCHEMES:
+    if "://" in target and target.split("://", 1)[0].lower() in SCHEMES:
         target = str(_pulled_sweep(target))
     elif "://" in target:
         return Store(target)
