@@ -37,7 +37,9 @@ def write_digits_folder(
 ) -> Path:
     """Write num_clips captioned MP4 clips (frames x size x size at fps) into a new folder root.
 
-    The same arguments give the same files, byte for byte (on the same PyAV build). Raises
+    The same arguments give the same captions byte for byte, and clips that decode to the same
+    frames within about one 8-bit level (on the same PyAV build; x264 at one thread is nearly but
+    not always byte-deterministic on tiny frames: about 1 write in 750 differed here). Raises
     FileExistsError if root exists (also when another writer finished it first).
     """
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):

@@ -10,6 +10,13 @@ from orchestrator.data.digits_folder import digit_caption, write_digits_folder
 from orchestrator.data.videos import decode_clip, scan_folder
 
 ARGS = {"num_clips": 5, "frames": 9, "size": 16, "fps": 8.0, "seed": 3}
+MP4_REWRITE_TOLERANCE = 2 / 255  # mean |difference| in [-1, 1] units: about one 8-bit level
+
+
+def _decoded_gap(x, y) -> float:
+    """Mean absolute difference of what two of the clips decode to, in [-1, 1] units."""
+    decode = lambda path: decode_clip(path, frames=9, fps=8, size=(16, 16))  # noqa: E731
+    return (decode(x) - decode(y)).abs().mean().item()
 
 
 def test_digits_folder_reads_back(tmp_path):
@@ -41,9 +48,16 @@ def test_digits_folder_is_deterministic_and_atomic(tmp_path, monkeypatch):
     b = write_digits_folder(tmp_path / "b", **ARGS)
     files = sorted(p.name for p in a.iterdir())
     assert files == sorted(p.name for p in b.iterdir())
-    assert all((a / name).read_bytes() == (b / name).read_bytes() for name in files)
+    captions = [name for name in files if not name.endswith(".mp4")]
+    assert captions and all((a / n).read_bytes() == (b / n).read_bytes() for n in captions)
+    # The clips: x264 on frames this small occasionally codes one frame differently (about 1 in
+    # 750 writes in one process, seen in CI), so the bytes may differ; what they decode to may
+    # differ by at most a few 8-bit levels (MP4_REWRITE_TOLERANCE), far below what a seed changes.
+    clips = [name for name in files if name.endswith(".mp4")]
+    for name in clips:
+        assert _decoded_gap(a / name, b / name) <= MP4_REWRITE_TOLERANCE, name
     c = write_digits_folder(tmp_path / "c", **{**ARGS, "seed": 4})
-    assert (c / "digit_0000.mp4").read_bytes() != (a / "digit_0000.mp4").read_bytes()
+    assert _decoded_gap(c / "digit_0000.mp4", a / "digit_0000.mp4") > 10 * MP4_REWRITE_TOLERANCE
     with pytest.raises(FileExistsError, match="already exists"):
         write_digits_folder(a, **ARGS)
 
