@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.data import videos
 from orchestrator.data.video_writers import GRID_GAP, write_frame_grid, write_video
 from orchestrator.data.videos import ClipEntry, VideoDataError, decode_clip, scan_folder
 from tests.media import (

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.orchestrator.sweep.test_fault_kill import cli, wait_for
+from tests.orchestrator.sweep.processes import cli, wait_for
 from tests.paths import REPO
 
 SMOKE = REPO / "experiments" / "smoke.yaml"

@@ -1,57 +1,45 @@
 """A sweep whose storage.results_dir is a bucket on a real S3-compatible server (moto's, on
 127.0.0.1: tests/s3_server.py), on the session's Ray cluster, with an explicit sqlite MLflow
-store. One sweep (topk 0.25 + the control, one trial at a time, failure.max_failures 1) by
-`sla-sweep run` in a subprocess:
+store. One sweep (topk 0.25 + the control, one trial at a time, 6 steps, a checkpoint every 2,
+failure.max_failures 1) by `sla-sweep run` in a subprocess:
 
-1. once the first trial has finished the driver is SIGKILLed; `sla-sweep resume s3://...`
-   completes the sweep without running the finished trial again;
-2. while the resumed trial checkpoints, the server refuses its checkpoint writes (503 SlowDown)
+1. once the first trial's step-2 checkpoint is registered, its Ray Train worker process is
+   SIGKILLed (what the kernel's OOM killer does): Ray Train restarts the worker group, which
+   continues from that checkpoint (step 0 not evaluated again). Bit-for-bit equality with an
+   uninterrupted twin after such a restart is test_two_nodes.py's (a whole node killed there);
+2. once that trial has finished the driver is SIGKILLed; `sla-sweep resume s3://...`
+   completes the sweep without running the finished trial again, and the MLflow store has
+   exactly one child run per trial, each FINISHED with every train/loss step;
+3. while the resumed trial checkpoints, the server refuses its checkpoint writes (503 SlowDown)
    for 20 s after its first checkpoint, longer than the S3 client's own retries: that
    checkpoint stays intact in the bucket, the refused one never becomes complete, and Ray
    Train restarts the trial from the intact one (failure.max_failures 1) to the end;
-3. every checkpoint trials.json names is in the bucket (listed with boto3); `best` and `infer`
+4. every checkpoint trials.json names is in the bucket (listed with boto3); `best` and `infer`
    run from the bucket URI, the checkpoint fetched into the local content-keyed cache.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-from pathlib import Path
+import time
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main as cli_main
-from tests.orchestrator.sweep.test_fault_kill import train_workers, wait_for
+from orchestrator.storage import open_location
+from tests.orchestrator.sweep.processes import cli, reader, registered, train_workers, wait_for
 from tests.paths import REPO
 from tests.s3_server import s3  # noqa: F401 (the module's S3 server fixture)
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
 PREFIX = "runs"
 REFUSE_S = 20
+STEPS = 6
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-
-
-def reader(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
 
 
 def checkpoints(server, trial_prefix: str) -> dict[str, dict[str, str]]:
@@ -70,12 +58,28 @@ def bucket_sweep(s3, ray_cluster, base_cache, tmp_path_factory):  # noqa: F811
     proc = cli("run", str(SMOKE), "--address", ray_cluster, "--set", "name=s3_sweep",
                "--set", "sla.topk={grid: [0.25]}", "--set", "max_concurrent_trials=1",
                "--set", "failure.max_failures=1", "--set", "checkpoint.num_to_keep=8",
-               "--set", f"storage.results_dir={s3.uri(PREFIX)}",
+               "--set", f"train.steps={STEPS}", "--set", f"storage.results_dir={s3.uri(PREFIX)}",
                "--set", f"storage.tracking_uri=sqlite:///{cwd / 'mlflow.db'}",
                "--set", f"train.base_cache_dir={base_cache}", cwd=cwd, env=s3.job_env())  # fmt: skip
     lines: list[str] = []
     reader(proc, lines)
+    facts: dict = {}
     try:
+        found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
+                         "the sweep's URI", lines)  # fmt: skip
+        train = open_location(found[0].group(1)).join("train")
+
+        def first_checkpointed():  # the first trial, once Ray Train registered its step-2 checkpoint
+            names = sorted({train.relative(f).split("/", 1)[0] for f in train.files()})
+            return names and any(s >= 2 for _, s in registered(train.join(names[0]))) and names[0]
+
+        killed = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
+        (worker,) = train_workers()  # one trial at a time, one worker each
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        facts.update(killed=killed, killed_pid=worker.pid, kill_time=time.time())
+        facts["new_pid"] = wait_for(lambda: [p.pid for p in train_workers() if p.pid != worker.pid],
+                                    "Ray Train to restart the worker", lines)[0]  # fmt: skip
         found = wait_for(lambda: [re.search(r"trial (\S+) finished", ln) for ln in lines
                                   if " finished" in ln], "the first trial to finish", lines)  # fmt: skip
         finished = found[0].group(1)
@@ -109,7 +113,7 @@ def bucket_sweep(s3, ray_cluster, base_cache, tmp_path_factory):  # noqa: F811
     resume.wait(timeout=480)
     thread.join(timeout=30)
     (cwd / "resume.log").write_text("".join(lines))  # for reading after a failure
-    return {"uri": uri, "key": sweep_key, "finished": finished, "retried": retried,
+    return {**facts, "uri": uri, "key": sweep_key, "finished": finished, "retried": retried,
             "finished_ckpts": finished_ckpts, "run_out": run_out, "cwd": cwd,
             "resume_out": "".join(lines), "resume_rc": resume.returncode}  # fmt: skip
 
@@ -125,11 +129,42 @@ def test_resume_from_the_uri_completes_without_rerun(bucket_sweep, s3):  # noqa:
     assert bucket_sweep["resume_rc"] == 0, out
     rows = json.loads(s3_text(s3, f"{bucket_sweep['key']}/trials.json"))
     assert len(rows) == 2 and all(r["status"] == "TERMINATED" for r in rows), rows
-    assert all(r["step"] == 4 for r in rows), rows
+    assert all(r["step"] == STEPS for r in rows), rows
     assert f"trial {finished} started" not in out, "a finished trial ran again"
     assert f"trial {bucket_sweep['retried']} finished" in out
     after = s3.etags(f"{bucket_sweep['key']}/train/{finished}/")
     assert after == bucket_sweep["finished_ckpts"], "the finished trial's checkpoints changed"
+
+
+def test_a_killed_worker_restarts_from_its_last_checkpoint(bucket_sweep, s3):  # noqa: F811
+    killed, kill_time = bucket_sweep["killed"], bucket_sweep["kill_time"]
+    assert killed == bucket_sweep["finished"]  # one trial at a time: the first to start
+    assert bucket_sweep["new_pid"] != bucket_sweep["killed_pid"]
+    checkpoints = registered(open_location(bucket_sweep["uri"]).join("train", killed))
+    before = [step for when, step in checkpoints if when < kill_time]
+    after = [step for when, step in checkpoints if when > kill_time]
+    assert before and after, checkpoints
+    # the restarted attempt's first checkpoint is the next one after the killed attempt's last
+    assert max(before) >= 2 and min(after) == max(before) + 2 and after[-1] == STEPS, checkpoints
+    steps = [int(s) for s in re.findall(rf"trial {killed} step (\d+)", bucket_sweep["run_out"])]
+    assert steps.count(0) == 1 and steps[-1] == STEPS, steps  # step 0 not evaluated again
+
+
+def test_mlflow_has_one_finished_child_run_per_trial(bucket_sweep, s3):  # noqa: F811
+    meta = json.loads(s3_text(s3, f"{bucket_sweep['key']}/sweep.json"))
+    client = MlflowClient(tracking_uri=meta["tracking_uri"])
+    parent = client.get_run(meta["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")  # fmt: skip
+    rows = json.loads(s3_text(s3, f"{bucket_sweep['key']}/trials.json"))
+    assert sorted(c.data.tags["sla_sweep.trial_id"] for c in children) == sorted(
+        r["trial_id"] for r in rows
+    )
+    for child in children:  # the restarted and the retried trial's replayed steps included
+        assert child.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(child.info.run_id, "train/loss")}
+        assert steps == set(range(1, STEPS + 1)), steps
 
 
 def test_refused_writes_keep_the_last_checkpoint_and_retry(bucket_sweep, s3):  # noqa: F811
@@ -154,7 +189,7 @@ def test_refused_writes_keep_the_last_checkpoint_and_retry(bucket_sweep, s3):  #
     assert {k.rsplit("/", 1)[1] for k in kept[first]} >= {"trial.json", "model.safetensors"}
     steps = [json.loads(s3_text(s3, k))["step"] for f in sorted(kept) for k in kept[f]
              if k.endswith("/trial.json")]  # fmt: skip
-    assert steps[0] == 2 and steps[-1] == 4, steps  # retried from step 2 to the end
+    assert steps[0] == 2 and steps[-1] == STEPS, steps  # retried from step 2 to the end
 
 
 def test_every_checkpoint_is_in_the_bucket(bucket_sweep, s3):  # noqa: F811
@@ -186,7 +221,7 @@ def test_best_and_infer_from_the_uri(bucket_sweep, s3, capsys, tmp_path):  # noq
     assert code == 0, capsys.readouterr()
     assert (samples / "samples.json").is_file()
     summary = json.loads((samples / "samples.json").read_text())
-    assert summary["source"]["step"] == 4
+    assert summary["source"]["step"] == STEPS
 
 
 def test_export_and_compare_from_the_uri(bucket_sweep, s3, tmp_path, capsys):  # noqa: F811

@@ -16,7 +16,6 @@ checkpoint is read back from it. MLflow is a real `mlflow server` on 127.0.0.1
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import subprocess
@@ -29,7 +28,7 @@ import pytest
 
 from orchestrator.storage import Location, download_dir, open_location
 from tests.mlflow_server import MlflowServer
-from tests.orchestrator.sweep.test_fault_kill import assert_same_weights, quality, wait_for
+from tests.orchestrator.sweep.processes import assert_same_weights, quality, registered, wait_for
 from tests.paths import REPO
 from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fixture)
 from tests.s3_server import s3  # noqa: F401 (fixture)
@@ -37,20 +36,6 @@ from tests.s3_server import s3  # noqa: F401 (fixture)
 SMOKE = REPO / "experiments" / "smoke.yaml"
 STEPS = 6
 pytestmark = pytest.mark.slow
-
-
-def registered(trial: Location) -> list[tuple[float, int]]:
-    """(report time, step) of each checkpoint Ray Train registered for a trial, from its
-    snapshot in the bucket."""
-    snapshot = trial.join("checkpoint_manager_snapshot.json")
-    if not snapshot.exists():
-        return []
-    out = []
-    for c in snapshot.read_json()["checkpoint_results"]:
-        stamp = c["checkpoint_dir_name"].removeprefix("checkpoint_")
-        when = datetime.datetime.strptime(stamp, "%Y-%m-%d_%H-%M-%S.%f").timestamp()
-        out.append((when, int(c["metrics"]["step"])))
-    return sorted(out)
 
 
 def trial_names(sweep: Location) -> list[str]:
