@@ -72,6 +72,11 @@ from orchestrator.sweep.sweep_storage import STORAGE_KEY, SweepPlace, new_place,
 from orchestrator.sweep.tracking_creds import without_credentials
 from orchestrator.sweep.trainable import TrialSettings, sweep_trial
 
+# Every Ray head node has 1 of this resource; each trial actor takes this share of it (up to
+# 1000 trials at once).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+TRIAL_ACTOR_SHARE = 0.001
+
 # How often a trial's Train controller polls its workers (Ray's default: every 2 s). A worker's
 # ray.train.report blocks until the controller has taken the one before, and the trial ends
 # only at the poll after its last one, so the default costs up to 2 s per report and per trial.
@@ -401,8 +406,12 @@ def _trainable(settings: TrialSettings):
 
     # The trial's Tune actor only waits on its TorchTrainer: no CPUs of its own (a bundle may not
     # be empty, hence the token memory request); the Train workers hold the trial's resources.
+    # It lives on the head node (a sliver of the head's own node resource), and with it the
+    # trial's Train controller (Ray Train puts that on its caller's node): a worker node that
+    # dies takes only Train workers with it, which Ray Train restarts from the last checkpoint
+    # (failure.max_failures); a trial actor on it would take the trial down, ERROR.
     fn = tune.with_parameters(sweep_trial, settings=settings)
-    return tune.with_resources(fn, {"cpu": 0, "memory": 1})
+    return tune.with_resources(fn, {"cpu": 0, "memory": 1, HEAD_NODE_RESOURCE: TRIAL_ACTOR_SHARE})
 
 
 def _callbacks(spec: ExperimentSpec, place: SweepPlace, parent: str, settings: TrialSettings):

@@ -1,10 +1,11 @@
 """A sweep on a real two-node Ray cluster of this machine (tests/ray_nodes.py: a head with 1 CPU,
 a worker node with 2 CPUs and the custom resource trial_node), joined with --address, token
 authentication on. The trials ask for trial_node (resources.custom_per_worker), so their Ray
-Train workers run on the worker node only.
+Train workers run on the worker node only; each trial's Tune actor and Train controller run on
+the head (sla-sweep pins them there), so the node's death takes only Train workers.
 
 One `sla-sweep run` in a subprocess: two identical trials (topk 0.25, search.num_samples 2, one
-at a time, 6 steps, a checkpoint every 2, failure.max_failures 1). When the first trial's step-2
+at a time, 8 steps, a checkpoint every 2, failure.max_failures 1). When the first trial's step-2
 checkpoint is registered, the worker node dies (every process of it SIGKILLed) and a new worker
 node with the same resource joins: Ray Train restarts the trial's workers there, from its last
 checkpoint; the trial ends with the same weights and metrics, bit for bit, as its twin, which ran
@@ -34,7 +35,7 @@ from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fi
 from tests.s3_server import s3  # noqa: F401 (fixture)
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
-STEPS = 6
+STEPS = 8  # room between the step-2 checkpoint seen in the bucket and the end
 pytestmark = pytest.mark.slow
 
 
@@ -147,6 +148,12 @@ def test_trials_train_only_on_nodes_with_the_trial_resource(node_killed_sweep):
     before = train_workers_on(node_killed_sweep["before_kill"])
     after = train_workers_on(node_killed_sweep["after"])
     assert before == {**dict.fromkeys(before, 0), killed: 1}, node_killed_sweep["before_kill"]
+    # every trial's Tune actor (ImplicitFunc) and Train controller, on the head only
+    for where in (node_killed_sweep["before_kill"], node_killed_sweep["after"]):
+        for ip, classes in where.items():
+            coordinating = {"ImplicitFunc", "TrainController"} & set(classes)
+            assert ip == HEAD_IP or not coordinating, (ip, classes)
+        assert {"ImplicitFunc", "TrainController"} <= set(where[HEAD_IP]), where
     # the first trial's restarted worker and its twin's, on the new node; none on the head
     assert after.get(killed) == 1 and after.get(new) == 2, node_killed_sweep["after"]
     assert after.get(HEAD_IP, 0) == 0
