@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -104,3 +105,16 @@ def quality(metrics: dict) -> dict:
     """A trial's metrics without what the machine measured (step times, CPU and memory use),
     which differ between any two runs."""
     return {k: v for k, v in metrics.items() if not k.startswith(("perf/", "system/"))}
+
+
+def assert_resumed_after(trial: Location, kill_time: float, out: str, steps: int) -> None:
+    """A trial whose workers were killed at kill_time (after a checkpoint) restarted from its
+    last registered checkpoint: its first checkpoint after the kill is the next one (every 2
+    steps), it reached `steps`, and the driver's output `out` shows step 0 evaluated once."""
+    checkpoints = registered(trial)
+    before = [step for when, step in checkpoints if when < kill_time]
+    after = [step for when, step in checkpoints if when > kill_time]
+    assert before and after, checkpoints
+    assert max(before) >= 2 and min(after) == max(before) + 2 and after[-1] == steps, checkpoints
+    seen = [int(s) for s in re.findall(rf"trial {trial.name} step (\d+)", out)]
+    assert seen.count(0) == 1 and seen[-1] == steps, seen  # step 0 not evaluated again

@@ -30,7 +30,14 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main as cli_main
 from orchestrator.storage import open_location
-from tests.orchestrator.sweep.processes import cli, reader, registered, train_workers, wait_for
+from tests.orchestrator.sweep.processes import (
+    assert_resumed_after,
+    cli,
+    reader,
+    registered,
+    train_workers,
+    wait_for,
+)
 from tests.paths import REPO
 from tests.s3_server import s3  # noqa: F401 (the module's S3 server fixture)
 
@@ -140,14 +147,8 @@ def test_a_killed_worker_restarts_from_its_last_checkpoint(bucket_sweep, s3):  #
     killed, kill_time = bucket_sweep["killed"], bucket_sweep["kill_time"]
     assert killed == bucket_sweep["finished"]  # one trial at a time: the first to start
     assert bucket_sweep["new_pid"] != bucket_sweep["killed_pid"]
-    checkpoints = registered(open_location(bucket_sweep["uri"]).join("train", killed))
-    before = [step for when, step in checkpoints if when < kill_time]
-    after = [step for when, step in checkpoints if when > kill_time]
-    assert before and after, checkpoints
-    # the restarted attempt's first checkpoint is the next one after the killed attempt's last
-    assert max(before) >= 2 and min(after) == max(before) + 2 and after[-1] == STEPS, checkpoints
-    steps = [int(s) for s in re.findall(rf"trial {killed} step (\d+)", bucket_sweep["run_out"])]
-    assert steps.count(0) == 1 and steps[-1] == STEPS, steps  # step 0 not evaluated again
+    trial = open_location(bucket_sweep["uri"]).join("train", killed)
+    assert_resumed_after(trial, kill_time, bucket_sweep["run_out"], STEPS)
 
 
 def test_mlflow_has_one_finished_child_run_per_trial(bucket_sweep, s3):  # noqa: F811
