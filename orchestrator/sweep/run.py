@@ -284,6 +284,7 @@ def finish(
     plot_path = plot_pareto(rows, sweep_dir / "pareto.png", spec.metric, spec.mode)
     print(format_table(rows, spec.metric, spec.mode))
     recorder = sweep_recorder(sweep_dir, meta)  # the sweep's own: its records in order
+    place.fetch_trial_results()  # a bucket's: for the report's loss curves
     findings = report_findings(spec, sweep_dir, rows, recorder, meta["parent_run_id"])
     if best is not None and best.run_id:
         weights = Path(best.checkpoint or "") / "sla_attention.pt"

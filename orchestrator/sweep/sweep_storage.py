@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import posixpath
 import shutil
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from orchestrator.storage import (
     is_uri,
     local_copy,
     open_location,
+    read_whole,
 )
 
 STORAGE_KEY = "storage"  # sweep.json: the sweep's URI when it lives in a bucket
@@ -94,6 +96,27 @@ class SweepPlace:
             target.parent.mkdir(parents=True, exist_ok=True)
             path.replace(target)
         shutil.rmtree(fresh, ignore_errors=True)
+
+    def fetch_trial_results(self) -> int:
+        """For a bucket: copy each trial's result.json (what it reported, step by step) from
+        Tune's folder in the bucket into the working copy's, for the report's loss curves; the
+        number copied. A store that refuses is told in one line (the curves stay empty)."""
+        if self.remote is None:
+            return 0
+        tune = self.remote.join("tune")
+        count = 0
+        try:
+            for info in tune.files():
+                rel = tune.relative(info)
+                if posixpath.basename(rel) == "result.json":
+                    target = self.local / "tune" / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(read_whole(tune.fs, info.path))
+                    count += 1
+        except (OSError, pa.ArrowException) as exc:
+            print(f"[sla-sweep] could not fetch the trials' results from {tune.uri}: "
+                  f"{_first_line(exc)} (the report's loss curves are left empty)", flush=True)  # fmt: skip
+        return count
 
     def checkpoint(self, recorded: str | None) -> Location | None:
         """Where a checkpoint path recorded in trials.json lives (Ray records paths inside the

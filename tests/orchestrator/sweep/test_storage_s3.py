@@ -30,6 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main as cli_main
 from orchestrator.storage import open_location
+from orchestrator.sweep.study_report import trial_history
+from orchestrator.sweep.sweep_storage import working_copy
 from tests.orchestrator.sweep.processes import (
     assert_resumed_after,
     cli,
@@ -166,6 +168,17 @@ def test_mlflow_has_one_finished_child_run_per_trial(bucket_sweep, s3):  # noqa:
         assert child.info.status == "FINISHED"
         steps = {m.step for m in client.get_metric_history(child.info.run_id, "train/loss")}
         assert steps == set(range(1, STEPS + 1)), steps
+
+
+def test_the_report_reads_every_trial_s_losses_from_the_bucket(bucket_sweep, s3):  # noqa: F811
+    # Tune's result.json files live in the bucket only; the report's loss curves read them from
+    # the driver's working copy (they were empty there before the driver fetched them)
+    local = working_copy(open_location(bucket_sweep["uri"]))
+    rows = json.loads(s3_text(s3, f"{bucket_sweep['key']}/trials.json"))
+    for row in rows:
+        history = trial_history(local, row["trial_id"])
+        assert [s for s, _ in history["val/loss"]][-1] == STEPS, (row["trial_id"], history)
+        assert [s for s, _ in history["train/loss"]] == list(range(1, STEPS + 1))
 
 
 def test_refused_writes_keep_the_last_checkpoint_and_retry(bucket_sweep, s3):  # noqa: F811
