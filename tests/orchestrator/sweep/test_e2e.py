@@ -51,6 +51,19 @@ def test_every_trial_finishes_with_all_metrics(smoke):
     assert outcome.best.metrics["val/loss"] == best_loss
 
 
+def test_a_local_sweep_runs_no_preemption_watcher(smoke, ray_cluster):
+    # The smoke sweep ran on this process's own local instance (no --address): its trials'
+    # Train controllers and workers are there, Ray Train's preemption watcher is not (it is
+    # on for the sweeps that joined with --address, tests/orchestrator/sweep/test_fault_*.py).
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    classes = [a.class_name for a in list_actors(filters=[("job_id", "=", job)], limit=10_000)]
+    assert classes.count("TrainController") >= 3, classes  # the smoke sweep's three trials
+    assert "PreemptionWatcher" not in classes, classes
+
+
 def test_trial_times_split_ray_start_up_from_the_recipe(smoke):
     # The overhead accounting of docs/benchmarks.md: each trial's times are in order, and
     # timings.json holds their means, the two parts of Ray's start-up adding up to the whole.
