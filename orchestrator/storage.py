@@ -28,6 +28,7 @@ import posixpath
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,12 +231,19 @@ def upload_dir(local: Path, dest: Location, *, skip: tuple[str, ...] = ()) -> in
     return count
 
 
-def download_dir(src: Location, local: Path, *, skip: tuple[str, ...] = ()) -> int:
-    """Copy every file under `src` into `local`; the number copied (top-level `skip` left out)."""
+def download_dir(
+    src: Location,
+    local: Path,
+    *,
+    skip: tuple[str, ...] = (),
+    only: Callable[[str], bool] | None = None,
+) -> int:
+    """Copy every file under `src` into `local`; the number copied (top-level `skip` left out,
+    and with `only`, every file whose relative path it refuses)."""
     count = 0
     for info in src.files():
         rel = src.relative(info)
-        if rel.split("/", 1)[0] in skip:
+        if rel.split("/", 1)[0] in skip or (only is not None and not only(rel)):
             continue
         target = Path(local) / rel
         target.parent.mkdir(parents=True, exist_ok=True)

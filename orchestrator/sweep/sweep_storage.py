@@ -31,7 +31,6 @@ from orchestrator.storage import (
     is_uri,
     local_copy,
     open_location,
-    read_whole,
 )
 
 STORAGE_KEY = "storage"  # sweep.json: the sweep's URI when it lives in a bucket
@@ -104,19 +103,14 @@ class SweepPlace:
         if self.remote is None:
             return 0
         tune = self.remote.join("tune")
-        count = 0
         try:
-            for info in tune.files():
-                rel = tune.relative(info)
-                if posixpath.basename(rel) == "result.json":
-                    target = self.local / "tune" / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(read_whole(tune.fs, info.path))
-                    count += 1
+            return download_dir(
+                tune, self.local / "tune", only=lambda rel: posixpath.basename(rel) == "result.json"
+            )
         except (OSError, pa.ArrowException) as exc:
             print(f"[sla-sweep] could not fetch the trials' results from {tune.uri}: "
                   f"{_first_line(exc)} (the report's loss curves are left empty)", flush=True)  # fmt: skip
-        return count
+            return 0
 
     def checkpoint(self, recorded: str | None) -> Location | None:
         """Where a checkpoint path recorded in trials.json lives (Ray records paths inside the

@@ -17,7 +17,7 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.storage import Location
+from orchestrator.storage import Location, open_location
 from sla_kernel_glue import read_sla_state
 
 
@@ -69,6 +69,12 @@ def _name(p: psutil.Process) -> str:
         return ""
 
 
+def trial_names(sweep: Location) -> list[str]:
+    """The trials that have files under the sweep's train/ (a local folder or a bucket)."""
+    train = sweep.join("train")
+    return sorted({train.relative(f).split("/", 1)[0] for f in train.files()})
+
+
 def registered(trial: Location) -> list[tuple[float, int]]:
     """(report time, step) of each checkpoint Ray Train registered for a trial, from its
     snapshot (a local folder or one in a bucket); [] before the first."""
@@ -118,3 +124,18 @@ def assert_resumed_after(trial: Location, kill_time: float, out: str, steps: int
     assert max(before) >= 2 and min(after) == max(before) + 2 and after[-1] == steps, checkpoints
     seen = [int(s) for s in re.findall(rf"trial {trial.name} step (\d+)", out)]
     assert seen.count(0) == 1 and seen[-1] == steps, seen  # step 0 not evaluated again
+
+
+def wait_for_first_checkpoint(lines: list[str], step: int = 2) -> tuple[Location, str]:
+    """(the bucket sweep the driver's output `lines` names, its first trial) once Ray Train has
+    registered that trial's checkpoint at `step` or later."""
+    found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
+                     "the sweep's URI", lines)  # fmt: skip
+    sweep = open_location(found[0].group(1))
+
+    def first_checkpointed():
+        trials = trial_names(sweep)
+        first = trials and sweep.join("train", trials[0])
+        return first and any(s >= step for _, s in registered(first)) and trials[0]
+
+    return sweep, wait_for(first_checkpointed, f"the first trial's step-{step} checkpoint", lines)

@@ -36,9 +36,9 @@ from tests.orchestrator.sweep.processes import (
     assert_resumed_after,
     cli,
     reader,
-    registered,
     train_workers,
     wait_for,
+    wait_for_first_checkpoint,
 )
 from tests.paths import REPO
 from tests.s3_server import s3  # noqa: F401 (the module's S3 server fixture)
@@ -74,15 +74,7 @@ def bucket_sweep(s3, ray_cluster, base_cache, tmp_path_factory):  # noqa: F811
     reader(proc, lines)
     facts: dict = {}
     try:
-        found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
-                         "the sweep's URI", lines)  # fmt: skip
-        train = open_location(found[0].group(1)).join("train")
-
-        def first_checkpointed():  # the first trial, once Ray Train registered its step-2 checkpoint
-            names = sorted({train.relative(f).split("/", 1)[0] for f in train.files()})
-            return names and any(s >= 2 for _, s in registered(train.join(names[0]))) and names[0]
-
-        killed = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
+        _, killed = wait_for_first_checkpoint(lines)
         (worker,) = train_workers()  # one trial at a time, one worker each
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)

@@ -18,7 +18,6 @@ checkpoint is read back from it. MLflow is a real `mlflow server` on 127.0.0.1
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -27,14 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.storage import Location, download_dir, open_location
+from orchestrator.storage import Location, download_dir
 from tests.mlflow_server import MlflowServer
 from tests.orchestrator.sweep.processes import (
     assert_resumed_after,
     assert_same_weights,
     quality,
-    registered,
-    wait_for,
+    trial_names,
+    wait_for_first_checkpoint,
 )
 from tests.paths import REPO
 from tests.ray_nodes import HEAD_IP, TRIAL_RESOURCE, two_nodes  # noqa: F401 (fixture)
@@ -43,12 +42,6 @@ from tests.s3_server import s3  # noqa: F401 (fixture)
 SMOKE = REPO / "experiments" / "smoke.yaml"
 STEPS = 8  # room between the step-2 checkpoint seen in the bucket and the end
 pytestmark = pytest.mark.slow
-
-
-def trial_names(sweep: Location) -> list[str]:
-    return sorted(
-        {sweep.join("train").relative(f).split("/", 1)[0] for f in sweep.join("train").files()}
-    )
 
 
 def placements(dashboard: str) -> dict[str, list[str]]:
@@ -91,16 +84,7 @@ def run_and_kill_a_node(s3, two_nodes, base_cache, cwd: Path, tracking_uri: str)
     reader.start()
     facts: dict = {"killed_ip": two_nodes.worker.ip, "tracking_uri": tracking_uri}
     try:
-        found = wait_for(lambda: [re.search(r"\] sweep (s3://\S+)", ln) for ln in lines if "] sweep " in ln],
-                         "the sweep's URI", lines)  # fmt: skip
-        sweep = open_location(found[0].group(1))
-
-        def first_checkpointed():  # the first trial, once Ray Train registered its step-2 checkpoint
-            trials = trial_names(sweep)
-            first = trials and sweep.join("train", trials[0])
-            return first and any(step >= 2 for _, step in registered(first)) and trials[0]
-
-        first = wait_for(first_checkpointed, "the first trial's step-2 checkpoint", lines)
+        sweep, first = wait_for_first_checkpoint(lines)
         facts["before_kill"] = placements(two_nodes.dashboard)
         two_nodes.kill_worker()
         facts.update(first=first, kill_time=time.time())
