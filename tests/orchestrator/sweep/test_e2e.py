@@ -58,8 +58,11 @@ def test_a_local_sweep_runs_no_preemption_watcher(smoke, ray_cluster):
     import ray
     from ray.util.state import list_actors
 
+    # The address is named: under pytest-xdist another worker's Ray instance may be up too, and
+    # the state API's own look-up refuses to choose between two.
     job = ray.get_runtime_context().get_job_id()
-    classes = [a.class_name for a in list_actors(filters=[("job_id", "=", job)], limit=10_000)]
+    actors = list_actors(address=ray_cluster, filters=[("job_id", "=", job)], limit=10_000)
+    classes = [a.class_name for a in actors]
     assert classes.count("TrainController") >= 3, classes  # the smoke sweep's three trials
     assert "PreemptionWatcher" not in classes, classes
 
