@@ -8,9 +8,11 @@ Ray when RAY_AUTH_MODE=token (docs/cluster.md)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,9 +96,23 @@ def ensure_local_token() -> Path | None:
     if os.environ.get(TOKEN_ENV):
         return None
     path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
-    if not (path.is_file() and path.read_text().strip()):
-        write_token(path)
+    if _has_token(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Drivers starting at once on a machine without a token make one between them: the first
+    # to hold the folder's lock writes it, the others find it there.
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not _has_token(path):
+            write_token(path)
+    finally:
+        os.close(fd)  # releases the lock
     return path
+
+
+def _has_token(path: Path) -> bool:
+    return path.is_file() and bool(path.read_text().strip())
 
 
 def check_local_auth_mode() -> None:
@@ -114,12 +130,16 @@ def check_local_auth_mode() -> None:
 
 def write_token(path: Path) -> None:
     """A new Ray token at `path`, mode 0600 from its creation (Ray's own `ray get-auth-token
-    --generate` leaves it readable by everyone)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))  # 256 bits, what Ray's own generator makes
-    os.chmod(path, 0o600)  # an empty file that was there kept its mode
+    --generate` leaves it readable by everyone), put in place whole: a reader sees the old
+    file or the new one, never a part."""
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # 256 bits, what Ray's own generator makes
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

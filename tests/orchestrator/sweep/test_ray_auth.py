@@ -9,6 +9,7 @@ listens on 127.0.0.1 only.
   as ::ffff:127.0.0.1, the same address).
 - The token the tool writes when there is none is readable by its user only; RAY_AUTH_MODE set
   to anything but token is refused in one line before Ray starts.
+- Drivers starting at once on a machine without a token all end up with the same one.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def test_the_token_written_is_private(tmp_path, monkeypatch):
     token = path.read_text()
     assert len(token) == 64 and int(token, 16) >= 0
     assert ensure_local_token() == path and path.read_text() == token  # made once, then reused
+    path.write_text("")
+    path.chmod(0o644)  # an empty file someone left: replaced by a new, private token
+    assert ensure_local_token() == path and len(path.read_text()) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() != token
+    assert sorted(p.name for p in path.parent.iterdir()) == ["auth_token"]  # nothing staged left
 
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere" / "token"))
     assert ensure_local_token() == tmp_path / "elsewhere" / "token"
@@ -127,3 +133,38 @@ def test_ray_local_as_an_address_is_the_tools_own_local_start(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "local")
     assert ray_address(None) is None
     assert ray_address("127.0.0.2:6379") == "127.0.0.2:6379"
+
+
+def _first_token(home: str, barrier, out) -> None:
+    # One driver of several starting at once on a machine with no token yet: the token it
+    # would hand its Ray instance (read back right after ensure_local_token, as ray.init does).
+    os.environ["HOME"] = home
+    barrier.wait()
+    path = ensure_local_token()
+    out.put(path.read_text())
+
+
+def test_drivers_starting_at_once_share_one_token(tmp_path, monkeypatch):
+    # Two sweeps started together on a fresh machine: each made and read the token file, and
+    # one could read its own token while the other overwrote it; then one instance's GCS had a
+    # token its later workers, reading the file again, no longer matched.
+    import multiprocessing
+
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    fork = multiprocessing.get_context("fork")
+    drivers = 8
+    for round_ in range(40):
+        home = tmp_path / f"home{round_}"
+        home.mkdir()
+        barrier, out = fork.Barrier(drivers), fork.Queue()
+        procs = [fork.Process(target=_first_token, args=(str(home), barrier, out))
+                 for _ in range(drivers)]  # fmt: skip
+        for p in procs:
+            p.start()
+        seen = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+        final = (home / ".ray" / "auth_token").read_text()
+        assert len(final) == 64 and seen == [final] * drivers, (round_, seen, final)
