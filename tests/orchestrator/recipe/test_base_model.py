@@ -6,6 +6,7 @@ import torch
 
 from orchestrator.recipe import TrainConfig
 from orchestrator.recipe.base_model import base_model_id, load_base_model
+from tests.processes_at_once import results_of
 
 
 def load(config, log):
@@ -23,16 +24,7 @@ def _trial_process(cache, queue):
 def test_cached_by_config_and_trained_once_by_concurrent_trials(tmp_path):
     # Separate processes, as concurrent trials are (diffusers' loading is not thread-safe).
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_trial_process, args=(str(tmp_path), queue)) for _ in range(2)
-    ]
-    for p in processes:
-        p.start()
-    results = [queue.get(timeout=300) for _ in processes]
-    for p in processes:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = results_of(context, _trial_process, [(str(tmp_path),)] * 2, timeout=300)
     trained = [
         log for log, _, _ in results if any("pre-training base model" in line for line in log)
     ]

@@ -24,6 +24,7 @@ import pytest
 
 from orchestrator.spec import SpecError
 from orchestrator.sweep.cluster import LOOPBACK_ENV, ensure_local_token
+from tests.processes_at_once import results_of
 
 CLIENT = """
 import sys, ray
@@ -140,8 +141,7 @@ def _first_token(home: str, barrier, out) -> None:
     # would hand its Ray instance (read back right after ensure_local_token, as ray.init does).
     os.environ["HOME"] = home
     barrier.wait()
-    path = ensure_local_token()
-    out.put(path.read_text())
+    out.put(ensure_local_token().read_text())
 
 
 def test_drivers_starting_at_once_share_one_token(tmp_path, monkeypatch):
@@ -157,14 +157,7 @@ def test_drivers_starting_at_once_share_one_token(tmp_path, monkeypatch):
     for round_ in range(40):
         home = tmp_path / f"home{round_}"
         home.mkdir()
-        barrier, out = fork.Barrier(drivers), fork.Queue()
-        procs = [fork.Process(target=_first_token, args=(str(home), barrier, out))
-                 for _ in range(drivers)]  # fmt: skip
-        for p in procs:
-            p.start()
-        seen = [out.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
-            assert p.exitcode == 0
+        barrier = fork.Barrier(drivers)
+        seen = results_of(fork, _first_token, [(str(home), barrier)] * drivers, timeout=60)
         final = (home / ".ray" / "auth_token").read_text()
         assert len(final) == 64 and seen == [final] * drivers, (round_, seen, final)
