@@ -20,6 +20,7 @@ from orchestrator.spec import ExperimentSpec, SpecError
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+ADDRESS_ENV = "RAY_ADDRESS"
 # "0": Ray takes 127.0.0.1 as this node's address (binding its gRPC servers to it) and keeps
 # 127.0.0.1 in an address; otherwise it replaces both with the machine's outward IP.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -78,9 +79,16 @@ def join(address: str, *, log_to_driver: bool = False) -> None:
     from ray.exceptions import AuthenticationError
 
     on_loopback = _host(address) in LOOPBACK_HOSTS  # a cluster of this machine's, on 127.0.0.1
+    # Every process of this job (Tune's trial actors, Train's controllers and the detached
+    # PlacementGroupCleaner they start) gets the cluster's address: Ray's state API, which the
+    # cleaner calls to see whether its controller is alive, otherwise looks the cluster up on
+    # its host and fails where two Ray instances run there; the cleaner then never frees the
+    # placement group of a trial whose driver stopped, and later trials wait for it forever.
+    gcs = "://" not in address and address != "auto"  # HOST:PORT, not a ray:// client address
+    runtime_env = {"env_vars": {ADDRESS_ENV: address}} if gcs else None
     try:
         with loopback_node() if on_loopback else contextlib.nullcontext():
-            ray.init(address=address, log_to_driver=log_to_driver)
+            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
     except AuthenticationError as exc:
         raise SpecError("--address", [f"{address!r}: {exc}"]) from None
     except ConnectionError as exc:

@@ -161,3 +161,52 @@ def test_drivers_starting_at_once_share_one_token(tmp_path, monkeypatch):
         seen = results_of(fork, _first_token, [(str(home), barrier)] * drivers, timeout=60)
         final = (home / ".ray" / "auth_token").read_text()
         assert len(final) == 64 and seen == [final] * drivers, (round_, seen, final)
+
+
+OTHER_INSTANCE = """
+import sys, time
+from orchestrator.sweep.cluster import start_local
+start_local(1, 0)
+print("UP", flush=True)
+time.sleep(600)
+"""
+NESTED = """
+import sys, ray
+from orchestrator.sweep.cluster import join
+
+@ray.remote(num_cpus=0)
+class Watcher:  # detached and started by an actor, as Ray Train's PlacementGroupCleaner is
+    def state_of(self, actor_id):
+        from ray.util.state import get_actor
+        return get_actor(actor_id, timeout=20).state
+
+@ray.remote(num_cpus=0)
+class Controller:
+    def watched(self):
+        me = ray.get_runtime_context().get_actor_id()
+        watcher = Watcher.options(lifetime="detached").remote()
+        try:
+            return ray.get(watcher.state_of.remote(me))
+        finally:
+            ray.kill(watcher)
+
+join(sys.argv[1])
+print("STATE", ray.get(Controller.remote().watched.remote()))
+"""
+
+
+def test_a_joined_sweep_s_actors_find_their_cluster_beside_another(ray_cluster, tmp_path):
+    # Two Ray instances on one host: Ray's state API, called with no address inside a detached
+    # actor (Train's placement-group cleaner asks it whether its controller lives), could not
+    # choose between them, so the cleaner never freed a stopped trial's placement group.
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "other_token")}
+    other = subprocess.Popen([sys.executable, "-c", OTHER_INSTANCE], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "UP"
+        done = subprocess.run([sys.executable, "-c", NESTED, ray_cluster],
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+    finally:
+        other.terminate()
+        other.wait(timeout=60)
+    assert "STATE ALIVE" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
