@@ -108,8 +108,8 @@ def test_pages_show_experiment_runs_params_and_metrics(ui, smoke_sweep, tmp_path
     assert sla_params and val_metrics
     for key in sla_params + val_metrics:
         assert key in run_page, key
-    page = dump_dom(
-        profile, system_url, "cpu_utilization_percentage", "system_memory_usage_megabytes"
+    page = dump_dom(  # the system-metrics charts are the last to fill on a busy machine
+        profile, system_url, "cpu_utilization_percentage", "system_memory_usage_megabytes", tries=6
     )
     assert "cpu_utilization_percentage" in page and "system_memory_usage_megabytes" in page
 
