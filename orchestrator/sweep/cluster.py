@@ -194,7 +194,7 @@ def _auth_hint() -> str:
 def ray_address(address: str | None) -> str | None:
     """The cluster to join: --address, else $RAY_ADDRESS; None: start a local one (also for
     Ray's "local", so that it gets start_local's token and loopback binding)."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get(ADDRESS_ENV) or None
     return None if address == "local" else address
 
 
