@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,18 +274,27 @@ def _export_info(root: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def generate_videos(
-    pipe: WanPipeline, settings: VideoSettings, *, seed: int, max_text_len: int
+    pipe: WanPipeline,
+    settings: VideoSettings,
+    *,
+    seed: int,
+    max_text_len: int,
+    seconds: list[float] | None = None,
 ) -> torch.Tensor:
-    """WanPipeline's frames for every prompt: (n, F, 3, H, W) float32 on the CPU, in [0, 1]."""
+    """WanPipeline's frames for every prompt: (n, F, 3, H, W) float32 on the CPU, in [0, 1].
+    seconds, when given, gets each video's wall time (text encoding, denoising and decode)."""
     videos = []
     for prompt in settings.prompts:
+        started = time.perf_counter()
         frames = pipe(
             prompt, negative_prompt=settings.negative_prompt, height=settings.height,
             width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
             guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(seed),
             output_type="pt", max_sequence_length=max_text_len,
         ).frames  # fmt: skip
-        videos.append(frames[0].float().cpu())
+        videos.append(frames[0].float().cpu())  # a copy to the host: the GPU work is done
+        if seconds is not None:
+            seconds.append(time.perf_counter() - started)
     return torch.stack(videos)
 
 
@@ -333,14 +343,19 @@ def run_pipeline_infer(
     info = read_pipeline(root)
     settings = video_defaults(resolved, root).asked(request)
     check_settings(settings, info, resolved.name)  # before anything loads or is written
+    started = time.perf_counter()
     trial = load_pipeline_trial(resolved, root, attention=attention, device=device)
     if attention == "dense" and trial.sla is not None:
         command.warn_dense(resolved.name, trial.sla)
     pipe = trial.pipeline(device)
+    load_s = time.perf_counter() - started
     if trial.handle is not None:
         trial.handle.reset_counts()
+    seconds: list[float] = []
     with compiled_blocks(trial.transformer) if compile else contextlib.nullcontext():
-        videos = generate_videos(pipe, settings, seed=seed, max_text_len=info.max_text_len)
+        videos = generate_videos(
+            pipe, settings, seed=seed, max_text_len=info.max_text_len, seconds=seconds
+        )
     sla_calls, fallbacks = command.checked_sla_counts(trial.handle, resolved.name)
 
     out_dir = Path(out) if out is not None else command.default_out(resolved, attention, seed)
@@ -351,6 +366,7 @@ def run_pipeline_infer(
         "device": str(device), "seed": seed, "generation": settings.to_dict(),
         "max_text_len": info.max_text_len, "source": trial.source, "sla_calls": sla_calls,
         "fallbacks": fallbacks, "compile": compile, "videos": [f.name for f in files if f.suffix == ".mp4"],
+        "seconds": {"load": load_s, "per_video": seconds},  # the first video's includes compiling
     }  # fmt: skip
     files.append(out_dir / SUMMARY_FILE)
     files[-1].write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")

@@ -109,8 +109,9 @@ VARIANTS: dict[str, TinyVariant] = {
 }
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The word-level tokenizer over WORDS (unknown words map to <unk>)."""
+def build_tokenizer(max_length: int = TEXT_LEN) -> PreTrainedTokenizerFast:
+    """The word-level tokenizer over WORDS (unknown words map to <unk>); prompts are padded to
+    max_length tokens."""
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -125,7 +126,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         eos_token="</s>",
         unk_token="<unk>",
-        model_max_length=TEXT_LEN,
+        model_max_length=max_length,
     )
 
 

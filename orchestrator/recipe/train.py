@@ -137,6 +137,7 @@ class TrialRecipe(TrialSetup):
     def _checkpoint(self, done: int, metrics: dict[str, float], videos=None) -> None:
         """Save, add the validation videos (main process), report, then prune old checkpoints."""
         cfg, acc = self.train_cfg, self.accelerator
+        started = self._now()
         directory = save_checkpoint(
             acc,
             self.handle,
@@ -155,6 +156,10 @@ class TrialRecipe(TrialSetup):
             write_videos(videos, directory / VALIDATION_DIR, fps=fps)
             write_videos(self.base_videos, directory / VALIDATION_DIR, fps=fps, prefix="base_")
         acc.wait_for_everyone()
+        # what a checkpoint costs this trial (the save on this rank; Ray's copy comes after)
+        metrics["perf/checkpoint_s"] = self._now() - started
+        metrics["perf/checkpoint_bytes"] = float(_tree_bytes(directory))
+        metrics.update(_peak_gpu_metrics())
         self.callback.on_checkpoint(done, directory, dict(metrics))
         if cfg.keep_checkpoints:  # after the callback: it may have copied the directory
             acc.wait_for_everyone()
@@ -167,8 +172,12 @@ class TrialRecipe(TrialSetup):
             return None
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        videos, cost = self.videos.decode(self.videos.generate(model))
+        started = self._now()
+        generated = self.videos.generate(model)
+        generate_s = self._now() - started
+        videos, cost = self.videos.decode(generated)
         model.train()
+        cost = {**cost, "perf/validation_generate_s": generate_s}
         metrics.update(self.videos.score(videos, self.base_videos))
         metrics.update(cost)
         return videos
@@ -293,6 +302,18 @@ class TrialRecipe(TrialSetup):
         # Let the next trial in this process pick its own mixed precision (private API, no public reset).
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
+
+
+def _tree_bytes(directory: Path) -> int:
+    """The bytes of every file under directory (symbolic links not followed)."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def _peak_gpu_metrics() -> dict[str, float]:
+    """The peak GPU memory this process allocated so far (MiB; nothing without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"perf/peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20}
 
 
 DEFAULT_VIDEO_FPS = 16.0  # of validation MP4s when data.fps does not say (Wan2.1 makes 16 fps)

@@ -116,6 +116,7 @@ def run_sweep(
     address = ray_address(address)
     preflight(spec, address, spec.storage.tracking_uri)
     prepare_base_model(spec)
+    t_encode = time.monotonic()
     encoded = prepare_encoded_data(spec)
     t_base = time.monotonic()
     with contextlib.ExitStack() as held:
@@ -150,7 +151,8 @@ def run_sweep(
             )
             stopped_by = _fit(tuner)
             t_fit = time.monotonic()
-        timings = {"base_model_s": t_base - t0, "ray_start_s": t_ray - t_base,
+        timings = {"base_model_s": t_encode - t0, "encode_s": t_base - t_encode,
+                   "ray_start_s": t_ray - t_base,
                    "fit_s": t_fit - t_ray}  # fmt: skip
         return finish(spec, place, timings, t0, stopped_by=stopped_by)
 

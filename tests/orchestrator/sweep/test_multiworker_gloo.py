@@ -3,7 +3,8 @@ the session's real Ray cluster: the sweep's own worker loop (orchestrator.sweep.
 TorchTrainer configured as a sweep trial's is. A spy around the recipe's save_checkpoint (the
 real one still runs) records what each rank held at every checkpoint, so the test can show:
 the run completes; the persisted sla_attention.pt equals rank 0's weights; every rank holds the
-same proj_l (the gradients were all-reduced: the ranks trained on different clips).
+same proj_l (the gradients were all-reduced: the ranks trained on different clips); every
+rank's checkpoint files reach the storage by a rename (the same inodes), not by a copy.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def spy_loop(config: dict) -> None:
                 for path, layer in handle.layers.items()}  # fmt: skip
         facts = {"backend": dist.get_backend(), "world_size": dist.get_world_size(),
                  "distributed_type": str(accelerator.distributed_type),
-                 "num_processes": accelerator.num_processes}  # fmt: skip
+                 "num_processes": accelerator.num_processes,
+                 "files": {str(p.relative_to(directory)): p.stat().st_ino
+                           for p in Path(directory).rglob("*") if p.is_file()}}  # fmt: skip
         torch.save(
             {"held": held, **facts}, Path(config["dump"]) / f"step{kwargs['step']}_rank{rank}.pt"
         )
@@ -135,3 +138,16 @@ def test_persisted_sla_attention_equals_rank0(two_worker_trial):
     for path, entry in saved["layers"].items():
         for key, tensor in entry["state"].items():
             assert torch.equal(tensor, rank0[path][key]), (path, key)
+
+
+def test_checkpoint_files_are_moved_into_storage(two_worker_trial):
+    """The worker's upload renames each rank's files into the persisted checkpoint (storage on
+    the scratch folder's filesystem): the same inodes, so no second copy was ever on disk."""
+    spec, result, dump = two_worker_trial
+    with result.checkpoint.as_directory() as directory:
+        persisted = {str(p.relative_to(directory)): p.stat().st_ino
+                     for p in Path(directory).rglob("*") if p.is_file()}  # fmt: skip
+    for rank in (0, 1):
+        written = held(dump, spec.train["steps"], rank)["files"]
+        assert written, rank
+        assert {name: persisted.get(name) for name in written} == written, rank
