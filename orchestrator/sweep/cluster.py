@@ -3,7 +3,13 @@
 The local instance keeps Ray's token authentication on (the token from Ray's standard places,
 made once when there is none) and puts every Ray server on 127.0.0.1. Joining a cluster uses
 its token from the same places: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token, read by
-Ray when RAY_AUTH_MODE=token (docs/cluster.md)."""
+Ray when RAY_AUTH_MODE=token (docs/cluster.md).
+
+No credential travels in a runtime_env: Ray's runtime_env agent writes every runtime_env it
+sets up, in plain text, to the session's runtime_env_agent.log. While connected, Tune does not
+copy the driver's AWS credentials into its trial actors' runtime_env (as it otherwise does);
+processes of the local instance inherit the driver's environment, and the nodes of a joined
+cluster read their own (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import contextlib
 import fcntl
 import math
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +32,9 @@ ADDRESS_ENV = "RAY_ADDRESS"
 # 127.0.0.1 in an address; otherwise it replaces both with the machine's outward IP.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Variables Ray may copy from the driver into a runtime_env that hold secrets (Tune's
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_SECURITY_TOKEN).
+SECRET_ENV_RE = re.compile(r"(SECRET|TOKEN|PASSWORD|_KEY)", re.IGNORECASE)
 
 
 @contextlib.contextmanager
@@ -47,10 +57,26 @@ def connect(
     try:
         resources = ray.cluster_resources()
         check_fits(spec, resources, "the Ray cluster")
-        yield resources
+        with secrets_kept_out_of_tune_actors():
+            yield resources
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def secrets_kept_out_of_tune_actors() -> Iterator[None]:
+    """For the block, Tune copies no secret variable (SECRET_ENV_RE: the AWS keys and session
+    tokens) from this process into its trial actors' runtime_env, where Ray's runtime_env agent
+    would log it, and every Train controller and worker would inherit it, in plain text."""
+    from ray.tune.execution import class_cache
+
+    propagated = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = {n for n in propagated if not SECRET_ENV_RE.search(n)}
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = propagated
 
 
 def start_local(num_cpus: int, num_gpus: int, *, log_to_driver: bool = False) -> dict:
