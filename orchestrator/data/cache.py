@@ -2,12 +2,14 @@
 
 An entry's key is the SHA-256 of a JSON description of everything that changes its content (the
 model files' digests, the source file's digest, the settings), so a changed clip, caption, VAE
-or setting is a new key and never a stale hit. Entries are written atomically (a temporary file,
-then os.replace) and carry the SHA-256 of their own tensor bytes in the safetensors metadata: a
-truncated or altered entry is detected on read, reported, and recomputed; it is never loaded.
+or setting is a new key. Entries are written atomically (a temporary file, then os.replace) and
+their safetensors metadata holds their kind, their key, the description the key was made from
+and the SHA-256 of their own tensor bytes. On read an entry must be the one its path names: a
+truncated or altered entry, or one copied or moved over another's path, is reported and
+recomputed; it is never loaded.
 
-File digests are memoised by (path, size, mtime) in `digests.json`, so a sweep over a folder of
-clips and a multi-GB text encoder hashes each file once, not once per trial.
+File digests are memoised in `digests.json` (FileDigests says what it trusts), so a sweep over a
+folder of clips and a multi-GB text encoder hashes each file once, not once per trial.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries name their kind, key and inputs; older keys are never looked up
 DIGEST_KEY = "sha256"  # safetensors metadata: the digest of the entry's tensor bytes
+KIND_KEY, ENTRY_KEY, INPUTS_KEY = "kind", "key", "inputs"  # what binds an entry to its path
+REHASH_ENV = "SLA_SWEEP_REHASH"  # set to 1: every file digest is taken from the bytes again
 _CHUNK = 1 << 22
 
 
@@ -36,9 +42,17 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("SLA_SWEEP_CACHE", "~/.cache/sla-sweep")).expanduser()
 
 
+def canonical(description: Mapping[str, Any]) -> str:
+    """The JSON text a key is the hash of (sorted keys: order does not matter)."""
+    return json.dumps({"format": CACHE_FORMAT, **description}, sort_keys=True, default=str)
+
+
 def key_of(description: Mapping[str, Any]) -> str:
-    """The entry key of a JSON-serialisable description (sorted keys: order does not matter)."""
-    text = json.dumps({"format": CACHE_FORMAT, **description}, sort_keys=True, default=str)
+    """The entry key of a JSON-serialisable description."""
+    return _sha256_text(canonical(description))
+
+
+def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -74,31 +88,53 @@ class TensorCache:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
     def load(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
-        """The entry's tensors, or None when it is absent or damaged (damage is reported)."""
+        """The entry's tensors, or None when it is absent, damaged or not the entry of this kind
+        and key (reported, and removed where the cache is writable)."""
         path = self.path(kind, key)
         if not path.is_file():
             return None
-        tensors, why = _read(path, verify=key not in self._sound)
+        tensors, why = _read(path, kind, key, verify=key not in self._sound)
         if why is None:
             self._sound.add(key)  # entries never change in place: verified once per process
             return tensors
         self.log(f"cache entry {path} is damaged ({why}); recomputing it")
         self.stats_for(kind).damaged.append(str(path))
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache keeps it; it is never loaded
+            path.unlink(missing_ok=True)
         return None
 
-    def save(self, kind: str, key: str, tensors: Mapping[str, torch.Tensor], **meta: str) -> Path:
-        """Write the entry atomically, its digest in the metadata."""
+    def save(
+        self,
+        kind: str,
+        key: str,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        **meta: str,
+    ) -> Path:
+        """Write the entry atomically, bound to its kind and key (and to `inputs`, the
+        description `key` was made from, when given) and with its digest in the metadata."""
+        binding = {KIND_KEY: kind, ENTRY_KEY: key}
+        if inputs is not None:
+            binding[INPUTS_KEY] = canonical(inputs)
+            if _sha256_text(binding[INPUTS_KEY]) != key:
+                raise ValueError(f"key {key} is not the key of the inputs given with it")
         path = self.path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(plain, tmp, metadata={**meta, DIGEST_KEY: tensor_digest(plain)})
+        save_file(plain, tmp, metadata={**meta, **binding, DIGEST_KEY: tensor_digest(plain)})
         os.replace(tmp, path)
         return path
 
     def get(
-        self, kind: str, key: str, compute: Callable[[], Mapping[str, torch.Tensor]], **meta: str
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], Mapping[str, torch.Tensor]],
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        **meta: str,
     ) -> dict[str, torch.Tensor]:
         """The entry, computed and saved first when it is absent or damaged."""
         found = self.load(kind, key)
@@ -107,9 +143,19 @@ class TensorCache:
             stats.hits += 1
             return found
         tensors = dict(compute())
-        self.save(kind, key, tensors, **meta)
+        self.save(kind, key, tensors, inputs=inputs, **meta)
         stats.computed += 1
         return tensors
+
+    def writable(self) -> bool:
+        """Whether entries can be written under root (a file is created and removed to tell:
+        permission bits do not say it for root or a read-only mount)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                return True
+        except OSError:
+            return False
 
     def has(self, kind: str, key: str) -> bool:
         """Whether a sound entry exists (a damaged one is reported and removed)."""
@@ -119,69 +165,130 @@ class TensorCache:
         return self.stats.setdefault(kind, CacheStats())
 
 
-def _read(path: Path, *, verify: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+def _read(
+    path: Path, kind: str, key: str, *, verify: bool
+) -> tuple[dict[str, torch.Tensor], str | None]:
     """The entry's tensors, read once, and why they cannot be used (None when sound or, without
-    `verify`, readable)."""
+    `verify`, readable and bound to this kind and key)."""
     try:
         with safe_open(path, framework="pt") as handle:
-            recorded = (handle.metadata() or {}).get(DIGEST_KEY)
+            meta = handle.metadata() or {}
+            why = _binding_problem(meta, kind, key)
+            if why is not None:
+                return {}, why
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         return {}, f"unreadable: {str(exc).splitlines()[0][:120]}"
-    if recorded is None:
-        return {}, "no digest in its metadata"
-    if verify and recorded != tensor_digest(tensors):
+    if verify and meta[DIGEST_KEY] != tensor_digest(tensors):
         return {}, "its tensors do not match their recorded digest"
     return tensors, None
 
 
-# ---- file digests ----------------------------------------------------------------------------
-class FileDigests:
-    """SHA-256 of files, memoised by (absolute path, size, mtime_ns) in one JSON file."""
+def _binding_problem(meta: Mapping[str, str], kind: str, key: str) -> str | None:
+    """Why an entry's metadata does not make it the entry of (kind, key), or None."""
+    if DIGEST_KEY not in meta:
+        return "no digest in its metadata"
+    if ENTRY_KEY not in meta or KIND_KEY not in meta:
+        return "no key in its metadata"
+    if meta[ENTRY_KEY] != key or meta[KIND_KEY] != kind:
+        return (
+            f"it is the {meta[KIND_KEY][:40]!r} entry {meta[ENTRY_KEY][:16]}..., not"
+            f" {kind!r} {key[:16]}...: copied or moved over this one"
+        )
+    if INPUTS_KEY in meta and _sha256_text(meta[INPUTS_KEY]) != key:
+        return "the inputs in its metadata do not hash to its key"
+    return None
 
-    def __init__(self, memo: Path) -> None:
+
+# ---- file digests ----------------------------------------------------------------------------
+RACY_NS = 2_000_000_000  # a file changed this recently is hashed, not memoised (coarse clocks)
+MEMO_FORMAT = 2
+
+
+class FileDigests:
+    """SHA-256 of files, memoised per absolute path in one JSON file.
+
+    What is trusted: a file whose size, modification time (mtime), status-change time (ctime)
+    and inode are those recorded with its digest has the recorded content. The kernel sets
+    ctime on every write, truncation, rename and utime, and no user can set it back, so content
+    replaced with the same size and its mtime put back is hashed again. A file changed less
+    than RACY_NS before it was hashed is not memoised (timestamps are coarse: a change in the
+    same tick would keep them). The memo is wrong only where ctime is not kept (some network and
+    FUSE filesystems) or the clock was set back: then set SLA_SWEEP_REHASH=1, or delete the
+    memo, and every file is hashed from its bytes again. An unwritable memo (a read-only cache)
+    is kept in memory for the process.
+    """
+
+    def __init__(self, memo: Path, *, rehash: bool | None = None) -> None:
         self.memo = Path(memo)
-        self._known: dict[str, str] | None = None
+        self.rehash = rehash if rehash is not None else os.environ.get(REHASH_ENV, "") == "1"
+        self._known: dict[str, list] | None = None
+        self._hashed: dict[str, list] = {}  # hashed by this object: trusted even with rehash
 
     def of(self, path: Path) -> str:
         path = Path(path).resolve()
-        st = path.stat()
-        token = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-        known = self._load()
-        if token not in known:
-            known[token] = _sha256_file(path)
-            self._save(token, known[token])
-        return known[token]
+        stamp = _stamp(path.stat())
+        name = str(path)
+        known = self._hashed if self.rehash else self._load()
+        record = known.get(name)
+        if isinstance(record, list) and record[:-1] == stamp:
+            return record[-1]
+        digest = _sha256_file(path)
+        after = path.stat()
+        settled = time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) >= RACY_NS
+        if _stamp(after) == stamp and settled:
+            self._hashed[name] = [*stamp, digest]
+            self._save(name, [*stamp, digest])
+        return digest
 
     def of_tree(self, root: Path, patterns: Iterable[str] = ("*",)) -> str:
-        """One digest of every matching file under root (relative names and contents)."""
+        """One digest of every matching file under root, at any depth (names and contents)."""
         root = Path(root)
-        files = sorted({p for pat in patterns for p in root.rglob(pat) if p.is_file()})
+        return self.of_files(root, [p for pat in patterns for p in root.rglob(pat)])
+
+    def of_files(self, root: Path, files: Iterable[Path]) -> str:
+        """One digest of these files (their names relative to root, and their contents)."""
+        root = Path(root)
         h = hashlib.sha256()
-        for p in files:
+        for p in sorted({Path(f) for f in files if Path(f).is_file()}):
             h.update(f"{p.relative_to(root)}={self.of(p)};".encode())
         return h.hexdigest()
 
-    def _load(self) -> dict[str, str]:
+    def _load(self) -> dict[str, list]:
         if self._known is None:
-            try:
-                self._known = json.loads(self.memo.read_text())
-            except (OSError, ValueError):
-                self._known = {}
+            self._known = _read_memo(self.memo)
         return self._known
 
-    def _save(self, token: str, digest: str) -> None:
+    def _save(self, name: str, record: list) -> None:
         """Merge one new digest into the memo file (another process may be writing it too)."""
-        self.memo.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.memo.with_suffix(".lock")):
-            try:
-                on_disk = json.loads(self.memo.read_text())
-            except (OSError, ValueError):
-                on_disk = {}
-            on_disk[token] = digest
-            tmp = self.memo.with_name(f".{self.memo.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(on_disk))
-            os.replace(tmp, self.memo)
+        self._load()[name] = record
+        try:
+            self.memo.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.memo.with_suffix(".lock")):
+                on_disk = _read_memo(self.memo)
+                on_disk[name] = record
+                tmp = self.memo.with_name(f".{self.memo.name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps({"format": MEMO_FORMAT, "files": on_disk}))
+                os.replace(tmp, self.memo)
+        except OSError:
+            pass  # a read-only cache: the digest stays in this process's memory
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_memo(memo: Path) -> dict[str, list]:
+    """The memo's records; empty when it is absent, unreadable or of an older format (whose
+    (size, mtime) records are not trusted: those files are hashed again)."""
+    try:
+        data = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != MEMO_FORMAT:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
 
 
 def _sha256_file(path: Path) -> str:

@@ -12,14 +12,18 @@ posterior, as the VAE defines it; an augmentation that costs nothing), validatio
 (fixed inputs for every trial). Keeping the std costs one more tensor per clip and lets the choice
 change without re-encoding.
 
-Keys: a clip entry is keyed by the VAE files' digests, the clip file's digest, frames, fps, size
-and the VAE dtype; a text entry by the text encoder's and tokenizer's digests, the text, the
-maximum length and the dtype. A second sweep over the same data and model encodes nothing.
+Keys: a clip entry is keyed by the digests of the VAE files from_pretrained reads, the clip
+file's digest, frames, fps, size and the VAE dtype; a text entry by the digests of the text
+encoder's and tokenizer's files, the text, the maximum length and the dtype. A second sweep over
+the same data and model encodes nothing. A read-only cache that holds every entry is used as it
+is; one that lacks an entry is refused in one line before any model loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -34,8 +38,13 @@ from orchestrator.data.cache import FileDigests, TensorCache, default_cache_root
 
 MANIFEST_FORMAT = 1
 LATENTS, TEXTS = "latents", "texts"  # the two kinds of cache entries
-VAE_FILES = ("vae/*",)
-TEXT_FILES = ("text_encoder/*", "tokenizer/*")
+# What from_pretrained reads from a component's folder, at its top level only: configs and shard
+# indexes (*.json) and weights; the tokenizer's configs and vocabulary. Files below those folders
+# or beside these (a nested copy, a README) are no part of a key.
+MODEL_FILES = ("*.json", "*.safetensors", "*.bin")
+TOKENIZER_FILES = ("*.json", "*.model", "*.txt", "*.tiktoken")
+VAE_FILES = {"vae": MODEL_FILES}
+TEXT_FILES = {"text_encoder": MODEL_FILES, "tokenizer": TOKENIZER_FILES}
 
 
 class EncodeError(ValueError):
@@ -91,83 +100,156 @@ def encode_dataset(
     cache = TensorCache(cache_root, log=log)
     digests = FileDigests(cache_root / "digests.json")
     started = time.perf_counter()
-    clip_keys = _encode_clips(info, entries, settings, cache, digests, device, log)
+    clips = _clip_inputs(info, entries, settings, digests)
     texts = [e.caption for e in entries] + list(settings.prompts) + [settings.negative_prompt]
-    text_keys = _encode_texts(info, texts, settings, cache, digests, device, log)
+    captions = _text_inputs(info, texts, settings, digests)
+    clip_todo = _missing(cache, LATENTS, clips)
+    text_todo = _missing(cache, TEXTS, captions)
+    if (clip_todo or text_todo) and not cache.writable():
+        raise EncodeError(_read_only_problem(cache_root, clips, clip_todo, captions, text_todo))
+    _encode_clips(info, clip_todo, settings, cache, device, log)
+    _encode_texts(info, text_todo, settings, cache, device, log)
+    clip_keys, text_keys = [k for k, _, _ in clips], [k for k, _, _ in captions]
     manifest = _manifest(info, entries, clip_keys, text_keys, settings, cache)
     manifest["stats"] = {kind: dataclasses.asdict(s) for kind, s in cache.stats.items()}
     manifest["stats"]["seconds"] = time.perf_counter() - started
-    path = (
-        cache_root
-        / "manifests"
-        / f"{key_of({k: manifest[k] for k in ('train', 'val', 'validation')})}.json"
+    return _write_manifest(manifest, cache_root, log)
+
+
+def model_digest(digests: FileDigests, root: Path, parts: dict[str, tuple[str, ...]]) -> str:
+    """One digest of the files from_pretrained reads from each `parts` folder of `root`."""
+    found = [p for folder, pats in parts.items() for pat in pats for p in (root / folder).glob(pat)]
+    return digests.of_files(root, found)
+
+
+def _clip_inputs(info, entries, settings, digests) -> list[tuple[str, dict[str, Any], Any]]:
+    """(key, the inputs it is the hash of, the clip) of every clip."""
+    common = {"vae": model_digest(digests, info.root, VAE_FILES), "frames": settings.frames,
+              "fps": settings.fps, "size": list(settings.size), "dtype": settings.dtype}  # fmt: skip
+    described = [({**common, "clip": digests.of(e.path)}, e) for e in entries]
+    return [(key_of(inputs), inputs, e) for inputs, e in described]
+
+
+def _text_inputs(info, texts, settings, digests) -> list[tuple[str, dict[str, Any], str]]:
+    """(key, the inputs it is the hash of, the text) of every text (the inputs hold the text's
+    digest: an entry's metadata stays small whatever the caption)."""
+    common = {"text_encoder": model_digest(digests, info.root, TEXT_FILES),
+              "max_len": info.max_text_len, "dtype": settings.dtype}  # fmt: skip
+    described = [({**common, "text": hashlib.sha256(t.encode()).hexdigest()}, t) for t in texts]
+    return [(key_of(inputs), inputs, t) for inputs, t in described]
+
+
+def _missing(cache: TensorCache, kind: str, items: list[tuple[str, dict, Any]]) -> list:
+    """The items (once per key) whose entry the cache does not hold sound; counts the hits."""
+    unique = list({key: (key, inputs, what) for key, inputs, what in items}.values())
+    todo = [item for item in unique if not cache.has(kind, item[0])]
+    cache.stats_for(kind).hits += len(unique) - len(todo)
+    return todo
+
+
+def _read_only_problem(root: Path, clips, clip_todo, texts, text_todo) -> str:
+    lacks = []
+    if clip_todo:
+        lacks.append(
+            f"{len(clip_todo)} of {len(clips)} encoded clips (first: {clip_todo[0][2].path})"
+        )
+    if text_todo:
+        first = text_todo[0][2]
+        shown = repr(first[:60] + ("..." if len(first) > 60 else ""))
+        lacks.append(
+            f"{len(text_todo)} of {len({k for k, _, _ in texts})} encoded texts (first: {shown})"
+        )
+    return (
+        f"the cache {root} is read-only and lacks {' and '.join(lacks)}; make it writable or set "
+        "data.cache_dir to a writable folder"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
-    return path
 
 
-def _encode_clips(info, entries, settings, cache, digests, device, log) -> list[str]:
-    """Cache keys of every clip's latents, VAE-encoding the missing ones (the VAE loads only then)."""
+def _encode_clips(info, todo, settings, cache, device, log) -> None:
+    """VAE-encode the clips the cache lacks (the VAE loads only then)."""
     from orchestrator.data.videos import decode_clip
     from orchestrator.models.pipeline_models import encode_videos, load_vae
 
-    model_digest = digests.of_tree(info.root, VAE_FILES)
-    common = {"vae": model_digest, "frames": settings.frames, "fps": settings.fps,
-              "size": list(settings.size), "dtype": settings.dtype}  # fmt: skip
-    keys = [key_of({**common, "clip": digests.of(e.path)}) for e in entries]
-    todo = [(e, k) for e, k in zip(entries, keys, strict=True) if not cache.has(LATENTS, k)]
-    stats = cache.stats_for(LATENTS)
-    stats.hits += len(entries) - len(todo)
     if not todo:
-        return keys
+        return
+    stats = cache.stats_for(LATENTS)
     vae = load_vae(info, device=device, dtype=getattr(torch, settings.dtype))
     with _progress(len(todo), "encoding clips", "clip") as bar:
-        for entry, key in todo:
+        for key, inputs, entry in todo:
             pixels = decode_clip(
                 entry, frames=settings.frames, fps=settings.fps, size=settings.size
             )
             mean, std = encode_videos(vae, info, pixels[None].to(device))
-            cache.save(LATENTS, key, {"mean": mean[0], "std": std[0]}, source=str(entry.path))
+            latents = {"mean": mean[0], "std": std[0]}
+            cache.save(LATENTS, key, latents, inputs=inputs, source=str(entry.path))
             stats.computed += 1
             bar.update(1)
     del vae
     _free(device)
-    log(f"encoded {len(todo)} clips with the VAE ({len(entries) - len(todo)} already cached)")
-    return keys
+    log(f"encoded {len(todo)} clips with the VAE ({stats.hits} already cached)")
 
 
-def _encode_texts(info, texts, settings, cache, digests, device, log) -> list[str]:
-    """Cache keys of every text's embedding, text-encoding the missing ones."""
+def _encode_texts(info, todo, settings, cache, device, log) -> None:
+    """Text-encode the texts the cache lacks (the text encoder loads only then)."""
     from orchestrator.models.pipeline_models import encode_prompts, load_text_encoder
 
-    model_digest = digests.of_tree(info.root, TEXT_FILES)
-    common = {"text_encoder": model_digest, "max_len": info.max_text_len, "dtype": settings.dtype}
-    keys = [key_of({**common, "text": t}) for t in texts]
-    unique = dict(zip(keys, texts, strict=True))
-    todo = {k: t for k, t in unique.items() if not cache.has(TEXTS, k)}
+    if not todo:
+        return
     stats = cache.stats_for(TEXTS)
-    stats.hits += len(unique) - len(todo)
-    if todo:
-        tokenizer, encoder = load_text_encoder(
-            info, device=device, dtype=getattr(torch, settings.dtype)
-        )
-        with _progress(len(todo), "encoding texts", "text") as bar:
-            for key, text in todo.items():
-                (embed,) = encode_prompts(
-                    tokenizer, encoder, [text], max_len=info.max_text_len, device=device
-                )
-                cache.save(TEXTS, key, {"embed": embed.contiguous()}, text=text[:200])
-                stats.computed += 1
-                bar.update(1)
-        del tokenizer, encoder
-        _free(device)
-        log(
-            f"encoded {len(todo)} texts with the text encoder ({len(unique) - len(todo)} already cached)"
-        )
-    return keys
+    tokenizer, encoder = load_text_encoder(
+        info, device=device, dtype=getattr(torch, settings.dtype)
+    )
+    with _progress(len(todo), "encoding texts", "text") as bar:
+        for key, inputs, text in todo:
+            (embed,) = encode_prompts(
+                tokenizer, encoder, [text], max_len=info.max_text_len, device=device
+            )
+            embedding = {"embed": embed.contiguous()}
+            cache.save(TEXTS, key, embedding, inputs=inputs, text=text[:200])
+            stats.computed += 1
+            bar.update(1)
+    del tokenizer, encoder
+    _free(device)
+    log(f"encoded {len(todo)} texts with the text encoder ({stats.hits} already cached)")
+
+
+def _write_manifest(manifest: dict[str, Any], cache_root: Path, log: Callable[[str], None]) -> Path:
+    """The manifest written under cache_root/manifests (its name: the digest of the splits and
+    prompts it names). A read-only cache: the same manifest already there is used as it is, else
+    it goes to <$SLA_SWEEP_CACHE or ~/.cache/sla-sweep>/manifests."""
+    name = f"{key_of({k: manifest[k] for k in ('train', 'val', 'validation')})}.json"
+    text = json.dumps(manifest, indent=1)
+    refused = []
+    for folder in dict.fromkeys([cache_root / "manifests", default_cache_root() / "manifests"]):
+        path = folder / name
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if _same_manifest(path, manifest):
+                return path
+            refused.append(f"{folder} ({exc.strerror or exc})")
+            continue
+        if refused:
+            log(f"the cache's manifests folder is not writable: the manifest is {path}")
+        return path
+    raise EncodeError(f"cannot write the encoded-data manifest {name}: {'; '.join(refused)}")
+
+
+def _same_manifest(path: Path, manifest: dict[str, Any]) -> bool:
+    """Whether `path` holds this manifest (its stats aside: they are of the run that wrote it)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    ours = json.loads(json.dumps(manifest))
+    return isinstance(found, dict) and {k: v for k, v in found.items() if k != "stats"} == {
+        k: v for k, v in ours.items() if k != "stats"
+    }
 
 
 def _manifest(info, entries, clip_keys, text_keys, settings, cache) -> dict[str, Any]:
