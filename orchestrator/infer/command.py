@@ -6,9 +6,11 @@
 
 Samples (PNG frame grid + GIF per clip, samples.safetensors, samples.json) go to --out, by
 default <sweep dir>/samples/<trial>-<attention>-seed<S> (./sla_samples/... outside a sweep),
-and are logged as artifacts to the trial's MLflow run when the run is known. --compile runs every
-transformer block torch.compiled (as train.compile does; SLA's attention call stays eager): faster
-sampling on a GPU once the first denoising step has compiled.
+and are logged as artifacts to the trial's MLflow run when the run is known. --out must be new,
+empty or an earlier infer's (its manifest lists the files infer wrote there): a rerun replaces
+those files only, and only the files this run wrote are logged (orchestrator.infer.outputs).
+--compile runs every transformer block torch.compiled (as train.compile does; SLA's attention
+call stays eager): faster sampling on a GPU once the first denoising step has compiled.
 
 A pipeline trial (trained on a diffusers Wan pipeline directory) or its export generates videos
 from text instead, through stock WanPipeline (orchestrator.infer.pipeline):
@@ -80,6 +82,7 @@ def run_infer(
     (or export) makes one video per prompt of `video` through WanPipeline
     (orchestrator.infer.pipeline), and `video`'s options are refused for a preset trial."""
     from orchestrator.infer.model import InferenceError
+    from orchestrator.infer.outputs import OutputFolder
     from orchestrator.infer.pipeline import (
         VideoRequest,
         pipeline_root,
@@ -98,6 +101,8 @@ def run_infer(
             f"--num-samples ({num_samples}) is for preset trials; {resolved.name} is a pipeline "
             "trial: it makes one video per --prompt"
         )
+    out = Path(out) if out is not None else default_out(resolved, attention, seed)
+    OutputFolder.claim(out)  # refused before anything loads when infer may not write there
     dev = pick_device(device)
     if root is not None:
         return run_pipeline_infer(
@@ -198,15 +203,18 @@ def default_out(resolved: Target, attention: str, seed: int) -> Path:
 
 
 def log_to_mlflow_run(resolved: Target, out_dir: Path, artifact_path: str) -> str | None:
-    """Log the output folder to the trial's run as `artifact_path`; returns the run id (None
-    when no run is known)."""
+    """Log the files this run wrote into `out_dir` (its manifest's), and nothing else there, to
+    the trial's run as `artifact_path`; returns the run id (None when no run is known)."""
     if resolved.run_id is None or resolved.tracking_uri is None:
         print("MLflow: not logged (no MLflow run is known for this target)")
         return None
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.infer.outputs import OutputFolder
+
     client = MlflowClient(tracking_uri=resolved.tracking_uri)
-    client.log_artifacts(resolved.run_id, str(out_dir), artifact_path)
+    for path in OutputFolder.claim(out_dir).files():
+        client.log_artifact(resolved.run_id, str(path), artifact_path)
     print(f"MLflow: logged to run {resolved.run_id} as {artifact_path} ({resolved.tracking_uri})")
     return resolved.run_id
 

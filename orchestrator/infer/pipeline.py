@@ -301,20 +301,32 @@ def generate_videos(
 def write_videos(
     out_dir: Path, videos: torch.Tensor, settings: VideoSettings, *, seed: int
 ) -> list[Path]:
-    """An MP4 and a frame-grid PNG per prompt, and frames.safetensors; returns the paths."""
+    """An MP4 and a frame-grid PNG per prompt, and frames.safetensors; returns the paths.
+    out_dir's earlier infer outputs are replaced, nothing else in it is touched
+    (orchestrator.infer.outputs); videos.json, written next, is recorded as this run's too."""
     from orchestrator.data.video_writers import write_frame_grid, write_video
+    from orchestrator.infer.outputs import OutputFolder
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("[0-9][0-9]_*_seed*.mp4"), *out_dir.glob("[0-9][0-9]_*_seed*.png")]:
-        stale.unlink()  # a rerun with fewer prompts must not leave (and log) the old ones
+    stems = _video_stems(settings, seed)
+    OutputFolder.claim(out_dir).replace(video_files(settings, seed))
     files = []
-    for i, (prompt, frames) in enumerate(zip(settings.prompts, videos, strict=True)):
-        stem = out_dir / f"{i:02d}_{_slug(prompt)}_seed{seed}"
+    for name, frames in zip(stems, videos, strict=True):
+        stem = out_dir / name
         pixels = frames.permute(1, 0, 2, 3) * 2 - 1  # (3, F, H, W) in [-1, 1]
         files.append(write_video(stem.with_suffix(".mp4"), pixels, fps=settings.fps))
         files.append(write_frame_grid(stem.with_suffix(".png"), pixels))
     save_file({"frames": videos.contiguous()}, str(out_dir / FRAMES_FILE))
     return [*files, out_dir / FRAMES_FILE]
+
+
+def video_files(settings: VideoSettings, seed: int) -> list[str]:
+    """The names of the files write_videos and run_pipeline_infer write, videos.json included."""
+    names = [f"{stem}{ext}" for stem in _video_stems(settings, seed) for ext in (".mp4", ".png")]
+    return [*names, FRAMES_FILE, SUMMARY_FILE]
+
+
+def _video_stems(settings: VideoSettings, seed: int) -> list[str]:
+    return [f"{i:02d}_{_slug(prompt)}_seed{seed}" for i, prompt in enumerate(settings.prompts)]
 
 
 def _slug(text: str, limit: int = 32) -> str:
@@ -338,11 +350,14 @@ def run_pipeline_infer(
     import contextlib
 
     from orchestrator.infer import command
+    from orchestrator.infer.outputs import OutputFolder
     from orchestrator.recipe.compile import compiled_blocks
 
     info = read_pipeline(root)
     settings = video_defaults(resolved, root).asked(request)
     check_settings(settings, info, resolved.name)  # before anything loads or is written
+    out_dir = Path(out) if out is not None else command.default_out(resolved, attention, seed)
+    OutputFolder.claim(out_dir).check(video_files(settings, seed))  # may infer write them there
     started = time.perf_counter()
     trial = load_pipeline_trial(resolved, root, attention=attention, device=device)
     if attention == "dense" and trial.sla is not None:
@@ -358,7 +373,6 @@ def run_pipeline_infer(
         )
     sla_calls, fallbacks = command.checked_sla_counts(trial.handle, resolved.name)
 
-    out_dir = Path(out) if out is not None else command.default_out(resolved, attention, seed)
     files = write_videos(out_dir, videos, settings, seed=seed)
     summary = {
         "target": target, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,

@@ -29,6 +29,7 @@ from orchestrator.recipe.config import autocast_dtype, resolve_mixed_precision
 from orchestrator.recipe.flow_matching import class_prompts, euler_sample
 
 TENSOR_FILE = "samples.safetensors"  # the raw clips: the bit-for-bit comparison reads these
+SUMMARY_FILE = "samples.json"
 UPSCALE = 4  # latent pixels are tiny (16x16 for the tiny preset): enlarge for viewing
 GIF_FRAME_MS = 200
 
@@ -124,15 +125,19 @@ def write_samples(
     clips: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, out_dir: Path
 ) -> list[Path]:
     """Per clip a PNG of its frames side by side and a GIF, grid.png (one clip per row) and
-    samples.safetensors (clips, noise, labels); returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("clip*_class*.png"), *out_dir.glob("clip*_class*.gif")]:
-        stale.unlink()  # a rerun with fewer clips must not leave (and log) the old ones
+    samples.safetensors (clips, noise, labels); returns the paths written. out_dir's earlier
+    infer outputs are replaced, nothing else in it is touched (orchestrator.infer.outputs);
+    samples.json, written next by write_summary, is recorded as this run's too."""
+    from orchestrator.infer.outputs import OutputFolder
+
+    stems = [f"clip{i:02d}_class{label}" for i, label in enumerate(labels.tolist())]
+    names = [f"{stem}{ext}" for stem in stems for ext in (".png", ".gif")]
+    OutputFolder.claim(out_dir).replace([*names, "grid.png", TENSOR_FILE, SUMMARY_FILE])
     written = []
     rows = []
-    for i, (clip, label) in enumerate(zip(clips, labels.tolist(), strict=True)):
+    for clip, name in zip(clips, stems, strict=True):
         frames = to_uint8_frames(clip)  # (F, h, w)
-        stem = out_dir / f"clip{i:02d}_class{label}"
+        stem = out_dir / name
         gap = np.full((frames.shape[1], UPSCALE), 255, dtype=np.uint8)  # white bar between frames
         row = np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)
         rows.append(row)
@@ -160,6 +165,6 @@ def write_samples(
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     """samples.json: what was generated, from what, and the SLA counters."""
-    path = out_dir / "samples.json"
+    path = out_dir / SUMMARY_FILE
     path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return path
