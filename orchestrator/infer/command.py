@@ -75,6 +75,7 @@ def run_infer(
     log_to_mlflow: bool = True,
     compile: bool = False,
     video: VideoRequest | None = None,
+    precision: str = "auto",
 ) -> InferResult:
     """Resolve TARGET, rebuild the model, generate, write and log the samples.
 
@@ -108,6 +109,7 @@ def run_infer(
         return run_pipeline_infer(
             resolved, root, video, target=target, out=out, seed=seed, device=dev,
             attention=attention, log_to_mlflow=log_to_mlflow, compile=compile,
+            precision=precision,
         )  # fmt: skip
     return _run_preset_infer(
         resolved, target=target, out=out, num_samples=4 if num_samples is None else num_samples,
@@ -269,6 +271,9 @@ def add_video_arguments(group: argparse._ArgumentGroup) -> None:
         type=positive_int,
         help="WanPipeline's num_inference_steps (default: the trial's validation.steps)",
     )
+    group.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                       help="the transformer's compute: bf16 autocast (weights stay float32, as in "
+                            "training and validation) or float32; auto: bf16 on CUDA, fp32 on the CPU")  # fmt: skip
     group.add_argument("--guidance", type=guidance_scale,
                        help="classifier-free guidance scale, >= 1 (1: none; default: the trial's, 5.0 unless set)")  # fmt: skip
 
@@ -306,6 +311,7 @@ def handle(args: argparse.Namespace) -> int:
             args.target, trial=args.trial, out=args.out, num_samples=args.num_samples, seed=args.seed,
             device=args.device, attention=args.attention, tracking_uri=args.tracking_uri,
             log_to_mlflow=not args.no_mlflow, compile=args.compile, video=video_request(args),
+            precision=args.precision,
         )  # fmt: skip
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep infer: error: {exc}", file=sys.stderr)

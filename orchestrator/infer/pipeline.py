@@ -22,6 +22,7 @@ provenance) and a model card.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -272,6 +273,42 @@ def _export_info(root: Path) -> dict[str, Any]:
     return meta
 
 
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "bf16" or "fp32": auto is bf16 on CUDA (the trial's mixed precision there), fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision ({precision!r}) must be one of auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+@contextlib.contextmanager
+def autocast_forward(model: torch.nn.Module, device: torch.device, precision: str):
+    """Run model's forward under torch.autocast at `precision` (weights stay float32, as in the
+    trial's training and validation), until the block ends; fp32 changes nothing."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield model
+        return
+    forward, own = model.forward, "forward" in vars(model)
+
+    def autocast(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    model.forward = autocast
+    try:
+        yield model
+    finally:
+        if own:
+            model.forward = forward
+        else:
+            del model.forward  # the class's forward again
+
+
 @torch.no_grad()
 def generate_videos(
     pipe: WanPipeline,
@@ -345,10 +382,9 @@ def run_pipeline_infer(
     attention: Attention,
     log_to_mlflow: bool,
     compile: bool,
+    precision: str = "auto",
 ) -> InferResult:
     """Generate a pipeline trial's videos for the request with SLA on, write and log them."""
-    import contextlib
-
     from orchestrator.infer import command
     from orchestrator.infer.outputs import OutputFolder
     from orchestrator.recipe.compile import compiled_blocks
@@ -367,7 +403,11 @@ def run_pipeline_infer(
     if trial.handle is not None:
         trial.handle.reset_counts()
     seconds: list[float] = []
-    with compiled_blocks(trial.transformer) if compile else contextlib.nullcontext():
+    compute = resolve_precision(precision, device)
+    with (
+        compiled_blocks(trial.transformer) if compile else contextlib.nullcontext(),
+        autocast_forward(trial.transformer, device, compute),
+    ):
         videos = generate_videos(
             pipe, settings, seed=seed, max_text_len=info.max_text_len, seconds=seconds
         )
@@ -380,6 +420,7 @@ def run_pipeline_infer(
         "device": str(device), "seed": seed, "generation": settings.to_dict(),
         "max_text_len": info.max_text_len, "source": trial.source, "sla_calls": sla_calls,
         "fallbacks": fallbacks, "compile": compile, "videos": [f.name for f in files if f.suffix == ".mp4"],
+        "precision": compute,
         "seconds": {"load": load_s, "per_video": seconds},  # the first video's includes compiling
     }  # fmt: skip
     files.append(out_dir / SUMMARY_FILE)

@@ -91,6 +91,24 @@ def test_same_seed_same_frames_other_seed_differs(checkpoint, tmp_path):
     assert not torch.equal(a, c)
 
 
+def test_bf16_precision_runs_the_transformer_under_autocast(checkpoint, tmp_path):
+    """--precision bf16 (auto's choice on CUDA) computes the transformer in bf16 under autocast:
+    close to the float32 frames (same weights, same noise) but not equal; auto is fp32 on the
+    CPU."""
+    for name, precision in (("auto", "auto"), ("fp32", "fp32"), ("bf16", "bf16")):
+        assert infer(checkpoint, tmp_path / name, "--prompt", PROMPT, "--precision", precision) == 0
+    frames = {
+        n: load_file(str(tmp_path / n / FRAMES_FILE))["frames"] for n in ("auto", "fp32", "bf16")
+    }
+    precision = {
+        n: json.loads((tmp_path / n / SUMMARY_FILE).read_text())["precision"] for n in frames
+    }
+    assert precision == {"auto": "fp32", "fp32": "fp32", "bf16": "bf16"}
+    assert torch.equal(frames["auto"], frames["fp32"])
+    assert not torch.equal(frames["bf16"], frames["fp32"])
+    assert (frames["bf16"] - frames["fp32"]).abs().mean() < 0.02  # bf16 rounding, not another model
+
+
 def test_without_prompt_the_trial_validation_settings_are_used(checkpoint, tmp_path):
     assert infer(checkpoint, tmp_path / "v") == 0
     generation = json.loads((tmp_path / "v" / SUMMARY_FILE).read_text())["generation"]
