@@ -18,9 +18,12 @@ frames (moving shapes on gradients: speed does not depend on what the pixels sho
   with a short training (STUDY_SETTINGS: topk 0.05 and the control, a few steps, validation on);
 - use: `best`, `infer --prompt ... --compile` with SLA and dense (50 steps at the study's size),
   `export`, then stock `WanPipeline.from_pretrained` on the export generating 2 steps.
-OUT/summary.json holds every command's wall time, the sweep's own timings.json, each trial's
-perf/* metrics from its MLflow run, the GPU's busy share per phase and the projection of a
-trial's fixed costs onto a 1000-step trial. Each command's output goes to OUT/<phase>.log.
+OUT/summary.json holds every command's wall time, the sweep's own timings.json, each config's
+perf/* metrics (from the sweep report's summary.csv), infer's seconds per video, the GPU's busy
+share per command (and for the sweep before and after its encode) and the projection of a trial's
+fixed costs onto a 1000-step trial. Each command's output goes to OUT/<command>.log, its start and
+end to OUT/marks.json as it happens, so `summarize --out OUT` rebuilds the summary of a run that
+was cut short.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "wan2.1-t2v-1.3b.yaml"
@@ -53,6 +57,7 @@ CAPTIONS = (
     "a small blue square bounces between the edges of the frame",
 )
 
+MEASURED_VALIDATION_STEPS = 10  # the device run's validation.steps (the experiment ships 30)
 # What the device run overrides in the experiment (a short study; everything else as shipped)
 STUDY_SETTINGS = {
     "full": [
@@ -63,7 +68,7 @@ STUDY_SETTINGS = {
         "train.checkpoint_every=0",
         "data.num_val=1",
         f"validation.prompts=[{PROMPT!r}]",
-        "validation.steps=10",
+        f"validation.steps={MEASURED_VALIDATION_STEPS}",
     ],
     "tiny": [
         "sla.topk={grid: [0.5]}",
@@ -248,10 +253,11 @@ def busy_share(samples: list[tuple[float, float, float]], start: float, end: flo
 
 # ---- run ---------------------------------------------------------------------------------------
 def run_command(name: str, argv: list[str], out: Path, marks: dict) -> float:
-    """Run argv with its output (each line stamped with the unix time) in OUT/<name>.log; returns
-    the wall seconds; raises on a non-zero exit."""
+    """Run argv with its output (each line stamped with the unix time) in OUT/<name>.log, its start
+    and end in OUT/marks.json; returns the wall seconds; raises on a non-zero exit."""
     started = time.time()
     marks[name] = {"start": started, "argv": argv}
+    _write_json(out / "marks.json", marks)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (out / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -261,10 +267,17 @@ def run_command(name: str, argv: list[str], out: Path, marks: dict) -> float:
             log.flush()
         code = proc.wait()
     marks[name].update(end=time.time(), rc=code)
+    _write_json(out / "marks.json", marks)
     print(f"[wan_study] {name}: exit {code} in {time.time() - started:.1f} s", flush=True)
     if code != 0:
         raise RuntimeError(f"{name} exited {code}; see {out / (name + '.log')}")
     return time.time() - started
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def sweep_dir(runs: Path) -> Path:
@@ -274,42 +287,119 @@ def sweep_dir(runs: Path) -> Path:
     return found[-1]
 
 
-def trial_metrics(sweep: Path) -> dict[str, dict[str, float]]:
-    """Each trial's last value of every perf/, val/, flops/ and system/ metric, from MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    meta = json.loads((sweep / "sweep.json").read_text())
-    client = MlflowClient(tracking_uri=meta["tracking_uri"])
-    children = client.search_runs(
-        [client.get_run(meta["parent_run_id"]).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{meta['parent_run_id']}'",
-    )
-    return {run.info.run_name: {k: v for k, v in run.data.metrics.items()
-                                if k.split("/")[0] in ("perf", "val", "flops", "train", "sla")}
-            for run in children}  # fmt: skip
+def config_metrics(summary_csv: Path) -> dict[str, dict[str, float]]:
+    """Each config's mean of every perf/, val/, flops/, train/ and sla/ metric, from the sweep
+    report's summary.csv (report/summary.csv of the sweep directory)."""
+    out: dict[str, dict[str, float]] = {}
+    with summary_csv.open() as f:
+        for row in csv.DictReader(f):
+            if row["metric"].split("/")[0] in ("perf", "val", "flops", "train", "sla"):
+                out.setdefault(row["config"], {})[row["metric"]] = float(row["mean"])
+    return out
 
 
-def project(timings: dict, metrics: dict[str, dict[str, float]], steps: int = 1000) -> dict:
-    """A trial's fixed costs (Ray start-up, set-up, validation, checkpoint) next to `steps`
-    training steps at each trial's measured step time."""
+def first_step_extra(sweep_log: Path, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per config, the seconds its first training step took beyond the steady step time
+    (perf/step_s): torch.compile's compilation and the first call's set-up. From the stamped
+    lines "trial T started: ... topk=X" / "control", "trial T step 0" and "trial T step 1"."""
+    config, stamps = {}, {}
+    for line in sweep_log.read_text().splitlines():
+        stamp, _, text = line.partition(" ")
+        words = text.split()
+        if len(words) < 4 or words[0] != "[sla-sweep]" or words[1] != "trial":
+            continue
+        trial = words[2]
+        if words[3] == "started:":
+            topk = [w for w in words if w.startswith("topk=")]
+            config[trial] = "control" if "control" in text else (topk[0] if topk else text)
+        elif words[3] == "step" and words[4] in ("0", "1"):
+            stamps[(trial, words[4])] = float(stamp)
     out = {}
-    for trial, m in metrics.items():
+    for trial, name in config.items():
+        if (
+            (trial, "0") in stamps
+            and (trial, "1") in stamps
+            and "perf/step_s" in metrics.get(name, {})
+        ):
+            first = stamps[(trial, "1")] - stamps[(trial, "0")]
+            out[name] = max(first - metrics[name]["perf/step_s"], 0.0)
+    return out
+
+
+def project(timings: dict, metrics: dict[str, dict[str, float]], *, steps: int = 1000,
+            validation_steps_ratio: float = 1.0, checkpoints: int = 1,
+            compile_s: dict[str, float] | None = None) -> dict:  # fmt: skip
+    """A trial's fixed costs next to `steps` training steps at each config's measured step time:
+    Ray's start-up, the recipe's set-up (model load, first evaluation), the first step's extra
+    (compilation), `checkpoints` checkpoint saves, one validation (generation scaled by
+    validation_steps_ratio, plus the decode) and Ray's teardown."""
+    out = {}
+    for config, m in metrics.items():
         if "perf/step_s" not in m:
             continue
         fixed = {
             "ray_start_s": timings.get("trial_ray_start_s", 0.0),
             "setup_s": timings.get("trial_recipe_setup_s", 0.0),
-            "validation_s": m.get("perf/validation_generate_s", 0.0) + m.get("perf/decode_s", 0.0),
-            "checkpoint_s": m.get("perf/checkpoint_s", 0.0),
+            "first_step_extra_s": (compile_s or {}).get(config, 0.0),
+            "validation_s": m.get("perf/validation_generate_s", 0.0) * validation_steps_ratio
+            + m.get("perf/decode_s", 0.0),
+            "checkpoint_s": m.get("perf/checkpoint_s", 0.0) * checkpoints,
             "ray_teardown_s": timings.get("trial_ray_teardown_s", 0.0),
         }
         training = steps * m["perf/step_s"]
-        out[trial] = {
-            **fixed,
-            "training_s": training,
-            "fixed_share": sum(fixed.values()) / (sum(fixed.values()) + training),
-        }
+        total = sum(fixed.values()) + training
+        out[config] = {**fixed, "training_s": training, "fixed_share": sum(fixed.values()) / total}
     return out
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """OUT/summary.json from what a run left in OUT (also a run cut short): marks.json, gpu.csv,
+    the sweep's timings.json and report/summary.csv, infer's videos-<attention>.json."""
+    marks = json.loads((out / "marks.json").read_text()) if (out / "marks.json").is_file() else {}
+    summary: dict[str, Any] = {"commands": {
+        name: {"seconds": m["end"] - m["start"], "rc": m["rc"]} if "end" in m else "cut short"
+        for name, m in marks.items()
+    }}  # fmt: skip
+    samples = read_samples(out / "gpu.csv")
+    summary["gpu"] = {name: busy_share(samples, m["start"], m.get("end", samples[-1][0] + 1))
+                      for name, m in marks.items() if samples}  # fmt: skip
+    if (out / "timings.json").is_file():
+        timings = summary["sweep_timings"] = json.loads((out / "timings.json").read_text())
+        with contextlib.suppress(StopIteration, KeyError):
+            log = (out / "sweep.log").read_text().splitlines()
+            printed = float(next(ln for ln in log if "[sla-sweep] time:" in ln).split(" ", 1)[0])
+            t0 = printed - timings["total_s"]  # when the sweep's run() began
+            encoded = t0 + timings["base_model_s"] + timings["encode_s"]
+            summary["gpu"]["sweep_encode"] = busy_share(samples, t0, encoded)
+            summary["gpu"]["sweep_after_encode"] = busy_share(
+                samples, encoded, marks["sweep"]["end"]
+            )
+    if (out / "summary.csv").is_file():
+        metrics = summary["configs"] = config_metrics(out / "summary.csv")
+        timings = summary.get("sweep_timings", {})
+        extra = {}
+        if (out / "sweep.log").is_file():
+            extra = summary["first_step_extra_s"] = first_step_extra(out / "sweep.log", metrics)
+        summary["projected_1000_steps"] = project(timings, metrics, compile_s=extra)
+        shipped = yaml.safe_load(EXPERIMENT.read_text())  # 30 validation steps, 2 checkpoints
+        measured_steps = int(summary.get("validation_steps") or MEASURED_VALIDATION_STEPS)
+        summary["projected_1000_steps_as_shipped"] = project(
+            timings,
+            metrics,
+            validation_steps_ratio=shipped["validation"]["steps"] / measured_steps,
+            checkpoints=1000 // shipped["train"]["checkpoint_every"],
+            compile_s=extra,
+        )
+    for attention in ("sla", "dense"):
+        path = out / f"videos-{attention}.json"
+        if path.is_file():
+            videos = json.loads(path.read_text())
+            summary[f"infer_{attention}"] = {
+                **videos["seconds"], "precision": videos.get("precision"),
+                "compile": videos["compile"], "generation": videos["generation"],
+            }  # fmt: skip
+    _write_json(out / "summary.json", summary)
+    return summary
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,71 +407,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work, out = args.work.absolute(), args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     runs, marks = work / "runs", {}
-    summary: dict[str, Any] = {"size": size, "marks": marks, "host": _host()}
+    _write_json(out / "host.json", _host())
     python = [sys.executable, "-m", "orchestrator"]
     with GpuSampler(out / "gpu.csv"):
         try:
             if "sweep" in args.phases:
-                sets = [
-                    f"model.path={work / 'pipeline'}",
-                    f"data.source={work / 'clips'}",
-                    f"storage.results_dir={runs}",
-                    "name=wan-study",
-                    *STUDY_SETTINGS[size],
-                    *args.set,
-                ]
+                sets = [f"model.path={work / 'pipeline'}", f"data.source={work / 'clips'}",
+                        f"storage.results_dir={runs}", "name=wan-study",
+                        *STUDY_SETTINGS[size], *args.set]  # fmt: skip
                 argv = [*python, str(EXPERIMENT)]
                 for item in sets:
                     argv += ["--set", item]
                 run_command("sweep", argv, out, marks)
+                sweep = sweep_dir(runs)
+                shutil.copy(sweep / "timings.json", out / "timings.json")
+                shutil.copy(sweep / "results.csv", out / "results.csv")
+                shutil.copy(sweep / "report" / "summary.csv", out / "summary.csv")
             sweep = sweep_dir(runs)
-            summary["sweep_dir"] = str(sweep)
             if "use" in args.phases:
                 run_command("best", [*python, "best", str(sweep)], out, marks)
                 for attention in ("sla", "dense"):
+                    videos = work / f"videos-{attention}"
+                    shutil.rmtree(videos, ignore_errors=True)
                     run_command(f"infer_{attention}", [
                         *python, "infer", str(sweep), "--attention", attention,
                         "--prompt", PROMPT, "--prompt", CAPTIONS[0],
-                        "--out", str(work / f"videos-{attention}"), *INFER_SETTINGS[size]
+                        "--out", str(videos), *INFER_SETTINGS[size],
                     ], out, marks)  # fmt: skip
-                    infer = json.loads((work / f"videos-{attention}" / "videos.json").read_text())
-                    summary[f"infer_{attention}"] = infer["seconds"]
+                    shutil.copy(videos / "videos.json", out / f"videos-{attention}.json")
                 export = work / "export"
                 shutil.rmtree(export, ignore_errors=True)
                 run_command("export", [*python, "export", str(sweep), str(export)], out, marks)
                 run_command("stock_load", [sys.executable, "-m", "benchmarks.wan_study", "stock",
                                            str(export), "--size", size], out, marks)  # fmt: skip
         finally:
-            summary["gpu"] = _gpu_phases(out, marks)
-            with contextlib.suppress(Exception):
-                sweep = sweep_dir(runs)
-                timings = json.loads((sweep / "timings.json").read_text())
-                summary["sweep_timings"] = timings
-                summary["trials"] = trial_metrics(sweep)
-                summary["projected_1000_steps"] = project(timings, summary["trials"])
-                for name in ("results.csv", "timings.json"):
-                    shutil.copy(sweep / name, out / name)
-            (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            summary = summarize(out)
     return summary
-
-
-def _gpu_phases(out: Path, marks: dict) -> dict[str, Any]:
-    """Busy share per command; for the sweep also after its encode (from its timings.json and
-    the stamped line that printed it)."""
-    samples = read_samples(out / "gpu.csv")
-    phases = {name: busy_share(samples, m["start"], m.get("end", time.time()))
-              for name, m in marks.items()}  # fmt: skip
-    log = out / "sweep.log"
-    with contextlib.suppress(Exception):
-        line = next(ln for ln in log.read_text().splitlines() if "[sla-sweep] time:" in ln)
-        printed = float(line.split(" ", 1)[0])
-    with contextlib.suppress(Exception):
-        timings = json.loads((out / "timings.json").read_text())
-        t0 = printed - timings["total_s"]
-        encoded = t0 + timings["base_model_s"] + timings["encode_s"]
-        phases["sweep_encode"] = busy_share(samples, marks["sweep"]["start"], encoded)
-        phases["sweep_after_encode"] = busy_share(samples, encoded, marks["sweep"]["end"])
-    return phases
 
 
 def _host() -> dict[str, Any]:
@@ -436,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--phases", nargs="+", choices=("sweep", "use"), default=["sweep", "use"])
     p.add_argument("--set", action="append", default=[], help="one more sla-sweep --set")
+    p = sub.add_parser("summarize", help="OUT/summary.json again from what a run left in OUT")
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("stock", help="stock WanPipeline on an export")
     p.add_argument("export", type=Path)
     p.add_argument("--size", choices=tuple(CLIPS), default="full")
@@ -455,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
     elif args.command == "run":
         run(args)
+    elif args.command == "summarize":
+        print(json.dumps(summarize(args.out), indent=1, default=str))
     else:
         stock(args.export, args.size)
     return 0
