@@ -35,6 +35,7 @@ raises one VideoDataError that lists every problem, one line each, starting with
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -62,6 +63,15 @@ CAPTION_KEYS = ("caption", "text", "prompt")  # in order of precedence within on
 SHORT_MODES = ("error", "skip")
 _EPS = 1e-6  # seconds: timestamps within this of a sample time count as on it
 _ALLOWED = f"allowed: videos {' '.join(VIDEO_EXTS)}, images {' '.join(IMAGE_EXTS)}"
+# Bounds on what one file may make the tool do, checked before the work is done:
+MAX_CAPTION_CHARS = 8192  # longer captions are cut (noted): 512 tokens never need more
+MAX_SIDE = 8192  # pixels per side of a video or image (declared size, before decoding)
+MAX_PIXELS = 8192 * 4320  # pixels per frame (8K); RGB frames of at most about 106 MB
+MAX_SECONDS = 4 * 3600.0  # a video's declared length
+MAX_FRAMES = 200_000  # frames decoded from one video when its length is checked
+# Caption characters refused: C0/C1 controls other than tab, newline and carriage return (NUL,
+# terminal escapes) and the bidirectional overrides and isolates (they reorder displayed text)
+_BIDI = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
 
 T = TypeVar("T")
 
@@ -118,14 +128,21 @@ def scan_folder(
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise VideoDataError(root, [f"{root}: {what}"])
-    media = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_EXTS)
     problems: list[str] = []
-    if not media:
+    notes: list[str] = []
+    media = _media_files(root, problems, notes)
+    if not media and not problems:
         problems.append(f"{root}: holds no media files ({_ALLOWED})")
     captions = _collect_captions(root, {p.name for p in media}, problems)
-    entries, notes = [], []
+    entries = []
     for path in media:
         caption = _one_caption(path, captions.get(path.name, []), problems)
+        if caption is not None and len(caption) > MAX_CAPTION_CHARS:
+            notes.append(
+                f"{path}: caption cut from {len(caption)} to {MAX_CAPTION_CHARS} characters "
+                "(the text encoder reads a few hundred tokens of it at most)"
+            )
+            caption = caption[:MAX_CAPTION_CHARS]
         try:
             available, how = _probe(path, fps)
         except _MediaError as exc:
@@ -144,6 +161,28 @@ def scan_folder(
     if problems:
         raise VideoDataError(root, problems)
     return entries, notes
+
+
+def _media_files(root: Path, problems: list[str], notes: list[str]) -> list[Path]:
+    """The folder's media files by name. A symbolic link is followed (clips are often linked
+    in from elsewhere) and one that leads out of the folder is noted; one that leads nowhere, or
+    to something that is not a regular file (a device, a FIFO), is a problem."""
+    media = []
+    for path in sorted(root.iterdir()):
+        if path.suffix.lower() not in MEDIA_EXTS:
+            continue
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_file():
+                what = "nothing" if not target.exists() else "something that is not a file"
+                problems.append(f"{path}: a symbolic link to {what} ({target}): link a file")
+                continue
+            if root.resolve() not in target.parents:
+                notes.append(f"{path}: a symbolic link out of the folder, to {target}: followed")
+        elif not path.is_file():
+            continue  # a folder named like a clip: subfolders are not read
+        media.append(path)
+    return media
 
 
 def _check_args(*, frames: int, fps: float | None, size: tuple[int, int] | None = None) -> None:
@@ -195,7 +234,7 @@ def _collect_captions(
     for name in sorted(media):
         sidecar = (root / name).with_suffix(".txt")
         if sidecar.is_file():
-            text = _read_text(sidecar, problems)
+            text = _read_text(sidecar, problems, limit=4 * MAX_CAPTION_CHARS + 3)
             text = None if text is None else _nonempty(text.strip(), str(sidecar), problems)
             captions.setdefault(name, []).append(_Caption(sidecar.name, text))
     for file in METADATA_FILES:
@@ -210,10 +249,17 @@ def _collect_captions(
     return captions
 
 
-def _read_text(path: Path, problems: list[str]) -> str | None:
-    data = path.read_bytes()
+def _read_text(path: Path, problems: list[str], *, limit: int | None = None) -> str | None:
+    """The file as UTF-8 text; with limit, only its first `limit` bytes (a character the limit
+    cuts in half is dropped), so a huge caption file costs no more than a long caption."""
+    with path.open("rb") as f:
+        data = f.read() if limit is None else f.read(limit)
     try:
-        return data.decode("utf-8-sig")
+        # final=False: an incomplete character at the end (the limit's cut) is held back, not
+        # an error; invalid bytes anywhere still are
+        return codecs.getincrementaldecoder("utf-8-sig")().decode(
+            data, final=limit is None or len(data) < limit
+        )
     except UnicodeDecodeError as exc:
         problems.append(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start}): "
@@ -226,7 +272,22 @@ def _nonempty(text: str, where: str, problems: list[str]) -> str | None:
     if not text:
         problems.append(f"{where}: empty caption: write the clip's description")
         return None
+    bad = next((i for i, c in enumerate(text) if _refused_char(c)), None)
+    if bad is not None:
+        problems.append(
+            f"{where}: caption holds the control character U+{ord(text[bad]):04X} at character "
+            f"{bad + 1}: remove it (control characters other than tab and newline, and "
+            "bidirectional overrides, are refused)"
+        )
+        return None
     return text
+
+
+def _refused_char(c: str) -> bool:
+    code = ord(c)
+    if c in "\t\n\r":
+        return False
+    return code < 0x20 or 0x7F <= code <= 0x9F or code in _BIDI
 
 
 _Row = tuple[str, "str | None", "str | None"]  # (where: "line 3", file name, caption)
@@ -346,10 +407,15 @@ def _video_frames(path: Path) -> Iterator[tuple[float, float, av.VideoFrame]]:
             if not container.streams.video:
                 raise _MediaError(f"holds no video stream ({_ALLOWED})")
             stream = container.streams.video[0]
+            _check_declared(stream, container)
             stream.thread_type = "AUTO"  # decoding is bit-exact whatever the threading
             rate = float(stream.average_rate or stream.guessed_rate or 0)
             first, duration = None, 1.0 / rate if rate else 0.0
-            for frame in container.decode(stream):
+            for count, frame in enumerate(container.decode(stream)):
+                if count >= MAX_FRAMES:
+                    raise _MediaError(
+                        f"more than {MAX_FRAMES} frames: cut the clip to what training needs"
+                    )
                 if frame.time is None:
                     raise _MediaError("a frame without a timestamp: remux the file with FFmpeg")
                 first = frame.time if first is None else first
@@ -361,6 +427,30 @@ def _video_frames(path: Path) -> Iterator[tuple[float, float, av.VideoFrame]]:
             f"cannot be decoded ({type(exc).__name__}: {exc}): damaged, truncated or not a "
             f"video FFmpeg reads ({_ALLOWED})"
         ) from exc
+
+
+def _check_size(width: int, height: int) -> None:
+    """_MediaError for a frame size beyond MAX_SIDE / MAX_PIXELS (checked before decoding)."""
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise _MediaError(
+            f"{width}x{height} pixels a frame is more than sla-sweep decodes (at most "
+            f"{MAX_SIDE} a side and {MAX_PIXELS} pixels, 8K): scale it down first"
+        )
+
+
+def _check_declared(stream: av.video.stream.VideoStream, container: Any) -> None:
+    """The video's declared frame size and length, before any frame is decoded."""
+    _check_size(stream.codec_context.width, stream.codec_context.height)
+    seconds = None
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000  # av.time_base
+    if seconds is not None and seconds > MAX_SECONDS:
+        raise _MediaError(
+            f"{seconds / 3600:.1f} hours long; at most {MAX_SECONDS / 3600:g} hours are read: "
+            "cut the clip to what training needs"
+        )
 
 
 def _resample(timed: Iterable[tuple[float, float, T]], fps: float | None) -> Iterator[T]:
@@ -386,6 +476,7 @@ def _read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB, upright per its EXIF orientation; alpha is dropped."""
     try:
         with Image.open(path) as image:
+            _check_size(*image.size)  # from the header: nothing decoded yet
             return np.array(ImageOps.exif_transpose(image).convert("RGB"))  # writable
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise _MediaError(f"not a readable image ({exc}); {_ALLOWED}") from exc
