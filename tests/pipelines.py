@@ -11,13 +11,15 @@ The pipeline `tiny_pipeline` returns is shared by every test of the session: nev
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import WanPipeline
+from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
 from orchestrator.models.tiny_pipeline import WAN22_VAE_LAYOUT, build_tiny_pipeline
 
@@ -203,8 +205,34 @@ def wan_config_layout(dst: str | Path, release: str) -> Path:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**content, **layout.get(relative, {})}, indent=2))
-    empty = ["vae/diffusion_pytorch_model.safetensors", "tokenizer/spiece.model"]
-    empty += ["transformer/diffusion_pytorch_model.safetensors"]
-    for relative in empty + [f"text_encoder/{shard}" for shard in shards]:
-        (root / relative).touch()
+    (root / "tokenizer" / "spiece.model").touch()
+    for part, cls in (("transformer", WanTransformer3DModel), ("vae", AutoencoderKLWan)):
+        config = json.loads((root / part / "config.json").read_text())
+        with torch.device("meta"):
+            state = cls.from_config(config).state_dict()
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        write_header_only(root / part / "diffusion_pytorch_model.safetensors", shapes)
+    for i, shard in enumerate(shards):
+        write_header_only(root / "text_encoder" / shard, {f"layer{i}.weight": (4096, 4096)})
     return root
+
+
+def write_header_only(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> Path:
+    """A complete float32 safetensors file of tensors of `shapes` whose data was never written: a
+    sparse file (no disk blocks) of the length its header gives, so header checks pass."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        size = 4 * math.prod(shape)
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with Path(path).open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+    return Path(path)

@@ -2,7 +2,9 @@
 parts and the VAE / text-encoder calls that turn clips and captions into what the transformer
 trains on are in pipeline_models.py.
 
-`read_pipeline` reads only JSON configs (never weights) and reports every problem at once.
+`read_pipeline` reads JSON configs and the weights' headers (never their data) and reports every
+problem at once: each weight file complete, and the transformer's and the VAE's tensors the ones
+their configs describe.
 Conventions, all as diffusers' WanPipeline has them:
 
 - pixels are (B, 3, F, H, W) in [-1, 1]; latents are (B, z_dim, F', H', W') with
@@ -27,6 +29,8 @@ from typing import Any
 import diffusers
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from orchestrator.models.weights import diffusers_problems, folder_shapes, transformer_problems
+
 PIPELINE_CLASS = "WanPipeline"
 WAN_TEXT_LEN = 512  # WanPipeline's default max_sequence_length
 _NEEDS = {  # subfolder -> what a Wan pipeline needs there
@@ -37,6 +41,7 @@ _NEEDS = {  # subfolder -> what a Wan pipeline needs there
     "scheduler": "a flow-matching scheduler (scheduler_config.json)",
 }
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
+_CHECKED: dict[tuple, list[str]] = {}  # (folder, config, weight shapes) -> problems
 
 
 class PipelineError(ValueError):
@@ -124,7 +129,8 @@ def is_pipeline_dir(path: str | Path) -> bool:
 
 
 def read_pipeline(path: str | Path) -> PipelineInfo:
-    """Read a local Wan pipeline's configs (no weights); raise PipelineError listing every problem."""
+    """Read a local Wan pipeline's configs and weight headers (never the weights' data); raise
+    PipelineError listing every problem."""
     root = Path(path).expanduser()
     if not root.is_dir():
         parts = ", ".join(f"{name}/" for name in _NEEDS)
@@ -155,6 +161,11 @@ def read_pipeline(path: str | Path) -> PipelineInfo:
     for part in parts:
         fields.update(part or {})
     problems.extend(_cross_problems(fields, root))
+    configs_sound = not problems  # tensors are compared with configs only once those are sound
+    for part, cls, config in (("transformer", WanTransformer3DModel, transformer),
+                              ("vae", AutoencoderKLWan, vae), ("text_encoder", None, None)):  # fmt: skip
+        if (root / part).is_dir():
+            problems.extend(weight_problems(root / part, cls, config if configs_sound else None))
     if problems:
         raise PipelineError(root, problems)
     del fields["out_channels"]  # checked against z_dim; in_channels is what PipelineInfo keeps
@@ -234,6 +245,28 @@ def _weight_problems(folder: Path, need: str) -> list[str]:
         if missing:
             problems.append(f"{index}: names shards that are missing: {', '.join(missing)}")
     return problems
+
+
+def weight_problems(folder: Path, cls: type | None, config: dict[str, Any] | None) -> list[str]:
+    """A model folder's weight files: each complete (safetensors) or weights-only (.bin), and,
+    for a diffusers `cls` with its `config`, every name and shape from_pretrained would load.
+    Only headers are read (orchestrator.models.weights)."""
+    shapes, problems = folder_shapes(folder)
+    if problems or cls is None or config is None:
+        return problems
+    key = (
+        str(folder),
+        json.dumps(config, sort_keys=True, default=str),
+        tuple(sorted(shapes.items())),
+    )
+    if key not in _CHECKED:  # read_pipeline runs in every trial: the model is built once
+        config = {**_init_defaults(cls), **config}
+        where = folder / "config.json"
+        if cls is WanTransformer3DModel:  # its depth and size first: no 40,000-block build
+            _CHECKED[key] = transformer_problems(config, shapes, where)
+        else:
+            _CHECKED[key] = diffusers_problems(cls, config, shapes, where)
+    return list(_CHECKED[key])
 
 
 def _tokenizer_config(folder: Path, problems: list[str]) -> dict[str, Any] | None:

@@ -181,12 +181,18 @@ def model_source_error(model: str) -> str | None:
     if not config.is_file():
         return f"model ({model!r}) must be {allowed}; {path} has no config.json"
     try:
-        class_name = json.loads(config.read_text()).get("_class_name")
+        values = json.loads(config.read_text())
+        class_name = values.get("_class_name")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
         return f"model ({model!r}): {config} is not a readable JSON object ({exc})"
     if class_name != "WanTransformer3DModel":
         return f"model ({model!r}): {config} describes {class_name!r}, expected 'WanTransformer3DModel'"
-    return None
+    from diffusers import WanTransformer3DModel
+
+    from orchestrator.models.pipeline import weight_problems
+
+    problems = weight_problems(path, WanTransformer3DModel, values)
+    return f"model ({model!r}): {'; '.join(problems)}" if problems else None
 
 
 def build_preset(name: str, *, seed: int) -> WanTransformer3DModel:

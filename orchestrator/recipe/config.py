@@ -453,6 +453,10 @@ def _lora_errors(c: TrainConfig) -> list[str]:
             f"lora ({c.lora!r}) must be a mapping of rank, alpha, dropout, target_modules or null"
         ]
     errors = c.lora.errors()
+    if not errors and isinstance(c.model, str) and model_source_error(c.model) is None:
+        from orchestrator.models.weights import lora_problems  # the model's linears, meta device
+
+        errors += lora_problems(c.model, c.lora.rank, c.lora.target_modules)
     if c.train_base is True:
         errors.append(
             "train_base (true) with lora: a LoRA trial trains the adapter and SLA's proj_l over "

@@ -189,8 +189,8 @@ def parse_spec(
     n_before = len(errors)
     sections = (raw.get("model"), raw.get("data"), train_section)
     train = train_kwargs(*sections, errors, cwd, validation=raw.get("validation"))
-    if train_space and len(errors) == n_before:
-        check_train_space(train, train_space, errors)
+    if train_space and not any(e.startswith("unknown key") for e in errors[n_before:]):
+        check_train_space(train, train_space, errors)  # each bad searched value, named
     sla = parse_sla_space(raw.get("sla"), errors)
     control = _bool(raw, "control", True, errors)
     metric = _choice(raw, "metric", "val/loss", METRIC_NAMES, errors)

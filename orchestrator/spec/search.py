@@ -217,20 +217,36 @@ def check_train_space(
     train: Mapping[str, Any], params: tuple[SearchParam, ...], errors: list[str]
 ) -> None:
     """Every searched value (range ends included), with the rest of `train` at its control
-    values, must make a valid TrainConfig; then every combination of them (up to 256)."""
+    values, must make a valid TrainConfig; then every combination of them (up to 256).
+
+    Each bad value is reported, also when the control values themselves are invalid (reported
+    by the caller): a value's problems are those its config has beyond the control's."""
     n_before = len(errors)
+    control = set(_train_problems(train, ()))
     for p in params:
         for value in p.values:
-            _check_train_values(train, ((p.field, value),), errors)
-    if len(params) > 1 and len(errors) == n_before:
+            _check_train_values(train, ((p.field, value),), errors, known=control)
+    if len(params) > 1 and len(errors) == n_before and not control:
         axes = [[(p.field, v) for v in p.values] for p in params]
         for combo in itertools.islice(itertools.product(*axes), MAX_TRAIN_COMBINATIONS):
             if _check_train_values(train, combo, errors):
                 break  # one bad combination says what is wrong
 
 
-def _check_train_values(train: Mapping[str, Any], combo, errors: list[str]) -> bool:
-    """Append an error (True) when `train` with the (field, value) pairs is no valid TrainConfig."""
+def _check_train_values(
+    train: Mapping[str, Any], combo, errors: list[str], *, known: set[str] = frozenset()
+) -> bool:
+    """Append an error (True) when `train` with the (field, value) pairs is no valid TrainConfig
+    for reasons other than those in `known`."""
+    problems = [p for p in _train_problems(train, combo) if p not in known]
+    if problems:
+        where = ", ".join(f"{f} = {v!r}" for f, v in combo)
+        errors.append(f"{where}: {'; '.join(problems)}")
+    return bool(problems)
+
+
+def _train_problems(train: Mapping[str, Any], combo) -> list[str]:
+    """Why `train` with the (field, value) pairs is no valid TrainConfig, one part per problem."""
     from orchestrator.recipe import TrainConfig
 
     kwargs = dict(train)
@@ -241,10 +257,8 @@ def _check_train_values(train: Mapping[str, Any], combo, errors: list[str]) -> b
     try:
         TrainConfig.from_dict(kwargs)
     except (TypeError, ValueError) as exc:
-        where = ", ".join(f"{f} = {v!r}" for f, v in combo)
-        errors.append(f"{where}: {str(exc).removeprefix('invalid training config: ')}")
-        return True
-    return False
+        return str(exc).removeprefix("invalid training config: ").split("; ")
+    return []
 
 
 def control_value(param: SearchParam) -> Any:
