@@ -85,27 +85,34 @@ def safetensors_shapes(path: Path) -> Shapes:
 
 
 def bin_shapes(path: Path) -> Shapes:
-    """Tensor name -> shape of a `.bin` state dict, loaded memory-mapped with weights_only=True;
+    """Tensor name -> shape of a `.bin` state dict (see load_weights_only)."""
+    import torch
+
+    state = load_weights_only(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: not a state dict of tensors (sla-sweep loads safetensors)")
+    return {str(k): tuple(v.shape) for k, v in state.items()}
+
+
+def load_weights_only(path: Path) -> Any:
+    """A torch `.bin` file loaded memory-mapped with weights_only=True (its tensors are not read);
     WeightsError (one line) for a pickle that needs more, or an unreadable file."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         raise WeightsError(
-            f"{path}: a pickle that holds more than tensors: sla-sweep loads only safetensors"
-            " weights, or .bin files that torch loads with weights_only=True (it never unpickles"
-            " code), convert the weights to safetensors"
+            f"{path}: a pickle that holds more than tensors and plain values: only safetensors"
+            " files, or .bin files that torch loads with weights_only=True, are accepted (a"
+            " pickle's code never runs); convert the weights to safetensors"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"{path}: not a readable weights-only torch file ({first}): sla-sweep loads"
-            " safetensors weights, or .bin files that torch loads with weights_only=True"
+            f"{path}: not a readable weights-only torch file ({first}): only safetensors files,"
+            " or .bin files that torch loads with weights_only=True, are accepted"
         ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors (sla-sweep loads safetensors)")
-    return {str(k): tuple(v.shape) for k, v in state.items()}
 
 
 def weight_files(folder: Path) -> list[Path]:

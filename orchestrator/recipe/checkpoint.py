@@ -132,8 +132,11 @@ def read_trial(directory: Path) -> dict[str, Any]:
 def check_files(directory: Path) -> None:
     """A checkpoint's files as they must be before anything reads them: its own regular files
     (a symbolic link is never followed, wherever it points) and safetensors files whose header
-    reads; a ValueError naming the first file that is not."""
+    reads, torch .bin files that load weights-only (memory-mapped, never unpickling code); a
+    ValueError naming the first file that is not."""
     from safetensors import SafetensorError, safe_open
+
+    from orchestrator.models.weights import WeightsError, load_weights_only
 
     for root, dirs, files in os.walk(directory):
         for name in sorted(dirs + files):
@@ -149,6 +152,11 @@ def check_files(directory: Path) -> None:
                         pass
                 except (SafetensorError, OSError) as exc:
                     raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+            elif name.endswith(".bin"):  # accelerate's torch files (optimizer, scheduler, weights)
+                try:
+                    load_weights_only(path)
+                except WeightsError as exc:
+                    raise ValueError(str(exc)) from None
 
 
 def load_checkpoint(
