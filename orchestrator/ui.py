@@ -36,8 +36,9 @@ from pathlib import Path
 import psutil
 
 from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
-from orchestrator.sweep.mlflow_review import MODEL_TAG, links, model_link
-from orchestrator.sweep.records import SWEEP_FILE
+from orchestrator.storage.records import SWEEP_FILE
+from orchestrator.tracking.mlflow_review import links, model_link
+from orchestrator.tracking.tags import MODEL_TAG, PARENT_TAG
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 120.0
@@ -90,9 +91,9 @@ def resolve_store(target: str) -> Store:
 
 
 def _pulled_sweep(uri: str) -> Path:
-    """The working copy of a bucket sweep's files (orchestrator.sweep.sweep_storage)."""
+    """The working copy of a bucket sweep's files (orchestrator.storage.sweep_place)."""
     from orchestrator.spec import SpecError
-    from orchestrator.sweep.sweep_storage import open_place
+    from orchestrator.storage.sweep_place import open_place
 
     try:
         return open_place(uri).local
@@ -298,7 +299,7 @@ def sweep_links(server: UIServer) -> dict[str, str]:
         return {"runs": server.runs_url}
     children = server.api("runs/search", {
         "experiment_ids": [store.experiment_id], "max_results": 5000,
-        "filter": f"tags.`mlflow.parentRunId` = '{store.parent_run_id}'",
+        "filter": f"tags.`{PARENT_TAG}` = '{store.parent_run_id}'",
     }).get("runs", [])  # fmt: skip
     ids = [r["info"]["run_id"] for r in children]
     found = links(server.url, store.experiment_id, store.parent_run_id, ids)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -30,16 +29,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from orchestrator.storage.local import file_lock
+
 CACHE_FORMAT = 2  # 2: entries name their kind, key and inputs; older keys are never looked up
 DIGEST_KEY = "sha256"  # safetensors metadata: the digest of the entry's tensor bytes
 KIND_KEY, ENTRY_KEY, INPUTS_KEY = "kind", "key", "inputs"  # what binds an entry to its path
 REHASH_ENV = "SLA_SWEEP_REHASH"  # set to 1: every file digest is taken from the bytes again
 _CHUNK = 1 << 22
-
-
-def default_cache_root() -> Path:
-    """$SLA_SWEEP_CACHE, else ~/.cache/sla-sweep: shared by every sweep of this user."""
-    return Path(os.environ.get("SLA_SWEEP_CACHE", "~/.cache/sla-sweep")).expanduser()
 
 
 def canonical(description: Mapping[str, Any]) -> str:
@@ -297,16 +293,3 @@ def _sha256_file(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, *, wait: bool = True):
-    """An exclusive lock on `path` (created) for the block: one process at a time, across processes.
-    The lock dies with its holder (flock). wait=False: BlockingIOError at once when another process
-    holds it. Yields the open lock file."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        try:
-            yield handle
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

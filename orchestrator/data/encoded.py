@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from orchestrator.data.cache import FileDigests, TensorCache, default_cache_root, key_of
+from orchestrator.data.cache import FileDigests, TensorCache, key_of
+from orchestrator.storage.local import default_cache_root
 
 MANIFEST_FORMAT = 1
 LATENTS, TEXTS = "latents", "texts"  # the two kinds of cache entries

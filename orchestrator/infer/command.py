@@ -26,40 +26,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from orchestrator.infer.errors import InferenceError
 from orchestrator.infer.options import add_device, add_tracking_uri, pick_device, positive_int
+from orchestrator.infer.outputs import OutputFolder
+from orchestrator.infer.results import (
+    InferResult,
+    checked_sla_counts,
+    default_out,
+    log_to_mlflow_run,
+    warn_dense,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from orchestrator.infer.pipeline import VideoRequest
     from orchestrator.infer.target import Target
-    from sla_kernel_glue import SLAConfig, SLAHandle
-
-DENSE_WARNING = """\
-!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
-WARNING: --attention dense on SLA-trained weights ({name}, trained with SLA {sla}).
-These weights were fine-tuned to work WITH Sparse-Linear Attention; running them with
-dense attention drops SLA's linear branch (proj_l), so sample quality WILL DROP.
-Run without --attention dense to keep SLA on.
-!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"""
-
-
-@dataclasses.dataclass
-class InferResult:
-    """Where the samples went and what ran: the SLA counters prove SLA was on."""
-
-    out_dir: Path
-    files: list[Path]
-    attention: str
-    sla_calls: int
-    fallbacks: dict[str, dict[str, int]]
-    run_id: str | None
-    summary: dict[str, Any]
 
 
 def run_infer(
@@ -82,8 +68,7 @@ def run_infer(
     A preset trial samples `num_samples` (default 4) class-conditioned clips; a pipeline trial
     (or export) makes one video per prompt of `video` through WanPipeline
     (orchestrator.infer.pipeline), and `video`'s options are refused for a preset trial."""
-    from orchestrator.infer.model import InferenceError
-    from orchestrator.infer.outputs import OutputFolder
+    # heavy: pipeline, target, model and samples import torch and diffusers
     from orchestrator.infer.pipeline import (
         VideoRequest,
         pipeline_root,
@@ -130,6 +115,7 @@ def _run_preset_infer(
     compile: bool,
 ) -> InferResult:
     """A preset trial's class-conditioned samples from fixed seeds (see the module docstring)."""
+    # heavy: torch and diffusers
     from orchestrator.infer.model import load_checkpoint_model, load_export_model
     from orchestrator.infer.samples import generate, sample_inputs, write_samples, write_summary
     from orchestrator.recipe.compile import compiled_blocks
@@ -163,62 +149,6 @@ def _run_preset_infer(
     artifact_path = f"samples/{attention}-seed{seed}"
     logged = log_to_mlflow_run(resolved, out_dir, artifact_path) if log_to_mlflow else None
     return InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
-
-
-def warn_dense(name: str, sla: SLAConfig) -> None:
-    """The loud warning for SLA-trained weights run with dense attention."""
-    print(DENSE_WARNING.format(name=name, sla=sla.to_dict()), file=sys.stderr, flush=True)
-
-
-def checked_sla_counts(
-    handle: SLAHandle | None, name: str
-) -> tuple[int, dict[str, dict[str, int]]]:
-    """(SLA calls, dense fallbacks) after a generation. InferenceError when SLA was injected but
-    no attention call ran through it; a warning when self-attention calls ran dense."""
-    from orchestrator.infer.model import InferenceError
-
-    if handle is None:
-        return 0, {}
-    sla_calls, fallbacks = handle.sla_calls(), handle.fallback_counts()
-    if sla_calls == 0:
-        raise InferenceError(f"SLA was injected into {name} but no attention call ran through it")
-    self_fallbacks = {
-        p: {r: n for r, n in per.items() if r != "cross_attention"} for p, per in fallbacks.items()
-    }
-    self_fallbacks = {p: per for p, per in self_fallbacks.items() if per}
-    if self_fallbacks:
-        print(
-            f"warning: self-attention calls ran dense instead of SLA: {self_fallbacks}",
-            file=sys.stderr,
-        )
-    return sla_calls, fallbacks
-
-
-def default_out(resolved: Target, attention: str, seed: int) -> Path:
-    """<sweep>/samples/<trial>-<attention>-seed<S>, or ./sla_samples/... outside a sweep."""
-    base = (
-        resolved.sweep_dir / "samples"
-        if resolved.sweep_dir is not None
-        else Path.cwd() / "sla_samples"
-    )
-    return base / f"{resolved.name}-{attention}-seed{seed}"
-
-
-def log_to_mlflow_run(resolved: Target, out_dir: Path, artifact_path: str) -> str | None:
-    """Log the files this run wrote into `out_dir` (its manifest's), and nothing else there, to
-    the trial's run as `artifact_path`; returns the run id (None when no run is known)."""
-    if resolved.run_id is None or resolved.tracking_uri is None:
-        print("MLflow: not logged (no MLflow run is known for this target)")
-        return None
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.infer.outputs import OutputFolder
-
-    client = MlflowClient(tracking_uri=resolved.tracking_uri)
-    for path in OutputFolder.claim(out_dir).files():
-        client.log_artifact(resolved.run_id, str(path), artifact_path)
-    print(f"MLflow: logged to run {resolved.run_id} as {artifact_path} ({resolved.tracking_uri})")
-    return resolved.run_id
 
 
 # ---- the `sla-sweep infer` subcommand ------------------------------------------------------------
@@ -288,8 +218,7 @@ def guidance_scale(text: str) -> float:
 
 def video_request(args: argparse.Namespace) -> VideoRequest:
     """The text-to-video options of the command line; InferenceError for a bad --size."""
-    from orchestrator.infer.model import InferenceError
-    from orchestrator.infer.pipeline import VideoRequest
+    from orchestrator.infer.pipeline import VideoRequest  # heavy: torch and diffusers
 
     size = args.size
     if size is not None and len(size) not in (1, 2):

@@ -46,7 +46,7 @@ def compare_sweep(
     from orchestrator.infer.target import from_sweep
     from orchestrator.recipe.compile import compiled_blocks
     from orchestrator.recipe.evaluate import psnr
-    from orchestrator.sweep.records import FINISHED, SWEEP_FILE, load_rows
+    from orchestrator.storage.records import FINISHED, SWEEP_FILE, load_rows
 
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / SWEEP_FILE).is_file():
@@ -155,7 +155,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Compare every finished trial's samples, loss and generation time with the control."""
     from orchestrator.spec import SpecError
-    from orchestrator.sweep.sweep_storage import open_place
+    from orchestrator.storage.sweep_place import open_place
 
     try:
         result = compare_sweep(

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.infer.export_info import card_metrics, lora_info
 from orchestrator.infer.options import add_tracking_uri
 
 MODEL_CARD = """\
@@ -57,8 +58,6 @@ or in Python:
     from sla_kernel_glue import load_exported
     model, handle = load_exported("{out}", WanTransformer3DModel)   # SLA injected and loaded
 """
-
-CARD_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
 
 
 def run_export(
@@ -135,17 +134,6 @@ def run_export(
     return out
 
 
-def lora_info(model: Any, merge: bool) -> dict[str, Any] | None:
-    """inference.json's "lora": how a LoRA trial's adapter was exported (None: no adapter)."""
-    from orchestrator.recipe.lora import LORA_FILE, has_lora
-
-    if not has_lora(model):
-        return None
-    config = next(iter(model.peft_config.values()))
-    return {"rank": int(config.r), "alpha": float(config.lora_alpha), "merged": merge,
-            "file": None if merge else LORA_FILE}  # fmt: skip
-
-
 def _check_merge(merge: bool, model: Any, resolved: Any) -> None:
     from orchestrator.infer.model import InferenceError
     from orchestrator.recipe.lora import has_lora
@@ -172,13 +160,6 @@ def staged_directory(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def card_metrics(source: dict[str, Any], keys: tuple[str, ...] = CARD_METRICS) -> str:
-    """The model card's metrics line: the sweep's main metrics (`keys`) at export."""
-    metrics = source.get("metrics") or {}
-    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
-    return shown or "none recorded"
 
 
 def _model_card(out: Path, sla: dict[str, Any], source: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from orchestrator.data.folder import clip_shape
+from orchestrator.infer.errors import InferenceError
 from orchestrator.infer.samples import GenerationSettings
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, TRIAL_FILE, read_trial
@@ -35,10 +36,6 @@ from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, load_exported, load
 
 INFERENCE_FILE = "inference.json"  # an export's generation settings and provenance
 Attention = Literal["sla", "dense"]
-
-
-class InferenceError(ValueError):
-    """The target cannot be loaded for inference; the message says why and what to do."""
 
 
 @dataclasses.dataclass

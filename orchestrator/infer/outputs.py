@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.infer.model import InferenceError
+from orchestrator.infer.errors import InferenceError
 
 MANIFEST = "infer_outputs.json"
 WRITER = "sla-sweep infer"

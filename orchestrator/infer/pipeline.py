@@ -37,6 +37,8 @@ import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from safetensors.torch import save_file
 
+from orchestrator.data.video_writers import write_frame_grid, write_video
+from orchestrator.infer.export_info import card_metrics, lora_info
 from orchestrator.infer.model import (
     INFERENCE_FILE,
     Attention,
@@ -44,16 +46,24 @@ from orchestrator.infer.model import (
     rebuild_checkpoint_model,
     running_config,
 )
+from orchestrator.infer.outputs import OutputFolder
+from orchestrator.infer.results import (
+    InferResult,
+    checked_sla_counts,
+    default_out,
+    log_to_mlflow_run,
+    warn_dense,
+)
 from orchestrator.models.pipeline import PipelineInfo, is_pipeline_dir, read_pipeline
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.recipe.checkpoint import SLA_FILE, read_trial
+from orchestrator.recipe.compile import compiled_blocks
 from orchestrator.recipe.config import TrainConfig
-from orchestrator.recipe.lora import load_exported_lora
+from orchestrator.recipe.lora import detach_lora, has_lora, load_exported_lora
 from orchestrator.recipe.train import DEFAULT_VIDEO_FPS
 from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, export_base_model, load_sla_state
 
 if TYPE_CHECKING:
-    from orchestrator.infer.command import InferResult
     from orchestrator.infer.target import Target
 
 PIPELINE_KIND = "pipeline"  # inference.json's "kind" in a pipeline export
@@ -341,9 +351,6 @@ def write_videos(
     """An MP4 and a frame-grid PNG per prompt, and frames.safetensors; returns the paths.
     out_dir's earlier infer outputs are replaced, nothing else in it is touched
     (orchestrator.infer.outputs); videos.json, written next, is recorded as this run's too."""
-    from orchestrator.data.video_writers import write_frame_grid, write_video
-    from orchestrator.infer.outputs import OutputFolder
-
     stems = _video_stems(settings, seed)
     OutputFolder.claim(out_dir).replace(video_files(settings, seed))
     files = []
@@ -385,19 +392,15 @@ def run_pipeline_infer(
     precision: str = "auto",
 ) -> InferResult:
     """Generate a pipeline trial's videos for the request with SLA on, write and log them."""
-    from orchestrator.infer import command
-    from orchestrator.infer.outputs import OutputFolder
-    from orchestrator.recipe.compile import compiled_blocks
-
     info = read_pipeline(root)
     settings = video_defaults(resolved, root).asked(request)
     check_settings(settings, info, resolved.name)  # before anything loads or is written
-    out_dir = Path(out) if out is not None else command.default_out(resolved, attention, seed)
+    out_dir = Path(out) if out is not None else default_out(resolved, attention, seed)
     OutputFolder.claim(out_dir).check(video_files(settings, seed))  # may infer write them there
     started = time.perf_counter()
     trial = load_pipeline_trial(resolved, root, attention=attention, device=device)
     if attention == "dense" and trial.sla is not None:
-        command.warn_dense(resolved.name, trial.sla)
+        warn_dense(resolved.name, trial.sla)
     pipe = trial.pipeline(device)
     load_s = time.perf_counter() - started
     if trial.handle is not None:
@@ -411,7 +414,7 @@ def run_pipeline_infer(
         videos = generate_videos(
             pipe, settings, seed=seed, max_text_len=info.max_text_len, seconds=seconds
         )
-    sla_calls, fallbacks = command.checked_sla_counts(trial.handle, resolved.name)
+    sla_calls, fallbacks = checked_sla_counts(trial.handle, resolved.name)
 
     files = write_videos(out_dir, videos, settings, seed=seed)
     summary = {
@@ -431,8 +434,8 @@ def run_pipeline_infer(
             f"SLA: {sla_calls} attention calls through SLA; dense fallbacks: {fallbacks or 'none'}"
         )
     artifact_path = f"videos/{attention}-seed{seed}"
-    logged = command.log_to_mlflow_run(resolved, out_dir, artifact_path) if log_to_mlflow else None
-    return command.InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
+    logged = log_to_mlflow_run(resolved, out_dir, artifact_path) if log_to_mlflow else None
+    return InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
 
 
 # ---- export ---------------------------------------------------------------------------------
@@ -489,9 +492,6 @@ def export_pipeline(
     trial's adapter at its top (`pipe.load_lora_weights(OUT)`), or merged into transformer/.
 
     Returns how many component files were hard-linked and how many copied."""
-    from orchestrator.infer.export import card_metrics, lora_info
-    from orchestrator.recipe.lora import detach_lora, has_lora
-
     if trial.handle is None:
         raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
     counts = link_components(trial.info.root, staging)

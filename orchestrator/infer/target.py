@@ -10,7 +10,7 @@ TARGET may be:
     in --tracking-uri, $MLFLOW_TRACKING_URI, or the default store ./sla_runs/mlflow.db;
   - a registered model version, models:/NAME/VERSION (or models:/NAME/latest, models:/NAME@ALIAS),
     in the same store: the checkpoint it names, or, when that is not on this machine and the
-    checkpoint was lean, the small files logged with it (orchestrator.sweep.model_registry).
+    checkpoint was lean, the small files logged with it (orchestrator.tracking.model_registry).
   - any of the directories above as a URI (s3://bucket/prefix/<sweep>, ...): a sweep's files
     are read from the bucket, and the checkpoint to load is fetched into the local cache, keyed
     by its content (orchestrator.storage.local_copy), once per machine.
@@ -28,10 +28,15 @@ from pathlib import Path
 import yaml
 
 from orchestrator.infer.model import INFERENCE_FILE, InferenceError
-from orchestrator.recipe.checkpoint import TRIAL_FILE
+from orchestrator.recipe.checkpoint import TRIAL_FILE, latest_checkpoint
+from orchestrator.report.table import best_row
+from orchestrator.spec import SpecError
 from orchestrator.spec.schema import DEFAULT_RESULTS_DIR, sqlite_store
-from orchestrator.sweep.records import SPEC_FILE, SWEEP_FILE, TrialRow, load_rows, read_json
-from orchestrator.sweep.report import best_row
+from orchestrator.storage import StorageError, check_reachable, is_uri, local_copy, open_location
+from orchestrator.storage.local import default_cache_root
+from orchestrator.storage.records import SPEC_FILE, SWEEP_FILE, TrialRow, load_rows, read_json
+from orchestrator.storage.sweep_place import SweepPlace, open_place
+from orchestrator.tracking.tags import CHECKPOINT_TAG, PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -58,8 +63,6 @@ def resolve_target(
     target: str, *, trial: str | None = None, tracking_uri: str | None = None
 ) -> Target:
     """Resolve TARGET (see the module docstring); InferenceError with one line when it is none."""
-    from orchestrator.storage import is_uri
-
     if is_uri(target):
         return from_uri(target, trial)
     path = Path(target).expanduser()
@@ -93,10 +96,6 @@ def resolve_target(
 def from_uri(uri: str, trial: str | None) -> Target:
     """A sweep in a bucket (its files pulled), or a checkpoint, trial or export directory there
     (fetched into the local cache)."""
-    from orchestrator.spec import SpecError
-    from orchestrator.storage import StorageError, check_reachable, local_copy, open_location
-    from orchestrator.sweep.sweep_storage import open_place
-
     try:
         loc = open_location(uri, what="TARGET")
         check_reachable(loc, what="TARGET")
@@ -118,22 +117,11 @@ def _checkpoint_dir(sweep_dir: Path, meta: dict, recorded: str | None) -> Path |
         return None
     storage = meta.get("storage")
     if storage:
-        from orchestrator.storage import open_location
-        from orchestrator.sweep.sweep_storage import SweepPlace
-
         place = SweepPlace(sweep_dir, open_location(storage, what="sweep"))
         recorded = place.localize(recorded, log=lambda msg: print(f"[sla-sweep] {msg}"))
         if recorded is None:
             return None
     return latest_checkpoint(Path(recorded))
-
-
-def latest_checkpoint(path: Path) -> Path | None:
-    """path itself when it holds trial.json, else its latest complete checkpoint_* directory."""
-    if (path / TRIAL_FILE).is_file():
-        return path
-    found = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_FILE).is_file())
-    return found[-1] if found else None
 
 
 def from_sweep(sweep_dir: Path, trial: str | None) -> Target:
@@ -203,10 +191,7 @@ def default_tracking_uri() -> str:
 
 def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Target:
     """A trial's child run -> its checkpoint; a sweep's parent run -> its best (or --trial) trial."""
-    from mlflow.exceptions import MlflowException
-
-    from orchestrator.storage import is_uri
-    from orchestrator.sweep.mlflow_log import PARENT_TAG, SWEEP_TAG, TRIAL_TAG
+    from mlflow.exceptions import MlflowException  # heavy: MLflow, only for a run id
 
     uri = tracking_uri or default_tracking_uri()
     client = _client(uri, f"run {run_id}")
@@ -241,7 +226,7 @@ def from_run_id(run_id: str, trial: str | None, tracking_uri: str | None) -> Tar
 
 def _client(uri: str, what: str):
     """An MlflowClient of the store `uri`; InferenceError when a sqlite store is not there."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: MLflow, only for a run id or a model
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise InferenceError(f"no MLflow store at {uri} to look up {what}; pass --tracking-uri")
@@ -251,8 +236,12 @@ def _client(uri: str, what: str):
 def from_model_uri(model_uri: str, trial: str | None, tracking_uri: str | None) -> Target:
     """A registered version -> the checkpoint it names (matched back to its trial and run), or
     its logged files (a lean checkpoint) downloaded into the cache."""
-    from orchestrator.data.cache import default_cache_root
-    from orchestrator.sweep.model_registry import download_lean, local_checkpoint, resolve_version
+    # heavy: model_registry imports MLflow
+    from orchestrator.tracking.model_registry import (
+        download_lean,
+        local_checkpoint,
+        resolve_version,
+    )
 
     if trial is not None:
         raise InferenceError(
@@ -274,10 +263,10 @@ def from_model_uri(model_uri: str, trial: str | None, tracking_uri: str | None) 
     into = default_cache_root() / "registered" / version.name / str(version.version)
     downloaded = download_lean(version, uri, into)
     if downloaded is None:
-        named = version.tags.get("sla_sweep.checkpoint", "none recorded")
+        named = version.tags.get(CHECKPOINT_TAG, "none recorded")
         raise InferenceError(
             f"{model_uri}: its checkpoint ({named}) is not on this machine, and its weights were "
             "referenced, not logged (a full fine-tune); run it where the sweep directory is"
         )
-    return Target("checkpoint", downloaded, trial_id=version.tags.get("sla_sweep.trial_id"),
+    return Target("checkpoint", downloaded, trial_id=version.tags.get(TRIAL_TAG),
                   run_id=version.run_id, tracking_uri=uri)  # fmt: skip

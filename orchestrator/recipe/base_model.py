@@ -26,8 +26,8 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from orchestrator.data import StepSampler, build_datasets, collate
-from orchestrator.data.cache import file_lock
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
+from orchestrator.storage.local import file_lock
 
 from .config import TrainConfig, autocast_dtype
 from .flow_matching import class_prompts, flow_loss, sample_timesteps

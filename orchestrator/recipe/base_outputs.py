@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from orchestrator.data.cache import file_lock
+from orchestrator.storage.local import file_lock
 
 STORE_FILE = ".store"  # in a node's mirror of a bucket's reference directory: the bucket's URI
 REFERENCE_FORMAT = 1  # bump when the evaluation changes, so old files are not reused

@@ -106,6 +106,14 @@ def prune_checkpoints(workdir: Path, keep: int, *, protect: Path | None = None) 
     return doomed
 
 
+def latest_checkpoint(path: Path) -> Path | None:
+    """path itself when it holds trial.json, else its latest complete checkpoint_* directory."""
+    if (path / TRIAL_FILE).is_file():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / TRIAL_FILE).is_file())
+    return found[-1] if found else None
+
+
 def read_trial(directory: Path) -> dict[str, Any]:
     """trial.json of a checkpoint directory, checked for the keys resume needs."""
     directory = Path(directory)

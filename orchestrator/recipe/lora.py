@@ -21,8 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from orchestrator.data.cache import FileDigests, default_cache_root, tensor_digest
+from orchestrator.data.cache import FileDigests, tensor_digest
 from orchestrator.models.wan_presets import PRESETS
+from orchestrator.storage.local import default_cache_root
 
 from .config import LoraConfig, TrainConfig
 

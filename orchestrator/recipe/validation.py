@@ -116,7 +116,7 @@ class VideoValidation:
 
     def base_videos(self, model: nn.Module, base_id: str, directory: Path | None) -> VideoSet:
         """The base's videos: computed once per sweep into `directory`, then loaded."""
-        from orchestrator.data.cache import file_lock
+        from orchestrator.storage.local import file_lock
 
         if directory is None:
             return self.decode(self.generate(model))[0]

@@ -111,7 +111,7 @@ class FailureSpec:
 
 @dataclasses.dataclass(frozen=True)
 class VerdictSpec:
-    """What "holds quality" means for the sweep's verdict (orchestrator.sweep.findings)."""
+    """What "holds quality" means for the sweep's verdict (orchestrator.report.findings)."""
 
     metric: str = "val/loss"
     mode: str = "min"

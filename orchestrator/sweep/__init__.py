@@ -1,6 +1,9 @@
-"""The sweep on Ray: cluster, search space, the Tune trainable, the Train worker, the driver's
-progress callback and MLflow writer, the sweep directory's records and the end-of-sweep report.
+"""The sweep on Ray: cluster (start or join Ray), reachable (check addresses before starting),
+driver (the store lock and signals), run (run/resume a sweep end to end), search_space (the
+spec's space -> Tune's param space), trainable (the Tune trial), worker (the Ray Train worker
+running the recipe), progress (the driver's Tune callback), commands (`run`, `resume`, `best`).
 
-Import the submodules themselves: this package imports nothing, so `records` and `report` can be
-read without Ray (by `best`, `infer`, `compare`).
+The sweep directory's files are in orchestrator.storage, MLflow in orchestrator.tracking, the
+results table and study report in orchestrator.report. Import the submodules themselves: this
+package imports nothing.
 """

@@ -61,13 +61,13 @@ def add_best_arguments(p: argparse.ArgumentParser) -> None:
 
 def best(args: argparse.Namespace) -> int:
     """Show a sweep's results table and its best trial: checkpoint, MLflow run, Pareto plot."""
+    from orchestrator.report.findings import group_rows, judge
+    from orchestrator.report.study import format_summary
+    from orchestrator.report.table import best_row, format_table
     from orchestrator.spec import load_spec
-    from orchestrator.sweep.findings import group_rows, judge
-    from orchestrator.sweep.records import load_rows
-    from orchestrator.sweep.report import best_row, format_table
+    from orchestrator.storage.records import load_rows
+    from orchestrator.storage.sweep_place import open_place
     from orchestrator.sweep.run import find_sweep, read_sweep
-    from orchestrator.sweep.study_report import format_summary
-    from orchestrator.sweep.sweep_storage import open_place
 
     place = open_place(_sweep_of(args.target, find_sweep, load_spec))
     sweep_dir = place.local
@@ -113,8 +113,8 @@ def _sweep_of(target: str, find_sweep, load_spec) -> str | Path:
 def exit_status(outcome) -> int:
     """0 when every trial ended well, 1 when one failed; interrupted (resumable): 128 + the
     signal that stopped it (Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
+    from orchestrator.storage.records import ERROR
     from orchestrator.sweep.driver import exit_code
-    from orchestrator.sweep.records import ERROR
 
     if not outcome.complete:
         return exit_code(outcome.stopped_by)

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestrator.data.cache import file_lock
 from orchestrator.spec import SpecError
+from orchestrator.storage.local import file_lock
 
 DRIVER_LOCK = "driver.lock"  # in the sweep directory; holds the driver's pid
 # What timeout, batch schedulers, systemd and Kubernetes send, and a closed terminal.
@@ -67,7 +67,7 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
 def open_store(tracking_uri: str, experiment: str):
     """The sweep's SweepRecorder (MLflow experiment found or created), the store created or
     first opened under store_lock."""
-    from orchestrator.sweep.mlflow_log import SweepRecorder
+    from orchestrator.tracking.mlflow_log import SweepRecorder
 
     with store_lock(tracking_uri):
         return SweepRecorder(tracking_uri, experiment)

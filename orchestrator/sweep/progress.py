@@ -15,10 +15,8 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.recipe.checkpoint import VALIDATION_DIR
-from orchestrator.sweep.findings import group_tags
-from orchestrator.sweep.mlflow_buffer import RECORDS_LOCK
-from orchestrator.sweep.mlflow_log import SweepRecorder, flat_params
-from orchestrator.sweep.records import (
+from orchestrator.report.findings import group_tags
+from orchestrator.storage.records import (
     CHECKPOINT_KEY,
     DONE,
     ERROR,
@@ -33,6 +31,9 @@ from orchestrator.sweep.records import (
     TrialRow,
     load_rows,
 )
+from orchestrator.tracking.mlflow_buffer import RECORDS_LOCK
+from orchestrator.tracking.mlflow_log import SweepRecorder
+from orchestrator.tracking.params import flat_params
 from sla_kernel_glue import SLAConfig
 
 

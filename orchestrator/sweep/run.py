@@ -6,7 +6,7 @@ experiment directory: Tune syncs it wholesale on restore, so nothing of ours liv
 train/<trial id>/checkpoint_* (the Ray Train runs) and base_reference/ (the base model's val loss
 and samples, computed by the first trial and loaded by the others). With storage.results_dir a
 URI the sweep is a prefix in a bucket: Ray writes tune/ and train/ there, the driver keeps its
-own files in a working copy and uploads them (orchestrator.sweep.sweep_storage).
+own files in a working copy and uploads them (orchestrator.storage.sweep_place).
 """
 
 from __future__ import annotations
@@ -23,31 +23,13 @@ from typing import Any
 
 import yaml
 
+from orchestrator.report.study import report_findings
+from orchestrator.report.table import best_row, format_table, plot_pareto, write_csv
 from orchestrator.spec import ExperimentSpec, SpecError
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.spec.sizes import memory_errors
 from orchestrator.storage import StorageError
-from orchestrator.sweep import search_space
-from orchestrator.sweep.cluster import (
-    check_fits,
-    check_local_auth_mode,
-    connect,
-    local_resources,
-    max_concurrent,
-    ray_address,
-)
-from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
-from orchestrator.sweep.mlflow_log import (
-    NOTE_TAG,
-    SWEEP_TAG,
-    flat_params,
-    sweep_note,
-    sweep_recorder,
-)
-from orchestrator.sweep.mlflow_review import log_review
-from orchestrator.sweep.progress import SweepProgress
-from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
-from orchestrator.sweep.records import (
+from orchestrator.storage.records import (
     DONE,
     ENDED,
     ERROR,
@@ -58,9 +40,7 @@ from orchestrator.sweep.records import (
     load_rows,
     trial_sla,
 )
-from orchestrator.sweep.report import best_row, format_table, plot_pareto, write_csv
-from orchestrator.sweep.study_report import report_findings
-from orchestrator.sweep.sweep_files import (  # noqa: F401 (find_sweep, read_sweep: run's API)
+from orchestrator.storage.sweep_files import (  # noqa: F401 (find_sweep, read_sweep: run's API)
     TUNE_DIR,
     base_store,
     find_sweep,
@@ -68,9 +48,25 @@ from orchestrator.sweep.sweep_files import (  # noqa: F401 (find_sweep, read_swe
     prepare_encoded_data,
     read_sweep,
 )
-from orchestrator.sweep.sweep_storage import STORAGE_KEY, SweepPlace, new_place, open_place
-from orchestrator.sweep.tracking_creds import without_credentials
+from orchestrator.storage.sweep_place import STORAGE_KEY, SweepPlace, new_place, open_place
+from orchestrator.sweep import search_space
+from orchestrator.sweep.cluster import (
+    check_fits,
+    check_local_auth_mode,
+    connect,
+    local_resources,
+    max_concurrent,
+    ray_address,
+)
+from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
+from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
 from orchestrator.sweep.trainable import TrialSettings, sweep_trial
+from orchestrator.tracking.creds import without_credentials
+from orchestrator.tracking.mlflow_log import sweep_note, sweep_recorder
+from orchestrator.tracking.mlflow_review import log_review
+from orchestrator.tracking.params import flat_params
+from orchestrator.tracking.tags import NOTE_TAG, SWEEP_TAG
 
 # Every Ray head node has 1 of this resource; each trial actor takes this share of it (up to
 # 1000 trials at once).
@@ -432,7 +428,7 @@ def _trainable(settings: TrialSettings):
 
 def _callbacks(spec: ExperimentSpec, place: SweepPlace, parent: str, settings: TrialSettings):
     """The progress callback (trials.json, MLflow), then, for a bucket, the upload of the files."""
-    from orchestrator.sweep.storage_sync import SyncCallback
+    from orchestrator.storage.sync import SyncCallback
     from sla_kernel_glue import SLAConfig
 
     train_params = dataclasses.asdict(build_train_config(spec.train))

@@ -1,6 +1,6 @@
 """ExperimentSpec -> Ray Tune param_space, search algorithm and scheduler.
 
-A trial's config is orchestrator.sweep.records' {"sla": ..., "train": ..., "control": ...}.
+A trial's config is orchestrator.storage.records' {"sla": ..., "train": ..., "control": ...}.
 Grid and random search are expanded here into an explicit list (random draws from a seeded
 generator, so a sweep is reproducible and the control trial is simply one more entry); Optuna
 samples the space itself and gets the control trial first through ControlFirst. Searched
@@ -19,7 +19,7 @@ from ray.tune.search import Searcher
 
 from orchestrator.spec.schema import ExperimentSpec, SearchParam
 from orchestrator.spec.search import TRAIN_PREFIX, control_value
-from orchestrator.sweep.records import CONTROL
+from orchestrator.storage.records import CONTROL
 
 
 def expand_trials(spec: ExperimentSpec) -> list[dict[str, Any]]:

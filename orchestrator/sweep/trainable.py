@@ -21,7 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.sweep.records import trial_sla, trial_train
+from orchestrator.storage.records import trial_sla, trial_train
 from orchestrator.sweep.worker import train_loop_per_worker
 
 

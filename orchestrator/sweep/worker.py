@@ -16,13 +16,13 @@ from typing import Any
 import psutil
 import ray.train
 
-from orchestrator.sweep.records import (
+from orchestrator.storage.records import (
     LOOP_START_KEY,
     STEP_KEY,
     TRAINABLE_START_KEY,
     WORKER_CREATED_KEY,
 )
-from orchestrator.sweep.system_metrics import SystemSampler
+from orchestrator.tracking.system_metrics import SystemSampler
 
 
 class RayReportCallback:

@@ -44,9 +44,9 @@ def read_finished_sweep(sweep_dir: Path):
 
     import yaml
 
+    from orchestrator.report.table import best_row
     from orchestrator.spec import parse_spec
-    from orchestrator.sweep.records import load_rows
-    from orchestrator.sweep.report import best_row
+    from orchestrator.storage.records import load_rows
     from orchestrator.sweep.run import SweepOutcome
 
     spec = parse_spec(yaml.safe_load((sweep_dir / "spec.yaml").read_text()), source=str(sweep_dir))

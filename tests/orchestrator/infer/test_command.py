@@ -16,7 +16,7 @@ from orchestrator.cli import main as cli_main
 from orchestrator.infer.command import run_infer
 from orchestrator.infer.samples import TENSOR_FILE
 from orchestrator.infer.target import resolve_target
-from orchestrator.sweep.report import best_row
+from orchestrator.report.table import best_row
 
 pytestmark = pytest.mark.slow
 

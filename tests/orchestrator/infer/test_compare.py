@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.infer.compare import compare_sweep
-from orchestrator.sweep.records import load_rows
+from orchestrator.storage.records import load_rows
 
 pytestmark = pytest.mark.slow
 

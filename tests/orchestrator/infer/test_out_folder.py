@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main as cli_main
 from orchestrator.infer.outputs import MANIFEST
 from orchestrator.recipe import TrainConfig, run_trial
-from orchestrator.sweep.mlflow_log import artifact_location
+from orchestrator.tracking.mlflow_log import artifact_location
 from tests.orchestrator.infer.test_pipeline_infer import PROMPT, SLA, train_pipeline_trial
 
 KINDS = ("preset", "pipeline")

@@ -121,7 +121,7 @@ def test_without_prompt_the_trial_validation_settings_are_used(checkpoint, tmp_p
 def test_videos_are_logged_to_the_trial_run(checkpoint, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.sweep.mlflow_log import artifact_location
+    from orchestrator.tracking.mlflow_log import artifact_location
 
     sweep = tmp_path / "sweep"
     trial_dir = sweep / "trial_t1"

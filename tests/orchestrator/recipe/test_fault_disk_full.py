@@ -20,8 +20,8 @@ import torch
 
 import sla_kernel_glue
 from orchestrator.infer.model import load_checkpoint_model
-from orchestrator.infer.target import latest_checkpoint
 from orchestrator.recipe import RecordingCallback, TrainConfig, run_trial
+from orchestrator.recipe.checkpoint import latest_checkpoint
 from sla_kernel_glue import SLAConfig, read_sla_state
 
 SLA = SLAConfig(topk=0.25, blkq=32, blkk=32)

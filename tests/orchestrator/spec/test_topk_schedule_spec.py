@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.storage.records import trial_sla
 from orchestrator.sweep import search_space
-from orchestrator.sweep.records import trial_sla
 from sla_kernel_glue import SLAConfig
 
 RAMP = {"start": 1.0, "end": 0.1, "warmup_steps": 10}

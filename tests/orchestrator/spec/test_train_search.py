@@ -7,8 +7,8 @@ import pytest
 
 from orchestrator.recipe import TrainConfig
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.storage.records import trial_train
 from orchestrator.sweep import search_space
-from orchestrator.sweep.records import trial_train
 from orchestrator.sweep.run import expected_trials
 
 LORA = {"rank": 4}

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from orchestrator.sweep.findings import CONFIG_TAG, SEED_TAG, VERDICT_TAG
+from orchestrator.tracking.tags import CONFIG_TAG, SEED_TAG, VERDICT_TAG
 
 SECTIONS = ("## Verdict", "## Every config", "## Quality against attention FLOPs",
             "## Loss curves", "## Samples", "## Settings")  # fmt: skip

@@ -5,8 +5,8 @@ from __future__ import annotations
 import yaml
 
 from orchestrator.spec import parse_spec
+from orchestrator.storage.records import trial_sla
 from orchestrator.sweep import search_space
-from orchestrator.sweep.records import trial_sla
 from orchestrator.sweep.run import expected_trials
 from tests.paths import REPO
 

@@ -29,9 +29,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main as cli_main
+from orchestrator.report.study import trial_history
 from orchestrator.storage import open_location
-from orchestrator.sweep.study_report import trial_history
-from orchestrator.sweep.sweep_storage import working_copy
+from orchestrator.storage.sweep_place import working_copy
 from tests.orchestrator.sweep.processes import (
     assert_resumed_after,
     cli,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.spec import load_spec
+from orchestrator.storage.sweep_place import new_place
 from orchestrator.sweep.run import PREEMPTION_WATCHER_ENV, TRAIN_POLL_ENV, trial_settings
-from orchestrator.sweep.sweep_storage import new_place
 from tests.paths import REPO
 
 

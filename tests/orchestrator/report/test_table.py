@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from orchestrator.sweep.report import (
+from orchestrator.report.table import (
     TrialRow,
     best_row,
     format_table,
@@ -61,7 +61,7 @@ def test_table_csv_and_plot(tmp_path):
 
 
 def test_searched_training_settings_show_in_table_csv_and_plot_labels(tmp_path):
-    from orchestrator.sweep.report import short_label, varying_keys
+    from orchestrator.report.table import short_label, varying_keys
 
     def row(tid, topk, lr, loss):
         m = {"val/loss": loss, "flops/attention_ratio": 1.0 if topk is None else topk}

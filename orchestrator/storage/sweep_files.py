@@ -1,7 +1,7 @@
 """Reading a sweep back (its spec and MLflow ids), finding a spec's latest sweep, and what the
 driver prepares before any trial (the base model, a pipeline's encoded data).
 
-A sweep is a directory or a bucket prefix (orchestrator.sweep.sweep_storage.SweepPlace); both
+A sweep is a directory or a bucket prefix (orchestrator.storage.sweep_place.SweepPlace); both
 read through the place's working directory.
 """
 
@@ -18,8 +18,8 @@ from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
 from orchestrator.spec.bounded_yaml import load_bounded
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.storage import open_location
-from orchestrator.sweep.records import SPEC_FILE, SWEEP_FILE, TRIALS_FILE
-from orchestrator.sweep.sweep_storage import SweepPlace, open_place
+from orchestrator.storage.records import SPEC_FILE, SWEEP_FILE, TRIALS_FILE
+from orchestrator.storage.sweep_place import SweepPlace, open_place
 
 TUNE_DIR = "tune"
 _OWN = r"-\d{8}-\d{6}(-\d+)?"  # <name>-YYYYmmdd-HHMMSS[-n]

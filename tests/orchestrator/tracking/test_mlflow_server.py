@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.mlflow_buffer import HTTP_DEFAULTS, JOURNAL, PENDING, MlflowBuffer
+from orchestrator.tracking.mlflow_buffer import HTTP_DEFAULTS, JOURNAL, PENDING, MlflowBuffer
 from tests.mlflow_server import MlflowServer
 
 SECRET_IN_URI = "uri-secret-7d1f"
@@ -193,10 +193,10 @@ def test_a_sweep_through_a_server_outage_keeps_every_row_and_no_secret(
     again. The sweep completes; every row Tune got is in MLflow once (against each trial's
     result.json and trials.json), params and the parent's artifacts are there; neither secret is
     in any param, tag, file of the sweep directory or line printed."""
+    from orchestrator.report.study import trial_history
     from orchestrator.spec import load_spec
-    from orchestrator.sweep.records import load_rows
+    from orchestrator.storage.records import load_rows
     from orchestrator.sweep.run import run_sweep
-    from orchestrator.sweep.study_report import trial_history
     from tests.orchestrator.conftest import SMOKE_SPEC
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET_IN_ENV)
@@ -264,7 +264,7 @@ def test_a_uris_credentials_move_to_the_environment(tmp_path, monkeypatch):
     variable already set wins; a server nothing answers at is refused without the secret."""
     from orchestrator.spec import SpecError, load_spec
     from orchestrator.sweep.reachable import check_tracking_uri
-    from orchestrator.sweep.tracking_creds import without_credentials
+    from orchestrator.tracking.creds import without_credentials
     from tests.mlflow_server import free_port
     from tests.orchestrator.conftest import SMOKE_SPEC
 

@@ -7,6 +7,7 @@ experiment and the runs of a sweep, registering the best model) ask the store di
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,16 +16,15 @@ from typing import Any
 from mlflow.entities import DatasetInput
 from mlflow.tracking import MlflowClient
 
-from orchestrator.sweep.datasets import training_input
-from orchestrator.sweep.mlflow_buffer import dataset_record, quick_http_failures, shared_buffer
-from orchestrator.sweep.mlflow_review import save_view, view_columns, view_state
-from orchestrator.sweep.tracking_creds import public_uri
+from orchestrator.report.table import best_row, short_label, varying_keys
+from orchestrator.storage.records import SWEEP_FILE
+from orchestrator.tracking.creds import public_uri
+from orchestrator.tracking.datasets import training_input
+from orchestrator.tracking.mlflow_buffer import dataset_record, quick_http_failures, shared_buffer
+from orchestrator.tracking.mlflow_review import save_view, view_columns, view_state
+from orchestrator.tracking.tags import ERROR_TAG, PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 from orchestrator.values import is_num
 
-TRIAL_TAG = "sla_sweep.trial_id"
-SWEEP_TAG = "sla_sweep.sweep_dir"
-PARENT_TAG = "mlflow.parentRunId"
-NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 NOTE_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
 END_WAIT_S = 60.0  # at a sweep's end, how long to wait for a tracking server that is away
 ENDED = ("FINISHED", "FAILED", "KILLED")
@@ -182,7 +182,7 @@ class SweepRecorder:
 
     def end_child(self, run_id: str, status: str, error: str | None = None) -> None:
         if error:
-            self.set_tags(run_id, {"sla_sweep.error": error[:4000]})
+            self.set_tags(run_id, {ERROR_TAG: error[:4000]})
         self._end(run_id, status)
 
     def _end(self, run_id: str, status: str) -> None:
@@ -242,8 +242,6 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: Path) -> str:
     """The parent run's description: what was swept, the best trial, a table, how to compare."""
-    from orchestrator.sweep.report import best_row, short_label, varying_keys
-
     keys = varying_keys(rows)
     sla_rows = [r for r in rows if r.sla is not None]
     lines = [
@@ -282,24 +280,8 @@ def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: P
 
 def _parent_of(sweep_dir: Path) -> str | None:
     """The parent run id that sweep.json records (None before it is written)."""
-    import json
-
-    from orchestrator.sweep.records import SWEEP_FILE
-
     path = Path(sweep_dir) / SWEEP_FILE
     return json.loads(path.read_text()).get("parent_run_id") if path.is_file() else None
-
-
-def flat_params(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """{'topk': 0.1} -> {'sla.topk': 0.1}; nested mappings become dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flat_params(name, value))
-        else:
-            out[name] = value
-    return out
 
 
 def _param_str(value: Any) -> str:

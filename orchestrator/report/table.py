@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.sweep.records import FINISHED, TrialRow, format_value
+from orchestrator.storage.records import FINISHED, TrialRow, format_value
 from orchestrator.values import is_num
 
 TABLE_METRICS = (

@@ -23,10 +23,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.report.findings import FLOPS, ConfigGroup, Verdict, group_rows, judge
+from orchestrator.report.table import TABLE_METRICS, pyplot, save_figure
 from orchestrator.spec.schema import ExperimentSpec
-from orchestrator.sweep.findings import FLOPS, ConfigGroup, Verdict, group_rows, judge
-from orchestrator.sweep.records import TrialRow, read_json
-from orchestrator.sweep.report import TABLE_METRICS, pyplot, save_figure
+from orchestrator.storage.records import TrialRow, read_json
 from orchestrator.values import is_num
 
 REPORT_DIR = "report"
@@ -196,7 +196,7 @@ def trial_history(sweep_dir: Path, trial_id: str) -> dict[str, list[tuple[int, f
 
 def write_sample_panel(groups: Sequence[ConfigGroup], path: Path) -> Path | None:
     """One image strip per config (control first), the same prompt and noise; None if none."""
-    from orchestrator.sweep.report_samples import config_strips
+    from orchestrator.report.samples import config_strips
 
     strips = config_strips(groups)
     if not strips:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.report.findings import group_rows, judge, spread_of
 from orchestrator.spec.schema import VerdictSpec
-from orchestrator.sweep.findings import group_rows, judge, spread_of
-from orchestrator.sweep.records import TrialRow
+from orchestrator.storage.records import TrialRow
 
 
 def rows(losses: dict, flops: dict | None = None, step_s: dict | None = None) -> list[TrialRow]:

@@ -19,13 +19,11 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, TRIAL_FILE
 from orchestrator.recipe.lora import LORA_FILE
-from orchestrator.sweep.mlflow_log import SWEEP_TAG, TRIAL_TAG, flat_params
-from orchestrator.sweep.records import TrialRow
+from orchestrator.storage.records import TrialRow
+from orchestrator.tracking.params import flat_params
+from orchestrator.tracking.tags import CHECKPOINT_TAG, LEAN_TAG, MODEL_ID_TAG, SWEEP_TAG, TRIAL_TAG
 from orchestrator.values import is_num
 
-CHECKPOINT_TAG = "sla_sweep.checkpoint"
-LEAN_TAG = "sla_sweep.lean"  # "true": the logged files are the whole checkpoint
-MODEL_ID_TAG = "sla_sweep.logged_model"  # the logged model's id (sqlite keeps no model_id here)
 MODEL_TYPE = "sla-checkpoint"
 SMALL_FILES = (TRIAL_FILE, SLA_FILE, LORA_FILE)
 VERSION_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "val/attn_rel_err",

@@ -18,19 +18,25 @@ import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from orchestrator.sweep.records import FINISHED, TrialRow
-from orchestrator.sweep.tracking_creds import public_uri
+from orchestrator.report.findings import group_rows
+from orchestrator.report.study import read_verdict
+from orchestrator.report.table import best_row, varying_keys
+from orchestrator.storage.records import FINISHED, TrialRow
+from orchestrator.tracking.creds import public_uri
+from orchestrator.tracking.tags import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TAG,
+    PARENT_TAG,
+    SHARED_VIEW_PREFIX,
+    VERDICT_TAG,
+)
 from orchestrator.values import is_num
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"  # the UI's "Machine learning" (not "GenAI apps")
 WORKFLOW = "workflowType=machine_learning"
-SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
-VERDICT_TAG = "sla_sweep.verdict"
-MODEL_TAG = "sla_sweep.registered_model"  # the parent run's models:/NAME/VERSION
-PARENT_TAG = "mlflow.parentRunId"
 
 # The runs table's metric columns, in this order; what the parent run summarises.
 KEY_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "val/attn_rel_err",
@@ -86,8 +92,6 @@ def view_columns(params: Iterable[str]) -> list[str]:
 def trial_columns(rows: Sequence[TrialRow]) -> list[str]:
     """The finished sweep's param columns: the settings that vary first, then the other SLA
     fields the trials ran with."""
-    from orchestrator.sweep.report import varying_keys
-
     varying = [k if k.startswith("train.") else f"sla.{k}" for k in varying_keys(rows)]
     fixed = [f"sla.{k}" for r in rows for k in (r.sla or {})]
     return list(dict.fromkeys([*varying, *fixed]))
@@ -122,8 +126,6 @@ def parent_metrics(
     the sparsest config that holds quality, and sweep/holding_configs, how many hold;
     config/<label>/<m>_mean (and _std over repeats), config/<label>/n; sweep/trials and
     sweep/finished."""
-    from orchestrator.sweep.report import best_row
-
     done = [r for r in rows if r.status == FINISHED]
     out = {"sweep/trials": float(len(rows)), "sweep/finished": float(len(done))}
     control = next((r for r in done if r.sla is None), None)
@@ -151,8 +153,6 @@ def config_label(label: str) -> str:
 def config_summaries(rows: Sequence[TrialRow]) -> dict[str, float]:
     """Per config (its repeats: findings.group_rows): the mean of each summary metric, its sample
     standard deviation when there are two trials or more, and the count."""
-    from orchestrator.sweep.findings import group_rows
-
     out: dict[str, float] = {}
     for group in group_rows(rows):
         label = config_label(group.label)
@@ -198,15 +198,9 @@ def log_review(
     """The parent run's metrics (and the verdict: `verdict`, else the sweep directory's
     verdict.json when there is one), the runs-table view with the trials' settings, and, for a
     complete sweep, the best SLA trial registered; returns the lines to print (how to review)."""
-    from pathlib import Path
-
-    from orchestrator.sweep.report import best_row
-
     sweep_dir = Path(sweep_dir)
     parent = recorder.parent_run_id
     if verdict is None:
-        from orchestrator.sweep.study_report import read_verdict
-
         verdict = read_verdict(sweep_dir)
     numbers, tags = verdict_records(verdict)
     summary = parent_metrics(rows, spec.metric, spec.mode, verdict)
@@ -237,10 +231,9 @@ def log_review(
 
 def _register(recorder, name: str, best: TrialRow | None, sweep_dir):
     """The best SLA trial's version (model_registry.register_best); None without one."""
-    from pathlib import Path
-
-    from orchestrator.infer.target import latest_checkpoint
-    from orchestrator.sweep.model_registry import register_best
+    # heavy: recipe.checkpoint imports torch and accelerate, model_registry MLflow's registry
+    from orchestrator.recipe.checkpoint import latest_checkpoint
+    from orchestrator.tracking.model_registry import register_best
 
     if best is None or not best.run_id or not best.checkpoint:
         return None

@@ -38,7 +38,7 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 
-from orchestrator.sweep.records import TRIALS_FILE
+from orchestrator.storage.records import TRIALS_FILE
 
 JOURNAL = "mlflow_journal.jsonl"
 SPOOL = "mlflow_spool"

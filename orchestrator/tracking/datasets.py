@@ -16,7 +16,8 @@ from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
-CONTEXT_TAG = "mlflow.data.context"  # the UI shows it beside the dataset ("training")
+from orchestrator.tracking.tags import CONTEXT_TAG, SOURCE_NAME_TAG
+
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest
 
 
@@ -26,7 +27,7 @@ def training_input(sweep_dir: Path) -> DatasetInput:
 
     from orchestrator.spec import parse_spec
     from orchestrator.spec.recipe import build_train_config
-    from orchestrator.sweep.records import SPEC_FILE, SWEEP_FILE, read_json
+    from orchestrator.storage.records import SPEC_FILE, SWEEP_FILE, read_json
 
     sweep_dir = Path(sweep_dir)
     spec = parse_spec(yaml.safe_load((sweep_dir / SPEC_FILE).read_text()), source=str(sweep_dir))
@@ -65,7 +66,7 @@ def _digits(train) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
         clip, label = train_set[i]
         h.update(clip.contiguous().numpy().tobytes())
         h.update(str(int(label)).encode())
-    source = ("code", {"tags": {"mlflow.source.name": "orchestrator.data.digits_clips "
+    source = ("code", {"tags": {SOURCE_NAME_TAG: "orchestrator.data.digits_clips "
                                 "(scikit-learn's digits, moving)"}})  # fmt: skip
     profile = {"clips": len(train_set), "frames": frames, "size": size, "channels": channels,
                "seed": train.data_seed}  # fmt: skip
@@ -74,7 +75,8 @@ def _digits(train) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
 
 def _folder(root: Path, num_val: int) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
     """A folder of clips: every file's bytes (the val clips are in it too, held out by name)."""
-    from orchestrator.data.cache import FileDigests, default_cache_root
+    from orchestrator.data.cache import FileDigests
+    from orchestrator.storage.local import default_cache_root
 
     root = root.expanduser().resolve()
     digest = FileDigests(default_cache_root() / "digests.json").of_tree(root)

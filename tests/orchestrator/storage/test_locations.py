@@ -46,8 +46,8 @@ def test_text_json_and_trees_round_trip(s3, tmp_path):  # noqa: F811
 def test_a_sweeps_push_leaves_host_only_files_out(s3, tmp_path):  # noqa: F811
     """The driver's files reach the bucket; its lock and the MLflow spool (hard links to this
     host's files, for artifacts not sent yet) do not, nor do Ray's own directories."""
-    from orchestrator.sweep.mlflow_buffer import JOURNAL, SPOOL
-    from orchestrator.sweep.sweep_storage import SweepPlace
+    from orchestrator.storage.sweep_place import SweepPlace
+    from orchestrator.tracking.mlflow_buffer import JOURNAL, SPOOL
 
     local = tmp_path / "sweep"
     for rel in ("sweep.json", "report/report.md", JOURNAL, "driver.lock", f"{SPOOL}/1-a/x.png",
@@ -184,7 +184,7 @@ def test_encoded_data_is_shared_through_the_bucket(s3, tmp_path, monkeypatch):  
     assert len(uploaded) == len(named) and not any("f" * 64 in k for k in uploaded)
     assert share_encoded(manifest_path, store) == uri  # a set is uploaded once
     # the MLflow dataset input of a bucket sweep names the same data as the manifest's
-    from orchestrator.sweep.datasets import _encoded
+    from orchestrator.tracking.datasets import _encoded
 
     assert _encoded(uri)[2] == _encoded(str(manifest_path))[2]
 

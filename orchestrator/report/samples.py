@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.sweep.findings import ConfigGroup
+from orchestrator.report.findings import ConfigGroup
 
 SAMPLE_SEED = 0
 

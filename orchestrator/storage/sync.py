@@ -8,7 +8,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from orchestrator.storage import open_location
-from orchestrator.sweep.sweep_storage import SweepPlace
+from orchestrator.storage.sweep_place import SweepPlace
 
 
 class SyncCallback(Callback):

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.spec.schema import VerdictSpec
-from orchestrator.sweep.records import FINISHED, TrialRow, format_value
+from orchestrator.storage.records import FINISHED, TrialRow, format_value
+from orchestrator.tracking.tags import CONFIG_TAG, SEED_TAG
 from orchestrator.values import is_num
 
 FLOPS = "flops/attention_ratio"
@@ -120,11 +121,6 @@ def config_label(control: bool, settings: dict[str, Any]) -> str:
         train = {k: v for k, v in settings.items() if k.startswith("train.")}
         return " ".join(["control", *(f"{k}={format_value(v)}" for k, v in train.items())])
     return text
-
-
-CONFIG_TAG = "sla_sweep.config"  # a child run's config (the same for all its repeats)
-SEED_TAG = "sla_sweep.seed"
-VERDICT_TAG = "sla_sweep.verdict"  # the parent run's verdict line
 
 
 def group_tags(row: TrialRow) -> dict[str, str]:

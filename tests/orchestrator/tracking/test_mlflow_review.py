@@ -13,10 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from orchestrator.sweep.mlflow_review import (
-    EXPERIMENT_KIND_TAG,
-    MODEL_TAG,
-    SHARED_VIEW_PREFIX,
+from orchestrator.storage.records import TrialRow
+from orchestrator.tracking.mlflow_review import (
     TRAINING_KIND,
     config_summaries,
     parent_metrics,
@@ -24,7 +22,7 @@ from orchestrator.sweep.mlflow_review import (
     view_columns,
     view_key,
 )
-from orchestrator.sweep.records import TrialRow
+from orchestrator.tracking.tags import EXPERIMENT_KIND_TAG, MODEL_TAG, SHARED_VIEW_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +76,7 @@ def test_parent_metrics_equal_the_trials(store):
 @pytest.mark.slow
 def test_every_trial_has_its_training_data_as_a_dataset_with_a_digest(store):
     _, outcome, _, _, children = store
-    from orchestrator.sweep.datasets import training_input
+    from orchestrator.tracking.datasets import training_input
 
     expected = training_input(outcome.sweep_dir).dataset
     for trial_id, run in children.items():
@@ -177,8 +175,8 @@ def test_parent_metrics_of_repeats_hold_and_spread():
     rows = [_row("c0", None, 1.00, 1.0), _row("c1", None, 1.02, 1.0, seed=1),
             _row("a0", 0.1, 1.01, 0.2), _row("a1", 0.1, 1.03, 0.2, seed=1),
             _row("b0", 0.5, 0.99, 0.6)]  # fmt: skip
+    from orchestrator.report.findings import group_rows, judge
     from orchestrator.spec.schema import VerdictSpec
-    from orchestrator.sweep.findings import group_rows, judge
 
     verdict = judge(group_rows(rows), VerdictSpec()).to_json()  # topk 0.1 and 0.5 within noise
     out = parent_metrics(rows, "val/loss", "min", verdict)

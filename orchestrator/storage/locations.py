@@ -35,6 +35,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from orchestrator.storage.local import default_cache_root, file_lock
+
 # Schemes pyarrow.fs.FileSystem.from_uri opens (file:// is a local path).
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _URI_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -266,9 +268,7 @@ def listing_digest(loc: Location) -> str:
 
 
 def cache_root() -> Path:
-    """$SLA_SWEEP_CACHE, else ~/.cache/sla-sweep (orchestrator.data.cache's root)."""
-    from orchestrator.data.cache import default_cache_root
-
+    """$SLA_SWEEP_CACHE, else ~/.cache/sla-sweep (storage.local.default_cache_root)."""
     return default_cache_root()
 
 
@@ -276,8 +276,6 @@ def local_copy(loc: Location, *, log=None) -> Path:
     """A local directory with the tree at `loc`: the directory itself when it is local, else a
     copy under <cache>/remote/<digest of its listing>, fetched once per node (file lock, atomic
     rename). StorageError when there is nothing at `loc`."""
-    from orchestrator.data.cache import file_lock
-
     if not loc.remote:
         return Path(loc.path)
     digest = listing_digest(loc)
