@@ -121,7 +121,30 @@ def _checkpoint_dir(sweep_dir: Path, meta: dict, recorded: str | None) -> Path |
         recorded = place.localize(recorded, log=lambda msg: print(f"[sla-sweep] {msg}"))
         if recorded is None:
             return None
-    return latest_checkpoint(Path(recorded))
+        return latest_checkpoint(Path(recorded))
+    return latest_checkpoint(inside_sweep(sweep_dir, recorded))
+
+
+def inside_sweep(sweep_dir: Path, recorded: str) -> Path:
+    """A checkpoint path from trials.json as a path inside the sweep directory. A sweep moved
+    or copied elsewhere still finds its own checkpoints (the path after the sweep's folder name,
+    under the folder it is in now); a path that leads anywhere else (trials.json edited by
+    hand, or damaged) is an InferenceError naming it, never followed."""
+    root = Path(sweep_dir).resolve()
+    path = Path(recorded)
+    if path.is_absolute() and (path.resolve() == root or root in path.resolve().parents):
+        return path.resolve()
+    parts = path.parts
+    if root.name in parts:  # moved: keep what follows the sweep's own folder name
+        tail = parts[len(parts) - parts[::-1].index(root.name) :]
+        rebased = root.joinpath(*tail).resolve() if tail else root
+        if (rebased == root or root in rebased.parents) and rebased.exists():
+            return rebased
+    raise InferenceError(
+        f"{root / 'trials.json'}: a trial's checkpoint ({recorded}) is not inside the sweep "
+        f"directory {root}: trials.json was edited or damaged; checkpoints are only read "
+        "from inside their sweep"
+    )
 
 
 def from_sweep(sweep_dir: Path, trial: str | None) -> Target:
