@@ -9,7 +9,10 @@ Runs `mlflow server` (the process behind `mlflow ui`) in its own process group, 
 table (the trials, their settings and key metrics as columns), the compare view of all its
 trials, the sweep's run and its registered model. It stops the server's whole process group
 (mlflow server and the uvicorn process it starts) on SIGINT (Ctrl-C), SIGTERM and SIGHUP alike,
-when the server exits, and when its own parent process goes away; the port is free afterwards.
+when the server exits, and when its own parent process goes away; the port is free afterwards,
+and the temporary folder of the server's log is gone. A sqlite store that is not there (mlflow
+server would create an empty one) and a port something listens on are refused in one line
+before anything starts.
 MLflow's GenAI job runner is switched off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false): a sweep
 review does not use it, and it costs several processes; so is its usage telemetry
 (MLFLOW_DISABLE_TELEMETRY), whose flush at exit held a stopping server for seconds.
@@ -22,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +41,7 @@ import psutil
 
 from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
 from orchestrator.storage.records import SWEEP_FILE
+from orchestrator.sweep.preflight import sqlite_file
 from orchestrator.tracking.mlflow_review import links, model_link
 from orchestrator.tracking.tags import MODEL_TAG, PARENT_TAG
 
@@ -72,7 +77,7 @@ def resolve_store(target: str) -> Store:
     if "://" in target and target.split("://", 1)[0].lower() in SCHEMES:
         target = str(_pulled_sweep(target))
     elif "://" in target:
-        return Store(target)
+        return _existing(Store(target), "")
     path = Path(target).expanduser().resolve()
     if not path.is_dir():
         raise UIError(
@@ -80,14 +85,27 @@ def resolve_store(target: str) -> Store:
         )
     if (path / SWEEP_FILE).is_file():
         meta = json.loads((path / SWEEP_FILE).read_text())
-        return Store(
+        store = Store(
             meta["tracking_uri"], str(meta.get("experiment_id")), meta.get("parent_run_id")
         )
+        return _existing(store, f" (named by {path / SWEEP_FILE})")
     if (path / MLFLOW_DB).is_file():
         return Store(sqlite_store(path))
     raise UIError(
         f"{path} is neither a sweep directory (sweep.json) nor holds an MLflow store (mlflow.db)"
     )
+
+
+def _existing(store: Store, named_by: str) -> Store:
+    """`store` when it is there: a sqlite store whose file is gone is a UIError (mlflow server
+    would create an empty one in its place, and the sweep's runs are not in it)."""
+    db = sqlite_file(store.tracking_uri)
+    if db is not None and not db.is_file():
+        raise UIError(
+            f"the MLflow store {db}{named_by} is not there (moved or deleted?); nothing was "
+            "started or created; give the sweep's store as sqlite:////PATH/mlflow.db"
+        )
+    return store
 
 
 def _pulled_sweep(uri: str) -> Path:
@@ -99,6 +117,22 @@ def _pulled_sweep(uri: str) -> Path:
         return open_place(uri).local
     except SpecError as exc:
         raise UIError(str(exc)) from None
+
+
+def check_port_free(port: int) -> None:
+    """UIError when something listens on 127.0.0.1:port (another `sla-sweep ui` or any server):
+    mlflow server would fail on it after the other one had answered this one's health check."""
+    if not 0 < port < 65536:
+        raise UIError(f"--port ({port}) must be a port number from 1 to 65535")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((HOST, port))
+        except OSError as exc:
+            raise UIError(
+                f"port {port} on {HOST} is taken ({exc.strerror or exc}: another sla-sweep ui "
+                "or server holds it); give another --port or leave it out for a free one"
+            ) from None
 
 
 def free_port() -> int:
@@ -114,9 +148,8 @@ class UIServer:
     def __init__(self, store: Store, port: int | None = None, log_path: Path | None = None) -> None:
         self.store = store
         self.port = port or free_port()
-        self.log_path = (
-            log_path or Path(tempfile.mkdtemp(prefix="sla-sweep-ui-")) / "mlflow-server.log"
-        )
+        self.log_path = log_path  # None: a temporary folder of its own, made by start()
+        self._tmp_dir: Path | None = None  # that folder, removed by stop()
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -145,20 +178,25 @@ class UIServer:
             return json.load(response)
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> UIServer:
-        """Start the server and wait until /health answers; UIError with its log tail if it dies."""
+        """Start the server and wait until /health answers; UIError, before anything starts,
+        when the port is taken, and with the server's log tail if it dies."""
+        check_port_free(self.port)
         cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store.tracking_uri,
                "--host", HOST, "--port", str(self.port), "--workers", "1"]  # fmt: skip
         # no job runner; no usage telemetry (its flush at exit holds a stopping server for seconds)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        try:
+        try:  # Ctrl-C while starting too: leave no server and no temporary folder behind
+            if self.log_path is None:
+                self._tmp_dir = Path(tempfile.mkdtemp(prefix="sla-sweep-ui-"))
+                self.log_path = self._tmp_dir / "mlflow-server.log"
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
             self._wait_healthy(timeout_s)
-        except BaseException:  # Ctrl-C while starting too: leave no server behind
+        except BaseException:
             self.stop()
             raise
         return self
@@ -171,7 +209,7 @@ class UIServer:
                 raise UIError(
                     f"mlflow server exited with status {self.proc.returncode}: {self._log_tail()}"
                 )
-            if self._healthy():
+            if self._healthy() and self.proc.poll() is None:  # ours answers, not another's
                 return
             time.sleep(0.5)
         raise UIError(
@@ -182,7 +220,16 @@ class UIServer:
         """Stop the server's process group; idempotent. SIGTERM first (mlflow server passes it
         on to uvicorn, which shuts down gracefully and frees the port); once the serving
         processes are gone, or after 15 s, SIGKILL to what is left of the group (mlflow server's
-        own exit takes seconds more and holds nothing)."""
+        own exit takes seconds more and holds nothing). The temporary folder of its log goes
+        with it."""
+        try:
+            self._stop_processes()
+        finally:
+            if self._tmp_dir is not None:
+                shutil.rmtree(self._tmp_dir, ignore_errors=True)
+                self._tmp_dir = self.log_path = None
+
+    def _stop_processes(self) -> None:
         if self.proc is None:
             return
         try:
@@ -217,6 +264,8 @@ class UIServer:
             return False
 
     def _log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None:
+            return "(no log)"
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
@@ -248,7 +297,7 @@ def handle(args: argparse.Namespace) -> int:
             print(f"MLflow UI for {server.store.tracking_uri}")
             for what, url in sweep_links(server).items():
                 print(f"  {what}: {url}" if what != "runs" else f"  {url}")
-            print(f"(server log: {server.log_path}; Ctrl-C stops it)", flush=True)
+            print(f"(server log while it runs: {server.log_path}; Ctrl-C stops it)", flush=True)
             return serve(server)
         except UIError as exc:
             print(f"sla-sweep ui: error: {exc}", file=sys.stderr)

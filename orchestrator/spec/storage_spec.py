@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from orchestrator.spec.schema import DEFAULT_RESULTS_DIR, StorageSpec, sqlite_store
 from orchestrator.storage import is_uri, redact, uri_problem
@@ -59,10 +60,27 @@ def _tracking_uri(uri: Any, cwd: Path, errors: list[str]) -> str:
             "http(s):// tracking URI"
         )
         return str(uri)
+    problem = port_problem(uri)
+    if problem:
+        errors.append(f"storage.tracking_uri ({shown(redact(uri))}) {problem}")
+        return uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # a relative sqlite path would move with Ray's per-trial working directories
         return f"sqlite:///{(cwd / uri[len('sqlite:///') :]).resolve()}"
     return uri
+
+
+def port_problem(uri: str) -> str | None:
+    """What is wrong with a tracking URI's port (not a number, out of range); None when it has
+    none or a good one."""
+    netloc = urlsplit(uri).netloc.rpartition("@")[2]
+    if netloc.startswith("["):  # [IPv6]:port
+        netloc = netloc.partition("]")[2]
+    port = netloc.partition(":")[2]
+    if not port or (port.isdigit() and 0 < int(port) < 65536):
+        return None
+    scheme = uri.partition("://")[0]
+    return f"has port {shown(port)}, not a number from 1 to 65535; write it as {scheme}://HOST:PORT"
 
 
 SPECIAL_ROOTS = (Path("/proc"), Path("/sys"))  # /dev/null and the like: special files

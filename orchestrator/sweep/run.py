@@ -59,6 +59,7 @@ from orchestrator.sweep.cluster import (
     ray_address,
 )
 from orchestrator.sweep.driver import driver_lock, open_store, stop_signals
+from orchestrator.sweep.preflight import check_tracking_answers, check_writable
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.reachable import check_ray_address, check_tracking_uri
 from orchestrator.sweep.trainable import TrialSettings, sweep_trial
@@ -154,11 +155,14 @@ def run_sweep(
 
 
 def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> None:
-    """What is bound to fail, found in seconds before anything is created (SpecError): a cluster
-    address or tracking server nothing answers at; when Ray would start here, a trial bigger
-    than this machine (CPUs, GPUs, the memory estimate of orchestrator.spec.sizes). A joined
-    cluster's CPUs and GPUs are checked once joined."""
+    """What is bound to fail, found in seconds before anything is created (SpecError): a
+    directory the sweep writes that cannot be written; a cluster address or tracking server
+    nothing answers at, or a server that accepts a connection and never answers; when Ray would
+    start here, a trial bigger than this machine (CPUs, GPUs, the memory estimate of
+    orchestrator.spec.sizes). A joined cluster's CPUs and GPUs are checked once joined."""
+    check_writable(spec, tracking_uri)
     check_ray_address(address)
+    check_tracking_answers(tracking_uri)  # its port first; then a server silent after connecting
     check_tracking_uri(tracking_uri)
     if spec.storage.remote:
         from orchestrator.storage import check_reachable, open_location
