@@ -128,9 +128,14 @@ def is_pipeline_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / "model_index.json").is_file()
 
 
-def read_pipeline(path: str | Path) -> PipelineInfo:
-    """Read a local Wan pipeline's configs and weight headers (never the weights' data); raise
-    PipelineError listing every problem."""
+WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
+
+
+def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) -> PipelineInfo:
+    """Read a local Wan pipeline's configs and the weight headers of the `weights` components
+    (never the weights' data); raise PipelineError listing every problem. The driver checks
+    every component before anything starts; a trial, which trains on the encoded cache and
+    loads only the transformer, checks the transformer's alone."""
     root = Path(path).expanduser()
     if not root.is_dir():
         parts = ", ".join(f"{name}/" for name in _NEEDS)
@@ -164,7 +169,7 @@ def read_pipeline(path: str | Path) -> PipelineInfo:
     configs_sound = not problems  # tensors are compared with configs only once those are sound
     for part, cls, config in (("transformer", WanTransformer3DModel, transformer),
                               ("vae", AutoencoderKLWan, vae), ("text_encoder", None, None)):  # fmt: skip
-        if (root / part).is_dir():
+        if part in weights and (root / part).is_dir():
             problems.extend(weight_problems(root / part, cls, config if configs_sound else None))
     if problems:
         raise PipelineError(root, problems)

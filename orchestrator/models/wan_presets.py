@@ -157,23 +157,29 @@ def text_len(model: str) -> int:
     return PRESETS[model].text_len if model in PRESETS else LOCAL_TEXT_LEN
 
 
-def model_source_error(model: str) -> str | None:
+def model_source_error(model: str, *, transformer_only: bool = False) -> str | None:
     """Why `model` is neither a preset, a local Wan pipeline directory nor a local diffusers
-    WanTransformer3DModel directory (None if fine)."""
+    WanTransformer3DModel directory (None if fine). transformer_only: of a pipeline, check the
+    transformer's weights alone (what a trial loads; the driver checked every component)."""
     if model in PRESETS:
         return None
     allowed = (
         f"a preset ({', '.join(PRESETS)}), a local diffusers Wan pipeline directory "
         "(model_index.json) or a WanTransformer3DModel directory"
     )
-    from orchestrator.models.pipeline import PipelineError, is_pipeline_dir, read_pipeline
+    from orchestrator.models.pipeline import (
+        WEIGHT_PARTS,
+        PipelineError,
+        is_pipeline_dir,
+        read_pipeline,
+    )
 
     path = Path(model).expanduser()
     if not path.exists():
         return f"model ({model!r}) must be {allowed}; no such preset and the path does not exist"
     if is_pipeline_dir(path):
         try:
-            read_pipeline(path)
+            read_pipeline(path, weights=("transformer",) if transformer_only else WEIGHT_PARTS)
         except PipelineError as exc:
             return f"model ({model!r}): {exc}"
         return None
@@ -211,7 +217,7 @@ def build_preset(name: str, *, seed: int) -> WanTransformer3DModel:
 def load_local(path: str | Path) -> WanTransformer3DModel:
     """Load a local WanTransformer3DModel directory, or a pipeline's transformer/ (never a hub
     download)."""
-    error = model_source_error(str(path))
+    error = model_source_error(str(path), transformer_only=True)
     if error is not None:
         raise ValueError(error)
     from diffusers import WanTransformer3DModel

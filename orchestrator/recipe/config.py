@@ -343,7 +343,7 @@ class TrainConfig:
         if self.is_pipeline:
             from orchestrator.models.pipeline import read_pipeline
 
-            return read_pipeline(self.model).shift
+            return read_pipeline(self.model, weights=("transformer",)).shift
         return 1.0
 
     @property
@@ -479,4 +479,6 @@ def _shape_errors(c: TrainConfig) -> list[str]:
     names = ("data.frames", "data.size", "data.size")
     from orchestrator.models.pipeline import read_pipeline
 
-    return read_pipeline(c.model).size_errors(c.data.frames, *c.data.hw, names=names)
+    return read_pipeline(c.model, weights=("transformer",)).size_errors(
+        c.data.frames, *c.data.hw, names=names
+    )

@@ -57,7 +57,7 @@ class VideoValidation:
         from orchestrator.models.pipeline_models import pad_prompts
 
         self.cfg, self.shift, self.device, self.autocast = cfg, shift, device, autocast
-        self.info = read_pipeline(manifest["pipeline"])
+        self.info = read_pipeline(manifest["pipeline"], weights=("transformer",))
         self.frames, self.size = cfg.frames or frames, _hw(cfg.size) or size
         cache = TensorCache(Path(manifest["cache"]))
         val = manifest["validation"]
