@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from tests.mlflow_server import MlflowServer
 from tests.paths import REPO
+from tests.read_only import read_only
 
 SMOKE = REPO / "experiments" / "smoke.yaml"
 # Imports take seconds on 2 CPUs; a sweep past the checks would train the base model and start
@@ -57,31 +57,6 @@ def assert_one_line(status, err: str, *expected: str) -> None:
     assert err.count("\n") == 1 and err.startswith("sla-sweep: error: "), err[-3000:]
     for text in expected:
         assert text in err, err
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """`folder` read-only for real: permission bits for a user, a read-only bind mount for root
-    (whom permission bits do not stop)."""
-    if os.geteuid() != 0:
-        mode = folder.stat().st_mode
-        folder.chmod(mode & ~0o222)
-        try:
-            yield
-        finally:
-            folder.chmod(mode)
-        return
-    made = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot bind-mount {folder} read-only here: {made.stderr.decode().strip()}")
-    try:
-        ro = ["mount", "-o", "remount,bind,ro", str(folder), str(folder)]
-        subprocess.run(ro, check=True, capture_output=True)
-        with pytest.raises(OSError):
-            (folder / "probe").write_text("")
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_read_only_working_directory_is_one_line_naming_it(tmp_path):

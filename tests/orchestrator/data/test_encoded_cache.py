@@ -3,12 +3,10 @@ clips, and the files under it are then changed as a user, a copy or a shared mou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from orchestrator.data.encoded import (
     read_manifest,
 )
 from tests.media import write_test_clip
+from tests.read_only import read_only
 
 SETTINGS = EncodeSettings(frames=9, size=(32, 32), prompts=("a red square",))
 
@@ -138,34 +137,6 @@ def test_only_what_the_models_load_is_in_the_keys(tiny_pipeline_dir, caption_fol
         assert _computed(third) == (edited[0] * 6, edited[1] * 8)  # 6 clips; 6 captions, 2 prompts
 
 
-@contextlib.contextmanager
-def _read_only(folder: Path):
-    """`folder` read-only for real: permission bits for a user, a read-only bind mount for root
-    (whom permission bits do not stop)."""
-    if os.geteuid() != 0:
-        paths = [folder, *folder.rglob("*")]
-        modes = {p: p.stat().st_mode for p in paths}
-        for p in paths:
-            p.chmod(modes[p] & ~0o222)
-        try:
-            yield
-        finally:
-            for p in reversed(paths):
-                p.chmod(modes[p])
-        return
-    made = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot bind-mount {folder} read-only here: {made.stderr.decode().strip()}")
-    try:
-        ro = ["mount", "-o", "remount,bind,ro", str(folder), str(folder)]
-        subprocess.run(ro, check=True, capture_output=True)
-        with pytest.raises(OSError):
-            (folder / "probe").write_text("")
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_a_read_only_cache_holding_every_entry_is_used(
     tiny_pipeline_dir, caption_folder, tmp_path, monkeypatch
 ):
@@ -173,7 +144,7 @@ def test_a_read_only_cache_holding_every_entry_is_used(
     cache = tmp_path / "cache"
     path, first, _ = _encode(tiny_pipeline_dir, caption_folder, cache)
     listing = sorted(p.relative_to(cache) for p in cache.rglob("*"))
-    with _read_only(cache):
+    with read_only(cache):
         again_path, again, lines = _encode(tiny_pipeline_dir, caption_folder, cache)
         assert again_path == path and again == first  # the manifest there, as it was
         assert not [line for line in lines if line.startswith("encoded")], lines
@@ -216,7 +187,7 @@ def test_sla_sweep_run_on_a_read_only_cache_lacking_an_entry_is_one_line(
     }  # fmt: skip
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(doc))
     capsys.readouterr()
-    with _read_only(cache):
+    with read_only(cache):
         status = main(["run", str(tmp_path / "spec.yaml"),
                        "--set", f"storage.results_dir={tmp_path / 'runs'}"])  # fmt: skip
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
