@@ -8,7 +8,7 @@ Layers, top to bottom (a module may import its own layer and the layers below it
     after        orchestrator.infer, orchestrator.ui
     sweep        orchestrator.sweep (Ray: cluster, run, trainable, worker, progress, ...)
     tracking     orchestrator.tracking (MLflow)
-    report       orchestrator.report (table, findings, study report)
+    report       orchestrator.report (labels, pareto, figures, table, findings, study report)
     sweep files  orchestrator.storage.records, sweep_files, sweep_place, sync
     spec         orchestrator.spec
     recipe       orchestrator.recipe
@@ -38,12 +38,16 @@ LAYERS: dict[str, int] = {
     "orchestrator.data": 1,
     "orchestrator.models": 1,
     "orchestrator.recipe": 2,
+    "orchestrator.recipe.topk_schedule": 2,  # plain Python: the spec runs its check too
     "orchestrator.spec": 3,
     "orchestrator.storage.records": 4,
     "orchestrator.storage.sweep_files": 4,
     "orchestrator.storage.sweep_place": 4,
     "orchestrator.storage.sync": 4,
     "orchestrator.report": 5,
+    "orchestrator.report.labels": 5,
+    "orchestrator.report.pareto": 5,
+    "orchestrator.report.figures": 5,
     "orchestrator.tracking": 6,
     "orchestrator.sweep": 7,
     "orchestrator.infer": 8,

@@ -23,14 +23,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.report.labels import config_label, config_settings, label_keys
 from orchestrator.spec.schema import VerdictSpec
-from orchestrator.storage.records import FINISHED, TrialRow, format_value
+from orchestrator.storage.records import FINISHED, TrialRow
 from orchestrator.tracking.tags import CONFIG_TAG, SEED_TAG
 from orchestrator.values import is_num
 
 FLOPS = "flops/attention_ratio"
 STEP_TIME = "perf/step_s"
-REPEAT_KEYS = ("train.seed", "train.base_seed")  # what differs between repeats of one config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,40 +93,15 @@ def group_rows(rows: Sequence[TrialRow]) -> list[ConfigGroup]:
         settings = config_settings(row)
         key = (row.sla is None, repr(sorted(settings.items(), key=repr)))
         if key not in groups:
-            shown = {k: settings[k] for k in keys if k in settings}
-            groups[key] = ConfigGroup(config_label(row.sla is None, shown), settings,
-                                      row.sla is None, [])  # fmt: skip
+            groups[key] = ConfigGroup(config_label(row, keys), settings, row.sla is None, [])
         groups[key].rows.append(row)
     return list(groups.values())
-
-
-def config_settings(row: TrialRow) -> dict[str, Any]:
-    """What the search chose for a trial, without the repeats' seeds."""
-    return {k: v for k, v in row.settings.items() if k not in REPEAT_KEYS}
-
-
-def label_keys(rows: Sequence[TrialRow]) -> list[str]:
-    """The settings whose value differs between the trials' configs."""
-    values: dict[str, set[str]] = {}
-    for row in rows:
-        for k, v in config_settings(row).items():
-            values.setdefault(k, set()).add(repr(v))
-    varying = [k for k, seen in values.items() if len(seen) > 1]
-    return varying or [k for k in ("topk", *values) if k in values][:1]
-
-
-def config_label(control: bool, settings: dict[str, Any]) -> str:
-    text = " ".join(f"{k}={format_value(v)}" for k, v in settings.items())
-    if control:
-        train = {k: v for k, v in settings.items() if k.startswith("train.")}
-        return " ".join(["control", *(f"{k}={format_value(v)}" for k, v in train.items())])
-    return text
 
 
 def group_tags(row: TrialRow) -> dict[str, str]:
     """A child run's tags that line its repeats up in MLflow: its config (every setting the
     search chose, so that it does not depend on the other trials), and its seed."""
-    tags = {CONFIG_TAG: config_label(row.sla is None, config_settings(row))}
+    tags = {CONFIG_TAG: config_label(row)}
     if "seed" in row.train:
         tags[SEED_TAG] = str(row.train["seed"])
     return tags

@@ -23,8 +23,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.report.findings import FLOPS, ConfigGroup, Verdict, group_rows, judge
-from orchestrator.report.table import TABLE_METRICS, pyplot, save_figure
+from orchestrator.report.figures import pyplot, save_figure
+from orchestrator.report.findings import ConfigGroup, Verdict, group_rows, judge
+from orchestrator.report.pareto import config_points, write_pareto_png
+from orchestrator.report.table import TABLE_METRICS
 from orchestrator.spec.schema import ExperimentSpec
 from orchestrator.storage.records import TrialRow, read_json
 from orchestrator.values import is_num
@@ -49,7 +51,13 @@ def write_report(spec: ExperimentSpec, sweep_dir: Path, rows: Sequence[TrialRow]
     files = [
         write_summary_csv(groups, out / "summary.csv", spec.verdict.confidence),
         _write_json(out / "verdict.json", verdict.to_json()),
-        plot_config_pareto(groups, out / "pareto.png", spec.verdict.metric, spec.verdict.mode),
+        write_pareto_png(
+            config_points(groups, spec.verdict.metric),
+            out / "pareto.png",
+            spec.verdict.metric,
+            spec.verdict.mode,
+            title="quality vs attention FLOPs (mean ± std over repeats)",
+        ),
         plot_loss_curves(groups, Path(sweep_dir), out / "loss_curves.png"),
     ]
     samples = write_sample_panel(groups, out / "samples.png")
@@ -127,32 +135,6 @@ def report_markdown(
         lines += ["## Samples (same prompt and noise)", "", "![samples](samples.png)", ""]
     lines += ["## Settings", "", "```yaml", _yaml(spec.source), "```", ""]
     return "\n".join(lines)
-
-
-def plot_config_pareto(groups: Sequence[ConfigGroup], path: Path, quality: str, mode: str) -> Path:
-    """Config means of quality against the attention-FLOPs ratio, std error bars, front dashed."""
-    plt = pyplot()
-    pts = [(g, g.spread(FLOPS), g.spread(quality)) for g in groups]
-    pts = [(g, f, q) for g, f, q in pts if f is not None and q is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for g, f, q in pts:
-        ax.errorbar(f.mean, q.mean, yerr=q.std or 0.0, fmt="s" if g.control else "o", capsize=3,
-                    color="black" if g.control else "tab:blue", zorder=3)  # fmt: skip
-        ax.annotate(g.label, (f.mean, q.mean), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)  # fmt: skip
-    sign = 1.0 if mode == "min" else -1.0
-    front = [(f.mean, q.mean) for g, f, q in pts if not any(
-        f2.mean <= f.mean and sign * q2.mean <= sign * q.mean and (f2.mean, q2.mean) != (f.mean, q.mean)
-        for _, f2, q2 in pts)]  # fmt: skip
-    if front:
-        xs, ys = zip(*sorted(front), strict=True)
-        ax.plot(xs, ys, color="tab:red", lw=1.2, ls="--", label="Pareto front (means)", zorder=2)
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel("attention FLOPs / dense attention FLOPs")
-    ax.set_ylabel(f"{quality} ({'lower' if mode == 'min' else 'higher'} is better)")
-    ax.set_title("quality vs attention FLOPs (mean ± std over repeats)")
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
 
 
 def plot_loss_curves(groups: Sequence[ConfigGroup], sweep_dir: Path, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""End-of-sweep report: the results table, results.csv and the quality-vs-attention-FLOPs plot."""
+"""End-of-sweep report: the results table, results.csv and the quality-vs-attention-FLOPs plot
+(one point per trial)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.storage.records import FINISHED, TrialRow, format_value
+from orchestrator.report.labels import config_label, label_keys
+from orchestrator.report.pareto import trial_points, write_pareto_png
+from orchestrator.storage.records import FINISHED, TrialRow
 from orchestrator.values import is_num
 
 TABLE_METRICS = (
@@ -18,25 +21,6 @@ TABLE_METRICS = (
     "flops/attention_ratio",
     "perf/step_s",
 )
-FLOPS_METRIC = "flops/attention_ratio"
-
-
-def varying_keys(rows: Sequence[TrialRow]) -> list[str]:
-    """Settings whose value differs between trials (what the table's config column shows): SLA
-    fields by name, searched training settings as "train.<key>"."""
-    keys: dict[str, set] = {}
-    for row in rows:
-        for k, v in row.settings.items():
-            keys.setdefault(k, set()).add(repr(v))
-    return [k for k, vals in keys.items() if len(vals) > 1] or list(keys)[:1]
-
-
-def short_label(row: TrialRow, keys: Sequence[str]) -> str:
-    chosen = row.settings
-    if row.sla is None:
-        train = [f"{k}={format_value(chosen[k])}" for k in keys if k in chosen]
-        return " ".join(["control", *train])
-    return " ".join(f"{k}={format_value(chosen.get(k))}" for k in keys)
 
 
 def best_row(rows: Sequence[TrialRow], metric: str, mode: str) -> TrialRow | None:
@@ -52,25 +36,9 @@ def best_row(rows: Sequence[TrialRow], metric: str, mode: str) -> TrialRow | Non
     return pick(scored, key=lambda r: r.metrics[metric])
 
 
-def pareto_front(rows: Sequence[TrialRow], quality: str, mode: str) -> list[TrialRow]:
-    """Trials not dominated in (quality, attention FLOPs ratio); lower FLOPs is better."""
-    sign = 1.0 if mode == "min" else -1.0
-    pts = [
-        (r, sign * r.metrics[quality], r.metrics[FLOPS_METRIC])
-        for r in rows
-        if is_num(r.metrics.get(quality)) and is_num(r.metrics.get(FLOPS_METRIC))
-    ]
-    front = []
-    for r, q, f in pts:
-        dominated = any((q2 <= q and f2 <= f) and (q2 < q or f2 < f) for _, q2, f2 in pts)
-        if not dominated:
-            front.append(r)
-    return sorted(front, key=lambda r: r.metrics[FLOPS_METRIC])
-
-
 def format_table(rows: Sequence[TrialRow], metric: str, mode: str) -> str:
     """A plain-text table, one row per trial, best trial marked with '*'."""
-    keys = varying_keys(rows)
+    keys = label_keys(rows, repeats=True)
     best = best_row(rows, metric, mode)
     header = ["", "trial", "config", *TABLE_METRICS, "step", "status"]
     body = []
@@ -79,7 +47,7 @@ def format_table(rows: Sequence[TrialRow], metric: str, mode: str) -> str:
             [
                 "*" if best is not None and r.trial_id == best.trial_id else "",
                 r.trial_id,
-                short_label(r, keys),
+                config_label(r, keys),
                 *(_num(r.metrics.get(m)) for m in TABLE_METRICS),
                 str(r.step),
                 r.status,
@@ -120,52 +88,12 @@ def write_csv(rows: Sequence[TrialRow], path: Path) -> Path:
 
 
 def plot_pareto(rows: Sequence[TrialRow], path: Path, quality: str, mode: str) -> Path:
-    """Scatter of quality against attention-FLOPs ratio with the Pareto front drawn and labelled."""
-    plt = pyplot()
-    keys = varying_keys(rows)
-    pts = [
-        r for r in rows if is_num(r.metrics.get(quality)) and is_num(r.metrics.get(FLOPS_METRIC))
-    ]
-    front = pareto_front(rows, quality, mode)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for r in pts:
-        is_ctrl = r.sla is None
-        ax.scatter(r.metrics[FLOPS_METRIC], r.metrics[quality], marker="s" if is_ctrl else "o",
-                   color="black" if is_ctrl else "tab:blue", zorder=3)  # fmt: skip
-        ax.annotate(short_label(r, keys), (r.metrics[FLOPS_METRIC], r.metrics[quality]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
-    if front:
-        ax.plot([r.metrics[FLOPS_METRIC] for r in front], [r.metrics[quality] for r in front],
-                color="tab:red", lw=1.2, ls="--", marker="o", mfc="none", ms=10,
-                label="Pareto front", zorder=2)  # fmt: skip
-        ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel("attention FLOPs / dense attention FLOPs")
-    ax.set_ylabel(f"{quality} ({'lower' if mode == 'min' else 'higher'} is better)")
-    ax.set_title("SLA sweep: quality vs attention FLOPs")
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (a driver has no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write a figure as PNG atomically (a temp file, then a rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    """The sweep's pareto.png: every trial's quality against its attention-FLOPs ratio, the
+    Pareto front drawn through its trials."""
+    points = trial_points(rows, quality)
+    return write_pareto_png(
+        points, path, quality, mode, title="SLA sweep: quality vs attention FLOPs"
+    )
 
 
 def _num(v: Any) -> str:

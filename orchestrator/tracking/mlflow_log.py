@@ -16,7 +16,8 @@ from typing import Any
 from mlflow.entities import DatasetInput
 from mlflow.tracking import MlflowClient
 
-from orchestrator.report.table import best_row, short_label, varying_keys
+from orchestrator.report.labels import config_label, label_keys
+from orchestrator.report.table import best_row
 from orchestrator.storage.records import SWEEP_FILE
 from orchestrator.tracking.creds import public_uri
 from orchestrator.tracking.datasets import training_input
@@ -242,7 +243,7 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: Path) -> str:
     """The parent run's description: what was swept, the best trial, a table, how to compare."""
-    keys = varying_keys(rows)
+    keys = label_keys(rows, repeats=True)
     sla_rows = [r for r in rows if r.sla is not None]
     lines = [
         f"**SLA sweep `{name}`**: {len(sla_rows)} SLA trials"
@@ -262,7 +263,7 @@ def sweep_note(name: str, rows: list, metric: str, mode: str, best, sweep_dir: P
               "|---" * (len(NOTE_METRICS) + 3) + "|"]  # fmt: skip
     for r in rows:
         values = " | ".join(f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in NOTE_METRICS)
-        lines.append(f"| {r.trial_id} | {short_label(r, keys)} | {values} | {r.status} |")
+        lines.append(f"| {r.trial_id} | {config_label(r, keys)} | {values} | {r.status} |")
     parent = _parent_of(sweep_dir)
     if parent:  # the Pareto plot inline: the UI's own artifact endpoint, relative to its page
         lines += [

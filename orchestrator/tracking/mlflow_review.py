@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.report.findings import group_rows
+from orchestrator.report.labels import label_keys
 from orchestrator.report.study import read_verdict
-from orchestrator.report.table import best_row, varying_keys
+from orchestrator.report.table import best_row
 from orchestrator.storage.records import FINISHED, TrialRow
 from orchestrator.tracking.creds import public_uri
 from orchestrator.tracking.tags import (
@@ -92,7 +93,7 @@ def view_columns(params: Iterable[str]) -> list[str]:
 def trial_columns(rows: Sequence[TrialRow]) -> list[str]:
     """The finished sweep's param columns: the settings that vary first, then the other SLA
     fields the trials ran with."""
-    varying = [k if k.startswith("train.") else f"sla.{k}" for k in varying_keys(rows)]
+    varying = [k if k.startswith("train.") else f"sla.{k}" for k in label_keys(rows, repeats=True)]
     fixed = [f"sla.{k}" for r in rows for k in (r.sla or {})]
     return list(dict.fromkeys([*varying, *fixed]))
 
@@ -145,7 +146,7 @@ def parent_metrics(
     return out
 
 
-def config_label(label: str) -> str:
+def metric_key_part(label: str) -> str:
     """A config's name inside a metric key (MLflow allows letters, digits, _ - . / and spaces)."""
     return re.sub(r"[^\w.\-]+", "_", label.replace("=", "_")).strip("_") or "config"
 
@@ -155,7 +156,7 @@ def config_summaries(rows: Sequence[TrialRow]) -> dict[str, float]:
     standard deviation when there are two trials or more, and the count."""
     out: dict[str, float] = {}
     for group in group_rows(rows):
-        label = config_label(group.label)
+        label = metric_key_part(group.label)
         out[f"config/{label}/n"] = float(len(group.finished))
         for m in SUMMARY_METRICS:
             spread = group.spread(m)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 
+from orchestrator.report.pareto import pareto_front, trial_points
 from orchestrator.report.table import (
     TrialRow,
     best_row,
     format_table,
-    pareto_front,
     plot_pareto,
     write_csv,
 )
@@ -36,11 +36,10 @@ def test_best_is_the_best_finished_sla_trial_never_the_control():
 
 
 def test_pareto_front_in_quality_and_flops():
-    front = pareto_front([r for r in rows() if r.status == "TERMINATED"], "val/loss", "min")
-    assert [r.trial_id for r in front] == ["a", "b", "d", "e"]
+    points = trial_points([r for r in rows() if r.status == "TERMINATED"], "val/loss")
+    assert [p.name for p in pareto_front(points, "min")] == ["a", "b", "d", "e"]
     # maximising the metric flips which trials dominate
-    front_max = pareto_front([r for r in rows() if r.status == "TERMINATED"], "val/loss", "max")
-    assert [r.trial_id for r in front_max] == ["a"]
+    assert [p.name for p in pareto_front(points, "max")] == ["a"]
 
 
 def test_table_csv_and_plot(tmp_path):
@@ -61,7 +60,7 @@ def test_table_csv_and_plot(tmp_path):
 
 
 def test_searched_training_settings_show_in_table_csv_and_plot_labels(tmp_path):
-    from orchestrator.report.table import short_label, varying_keys
+    from orchestrator.report.labels import config_label, label_keys
 
     def row(tid, topk, lr, loss):
         m = {"val/loss": loss, "flops/attention_ratio": 1.0 if topk is None else topk}
@@ -70,10 +69,10 @@ def test_searched_training_settings_show_in_table_csv_and_plot_labels(tmp_path):
 
     trials = [row("a", 0.1, 1e-4, 0.9), row("b", 0.1, 1e-3, 0.8), row("c", 0.2, 1e-4, 0.7),
               row("ctrl", None, 1e-4, 0.6)]  # fmt: skip
-    keys = varying_keys(trials)
+    keys = label_keys(trials, repeats=True)
     assert keys == ["topk", "train.lr"], "the fixed lora.rank is not a column"
-    assert short_label(trials[1], keys) == "topk=0.1 train.lr=0.001"
-    assert short_label(trials[3], keys) == "control train.lr=0.0001"  # what the plot annotates
+    assert config_label(trials[1], keys) == "topk=0.1 train.lr=0.001"
+    assert config_label(trials[3], keys) == "control train.lr=0.0001"  # what the plot annotates
     table = format_table(trials, "val/loss", "min")
     assert "topk=0.2 train.lr=0.0001" in table
     assert (
