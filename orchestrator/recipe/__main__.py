@@ -17,6 +17,7 @@ from orchestrator.models.wan_presets import PRESETS
 from sla_kernel_glue import SLAConfig
 
 from .config import DataConfig, TrainConfig
+from .config_fields import cli_fields, value_type
 from .train import run_trial
 
 
@@ -41,33 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frames", type=int, help="clip frames (default: the preset's)")
     p.add_argument("--size", type=int, help="clip height = width (default: the preset's)")
-    defaults = TrainConfig()
-    for key in (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "warmup_steps",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "base_steps",
-        "seed",
-        "sample_steps",
-    ):
-        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=getattr(defaults, key))
-    for key in ("lr", "base_lr", "weight_decay", "max_grad_norm", "timestep_shift"):
-        p.add_argument(f"--{key.replace('_', '-')}", type=float, default=getattr(defaults, key))
-    p.add_argument("--lr-schedule", default=defaults.lr_schedule)
-    p.add_argument("--mixed-precision", default=defaults.mixed_precision)
-    p.add_argument("--timestep-sampling", default=defaults.timestep_sampling)
-    p.add_argument(
-        "--freeze-base", action="store_true", help="train only SLA's proj_l (train_base false)"
-    )
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
-    p.add_argument("--base-cache-dir", help="where pre-trained base models are cached")
+    add_train_arguments(p)
     return p
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """--NAME for each TrainConfig field declared for the command line, its type, default and help
+    from the field's declaration (a bool is a flag; a true-by-default one has its own option)."""
+    for f in cli_fields(TrainConfig):
+        kind = value_type(TrainConfig, f.name)
+        doc = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        option = "--" + f.name.replace("_", "-")
+        if kind is bool and f.metadata["flag"]:
+            flag, flag_help = f.metadata["flag"]
+            p.add_argument(
+                flag, dest=f.name, action="store_false", default=f.default, help=flag_help
+            )
+        elif kind is bool:
+            p.add_argument(option, dest=f.name, action="store_true", default=f.default, help=doc)
+        else:
+            p.add_argument(
+                option,
+                dest=f.name,
+                type=None if kind is str else kind,
+                default=f.default,
+                help=f"{doc} (default: %(default)s)",
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, SLAConfig | None]:
@@ -75,29 +75,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, SLAConfig |
     train = TrainConfig(
         model=args.model_dir or args.preset,
         data=DataConfig(source=args.data, frames=args.frames, size=args.size),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule,
-        weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        train_base=not args.freeze_base,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        timestep_sampling=args.timestep_sampling,
-        timestep_shift=args.timestep_shift,
-        log_every=args.log_every,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints,
-        sample_steps=args.sample_steps,
-        base_steps=args.base_steps,
-        base_lr=args.base_lr,
-        base_cache_dir=args.base_cache_dir,
-        gradient_checkpointing=args.gradient_checkpointing,
-        compile=args.compile,
+        **{f.name: getattr(args, f.name) for f in cli_fields(TrainConfig)},
     )
     return train, (None if args.dense else SLAConfig.parse(args.sla))
 

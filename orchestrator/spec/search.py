@@ -15,6 +15,8 @@ import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from orchestrator.recipe.config import TrainConfig
+from orchestrator.recipe.config_fields import searchable_fields
 from orchestrator.spec.schema import SEARCH_KINDS, SearchParam
 from orchestrator.values import is_int, is_num
 from sla_kernel_glue import SLAConfig
@@ -24,13 +26,9 @@ NUMERIC_FIELDS = ("topk", "kl", "blkq", "blkk")
 INT_FIELDS = ("blkq", "blkk")
 MAPPING_FIELDS = ("topk_schedule",)  # a mapping without a search kind is their fixed value
 
-# Training settings a search may vary (TrainConfig keys; lora.* inside train.lora) and their type:
-# ranges for the float ones, grid/choice for all. Not batch_size: a preset's base is pre-trained
-# with it (part of the base's cache key), so each value would fine-tune another base.
-TRAIN_SEARCH = {
-    "lr": float, "weight_decay": float, "warmup_steps": int, "steps": int,
-    "lr_schedule": str, "lora.rank": int, "lora.alpha": float, "lora.dropout": float,
-}  # fmt: skip
+# Training settings a search may vary and their type, as TrainConfig declares them (lora.* inside
+# train.lora): ranges for the float ones, grid/choice for all.
+TRAIN_SEARCH = searchable_fields(TrainConfig)
 TRAIN_PREFIX = "train."
 MAX_TRAIN_COMBINATIONS = 256  # the joint check over training values builds a TrainConfig each
 

@@ -3,10 +3,15 @@ and validated like the SLA fields, expanded into trials, applied to each trial's
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator.recipe import TrainConfig
+from orchestrator.recipe.config import LoraConfig
+from orchestrator.recipe.config_fields import is_section
 from orchestrator.spec import SpecError, parse_spec
+from orchestrator.spec.search import split_train_space
 from orchestrator.storage.records import trial_train
 from orchestrator.sweep import search_space
 from orchestrator.sweep.run import expected_trials
@@ -56,7 +61,11 @@ def test_every_bad_training_entry_is_reported_at_once(tmp_path):
         spec_of(tmp_path, train)
     msg = str(err.value)
     assert "train.warmup_steps.uniform: train.warmup_steps is an integer; use {grid: [...]}" in msg
-    assert "train.batch_size cannot be searched; searchable training settings: train.lr" in msg
+    assert (
+        "train.batch_size cannot be searched; searchable training settings: train.steps, "
+        "train.lr, train.warmup_steps, train.lr_schedule, train.weight_decay, train.lora.rank, "
+        "train.lora.alpha, train.lora.dropout" in msg
+    )
     assert "train.lr_schedule: a list needs a kind, e.g. {grid: ['constant', 'cosine']}" in msg
     assert "train.lora.dropout: 'a' is not a number" in msg
     # the values themselves are checked by TrainConfig, with the rest of the section
@@ -95,3 +104,28 @@ def test_a_topk_schedule_longer_than_the_fewest_steps_is_refused_before_ray(tmp_
     spec_of(tmp_path, {"steps": 4}, sla={"topk_schedule": schedule})  # ends on the last step
     with pytest.raises(SpecError, match=r"warmup_steps \(4\) is more than train.steps \(3\)"):
         spec_of(tmp_path, {"steps": {"grid": [3, 6]}}, sla={"topk_schedule": schedule})
+
+
+def test_searchability_is_the_fields_declaration():
+    """A training setting is searchable exactly when TrainConfig (LoraConfig for lora.*) declares
+    it so; a range is taken where its declared type is float, refused for the others."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if not is_section(f)}
+    fields.update({f"lora.{f.name}": f for f in dataclasses.fields(LoraConfig)})
+    declared = {key for key, f in fields.items() if f.metadata["searchable"]}
+    assert declared == {"steps", "lr", "warmup_steps", "lr_schedule", "weight_decay",
+                        "lora.rank", "lora.alpha", "lora.dropout"}  # fmt: skip
+    for key, f in fields.items():
+        errors: list[str] = []
+        split_train_space(nested(key, {"grid": [f.default, "other"]}), errors)
+        assert any("cannot be searched" in e for e in errors) is (key not in declared), key
+    floats = {"lr", "weight_decay", "lora.alpha", "lora.dropout"}
+    for key in declared:
+        errors = []
+        split_train_space(nested(key, {"uniform": [0.1, 0.2]}), errors)
+        assert (not errors) is (key in floats), (key, errors)
+
+
+def nested(key: str, entry: dict) -> dict:
+    """`train:` with entry at key ("lora.rank" inside lora)."""
+    section, _, name = key.rpartition(".")
+    return {section: {name: entry}} if section else {name: entry}
