@@ -134,7 +134,7 @@ def attention_time(
     if sla is None:
         fn = torch.nn.functional.scaled_dot_product_attention
     else:
-        fn = SparseLinearAttention.from_config(d, sla).to(device)
+        fn = SparseLinearAttention(d, sla).to(device)
 
     def call() -> None:
         if not backward:

@@ -226,6 +226,17 @@ class SLAConfig:
         return min(n_key_blocks - k, math.floor(self.kl * n_key_blocks + 1e-9))
 
 
+def require_config(value: Any, name: str = "config") -> SLAConfig:
+    """`value` when it is an SLAConfig. Strings and dicts are parsed once, where they come in
+    (SLAConfig.parse, from_dict); past that boundary the object travels as it is."""
+    if not isinstance(value, SLAConfig):
+        raise TypeError(
+            f"{name} must be an SLAConfig, got {type(value).__name__}; build one with "
+            "SLAConfig.parse(...)"
+        )
+    return value
+
+
 def critical_blocks(topk: float, n_key_blocks: int) -> int:
     # The 1e-9 keeps floor(0.1 * 30) == 3 despite binary rounding (0.1 * 30 = 3.0000000000000004
     # is fine, but 0.29 * 100 = 28.999999999999996 is not).

@@ -16,7 +16,7 @@ import logging
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 
-from .config import SLAConfig
+from .config import SLAConfig, require_config
 from .reference import SLAOutputs, sla_reference
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,7 @@ def _check_inputs(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
 ) -> None:
-    if not isinstance(config, SLAConfig):
-        raise TypeError(
-            f"config must be an SLAConfig, got {type(config).__name__}; build one with "
-            "SLAConfig.parse(...)"
-        )
+    require_config(config)
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             "SLA is self-attention on (B, H, N, d) tensors of one shape; got "

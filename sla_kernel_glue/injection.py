@@ -1,6 +1,6 @@
 """Put SLA into a model, one SLA module per self-attention layer, reversibly.
 
-    handle = apply_sla(model, {"topk": 0.1})      # or: with apply_sla(model, cfg) as handle: ...
+    handle = apply_sla(model, SLAConfig(topk=0.1))  # or: with apply_sla(model, cfg) as handle: ...
     handle.layers        # {"blocks.0.attn1": SparseLinearAttention, ...}
     handle.set_step(s)   # a topk schedule: every layer at config.topk_at(s) (they start at its end)
     handle.remove()      # the model is exactly as before
@@ -26,13 +26,13 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import SLAConfig
+from .config import SLAConfig, require_config
 from .diffusers_processors import (
     diffusers_head_dim,
     install_processor,
@@ -159,20 +159,21 @@ class SLAHandle:
 
 def apply_sla(
     model: nn.Module,
-    config: SLAConfig | Mapping[str, Any] | str,
+    config: SLAConfig,
     *,
     targets: Targets = None,
     head_dim: HeadDim = None,
 ) -> SLAHandle:
     """Give every selected self-attention layer of ``model`` its own SparseLinearAttention.
 
-    config: an SLAConfig or anything SLAConfig.parse takes. targets: module paths, module
-    classes, or a predicate (path, module) -> bool; None picks diffusers self-attention modules,
-    else the innermost modules whose class name contains "Attention". head_dim: for plain modules
-    whose head dim cannot be read from their attributes (an int, or (path, module) -> int).
+    config: an SLAConfig, passed to every layer's module as it is (SLAConfig.parse or from_dict
+    build one from a dict or string). targets: module paths, module classes, or a predicate
+    (path, module) -> bool; None picks diffusers self-attention modules, else the innermost
+    modules whose class name contains "Attention". head_dim: for plain modules whose head dim
+    cannot be read from their attributes (an int, or (path, module) -> int).
     The SLA modules are created on the device of each layer's parameters, proj_l in float32.
     """
-    cfg = SLAConfig.parse(config)
+    cfg = require_config(config)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         # DDP fixed its parameter list when it was built: new SLA weights would not be synced
         raise ValueError("apply_sla needs the model before DistributedDataParallel wraps it")
@@ -268,7 +269,7 @@ def _inject_layer(
     if is_diffusers_attention(module) and _is_cross(module):
         raise ValueError(f"layer {path!r} is cross-attention; SLA replaces self-attention only")
     d = _head_dim(path, module, head_dim)
-    sla = SparseLinearAttention.from_config(d, cfg)
+    sla = SparseLinearAttention(d, cfg)
     param = next(iter(module.parameters()), None)
     if param is not None:
         sla.to(param.device)

@@ -8,81 +8,41 @@ import logging
 import torch
 from torch import nn
 
-from .config import SLAConfig
+from .config import SLAConfig, require_config
 from .functional import sla_attention
 
 log = logging.getLogger(__name__)
 
 
 class SparseLinearAttention(nn.Module):
-    """Sparse-Linear Attention on (B, H, N, d) tensors.
+    """Sparse-Linear Attention on (B, H, N, d) tensors, at the settings of one SLAConfig.
 
-    The thin module over ``sla_attention``: it holds proj_l and counts calls per backend.
-    Constructor compatible with thu-ml/SLA's ``SparseLinearAttention``; further settings (kl,
-    linear_scope, backend) by keyword, or pass a whole SLAConfig with ``from_config`` (a topk
-    schedule's end is the topk it runs at; ``set_topk`` moves it along the schedule). proj_l is
-    a d -> d linear layer, zero-initialised, kept in float32 whatever the model is cast to; it
-    computes in the dtype of q, k, v (float32 weights cast on the fly, like autocast's linear
-    layers).
+    The thin module over ``sla_attention``: it holds proj_l and counts calls per backend. It runs
+    at a fixed topk: a topk schedule's end until ``set_topk`` moves it along the schedule (the
+    schedule itself stays with the caller, SLAHandle.set_step). proj_l is a d -> d linear layer,
+    zero-initialised, kept in float32 whatever the model is cast to; it computes in the dtype of
+    q, k, v (float32 weights cast on the fly, like autocast's linear layers).
     """
 
-    def __init__(
-        self,
-        head_dim: int,
-        topk: float,
-        feature_map: str = "softmax",
-        BLKQ: int = 64,  # noqa: N803 - thu-ml/SLA's argument names
-        BLKK: int = 64,  # noqa: N803
-        use_bf16: bool = True,
-        tie_feature_map_qk: bool = True,
-        *,
-        kl: float = 0.0,
-        linear_scope: str = "all",
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, head_dim: int, config: SLAConfig, *, use_bf16: bool = True) -> None:
         super().__init__()
         if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0:
             raise ValueError(f"head_dim ({head_dim!r}) must be a positive integer")
-        self.config = SLAConfig(
-            topk=topk,
-            blkq=BLKQ,
-            blkk=BLKK,
-            feature_map=feature_map,
-            tie_feature_map_qk=tie_feature_map_qk,
-            kl=kl,
-            linear_scope=linear_scope,
-            backend=backend,
-        )
+        require_config(config)
+        # the config as it came; a schedule's is left out (its topk is already the end)
+        self.config = config if config.topk_schedule is None else config.replace(topk_schedule=None)
         self.head_dim = head_dim
         self.use_bf16 = bool(use_bf16)
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
         nn.init.zeros_(self.proj_l.weight)  # training starts as sparse-only attention
         nn.init.zeros_(self.proj_l.bias)
-        if linear_scope == "none":
+        if config.linear_scope == "none":
             # Sparse-only: no linear branch, so proj_l stays exactly 0 (its bias would otherwise
             # train into a constant offset). Frozen parameters are also what DDP expects.
             self.proj_l.requires_grad_(False)
         # Calls per backend ("triton", "torch"); the injection layer adds its own counters.
         self.backend_calls: collections.Counter[str] = collections.Counter()
         self._warned_cast = False
-
-    @classmethod
-    def from_config(
-        cls, head_dim: int, config: SLAConfig | dict | str, *, use_bf16: bool = True
-    ) -> SparseLinearAttention:
-        c = SLAConfig.parse(config)
-        return cls(
-            head_dim,
-            c.topk,
-            c.feature_map,
-            c.blkq,
-            c.blkk,
-            use_bf16,
-            c.tie_feature_map_qk,
-            kl=c.kl,
-            linear_scope=c.linear_scope,
-            backend=c.backend,
-        )
 
     def set_topk(self, topk: float) -> None:
         """Run at another topk from the next call on (a topk schedule's step); the rest stays."""

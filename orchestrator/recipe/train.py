@@ -31,6 +31,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, resolve_mixed_precision
 from .flow_matching import flow_loss, sample_timesteps
+from .topk_schedule import schedule_error
 from .trial_setup import TrialSetup
 
 
@@ -51,19 +52,19 @@ class TrialRecipe(TrialSetup):
     ) -> None:
         if not isinstance(train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(train).__name__}")
-        self.sla = None if sla is None else SLAConfig.parse(sla)
+        if sla is not None and not isinstance(sla, SLAConfig):
+            raise TypeError(
+                f"sla must be an SLAConfig or None, got {type(sla).__name__}; build one with "
+                "SLAConfig.parse(...)"
+            )
+        self.sla = sla
         if self.sla is None and not train.train_base and train.lora is None:
             raise ValueError(
                 "train_base (False) with sla None and no lora trains nothing: enable one of them"
             )
-        schedule = self.sla.topk_schedule if self.sla is not None else None
-        if schedule is not None and schedule.warmup_steps > train.steps:
-            raise ValueError(
-                f"sla.topk_schedule.warmup_steps ({schedule.warmup_steps}) is more than "
-                f"train.steps ({train.steps}): training would stop at topk "
-                f"{self.sla.topk_at(train.steps):.4g}, short of the end ({schedule.end}) that "
-                "inference runs at; lower warmup_steps or raise steps"
-            )
+        error = schedule_error(None if sla is None else sla.topk_schedule, train.steps)
+        if error is not None:
+            raise ValueError(error)
         self.train_cfg = train
         self.workdir = Path(workdir)
         self.resume_from = None if resume_from is None else Path(resume_from)

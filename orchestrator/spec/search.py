@@ -17,9 +17,10 @@ from typing import Any
 
 from orchestrator.recipe.config import TrainConfig
 from orchestrator.recipe.config_fields import searchable_fields
+from orchestrator.recipe.topk_schedule import schedule_error
 from orchestrator.spec.schema import SEARCH_KINDS, SearchParam
 from orchestrator.values import is_int, is_num
-from sla_kernel_glue import SLAConfig
+from sla_kernel_glue import SLAConfig, TopkSchedule
 
 SLA_FIELDS = tuple(f.name for f in dataclasses.fields(SLAConfig))
 NUMERIC_FIELDS = ("topk", "kl", "blkq", "blkk")
@@ -368,17 +369,15 @@ def check_schedules(
     errors: list[str],
 ) -> None:
     """A topk schedule must end within the trial (before Ray starts, not in the first trial):
-    its warmup_steps at most the fewest train.steps any trial runs."""
-    from orchestrator.recipe import TrainConfig
-
+    the recipe's check (schedule_error) against the fewest train.steps any trial runs."""
     steps = [v for p in train_space if p.field == "train.steps" for v in p.values]
     fewest = min(steps or [train.get("steps", TrainConfig.steps)])
     schedules = [v for p in sla or () if p.field == "topk_schedule" for v in p.values]
     schedules += [e["topk_schedule"] for e in extra if "topk_schedule" in e]
     for schedule in schedules:
-        warmup = schedule.get("warmup_steps") if isinstance(schedule, Mapping) else None
-        if is_int(warmup) and is_int(fewest) and warmup > fewest:
-            errors.append(
-                f"sla.topk_schedule.warmup_steps ({warmup}) is more than train.steps ({fewest}): "
-                "the trial would end before its schedule; lower warmup_steps or raise steps"
-            )
+        # each value passed SLAConfig alone (parse_sla_space, parse_extra_trials); None: no
+        # schedule. Negative steps are train.steps' own error.
+        if schedule is not None and is_int(fewest) and fewest >= 0:
+            error = schedule_error(TopkSchedule.from_value(schedule), fewest)
+            if error is not None:
+                errors.append(error)

@@ -76,6 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         workdir = Path(scratch).absolute()
         callback = RayReportCallback(config.get("trainable_start"), scratch=workdir)
         train = build_train_config(config["train"])
+        # the SLA settings crossed into this process as a dict: read once, the object from here
         sla = None if config["sla"] is None else SLAConfig.from_dict(config["sla"])
         cache, encoded = config.get("reference_cache"), config.get("encoded")
         common = {

@@ -32,7 +32,7 @@ def _proj(d=8, dtype=torch.float64, seed=1):
 @pytest.mark.parametrize("scope", ["all", "marginal", "none"])
 def test_module_forward_is_sla_attention_with_its_proj_l(scope):
     q, k, v = _qkv(dtype=torch.float32)
-    module = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, linear_scope=scope, backend="torch")
+    module = SparseLinearAttention(8, CFG.replace(linear_scope=scope))
     if scope != "none":
         with torch.no_grad():
             module.proj_l.weight.normal_()

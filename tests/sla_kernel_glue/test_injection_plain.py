@@ -86,6 +86,17 @@ def test_default_targets_inject_every_attention_layer_with_its_own_module():
         assert "blocks.1.sla.proj_l.weight" in net.state_dict()
 
 
+def test_every_layer_gets_the_config_object_itself_and_loose_settings_are_refused():
+    net = make_net()
+    with apply_sla(net, SPARSE) as handle:
+        assert handle.config is SPARSE
+        assert all(sla.config is SPARSE for sla in handle.layers.values())  # not rebuilt
+    for loose in (SPARSE.to_dict(), "{'topk': 0.25}"):
+        with pytest.raises(TypeError, match="config must be an SLAConfig, got"):
+            apply_sla(net, loose)
+    assert not hasattr(net.blocks[0], "sla")  # refused before anything was injected
+
+
 def test_topk_one_equals_dense_and_sparse_differs():
     net, x = make_net(), x_input()
     with torch.no_grad():

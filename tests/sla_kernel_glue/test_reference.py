@@ -7,6 +7,8 @@ from sla_kernel_glue.functional import sla_branches
 
 from .oracle import oracle_masks, oracle_sla
 
+TORCH_QUARTER = SLAConfig(topk=0.25, blkq=16, blkk=16, backend="torch")
+
 
 def _qkv(shape, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -70,14 +72,14 @@ def test_at_least_one_critical_block_and_no_nan():
 @pytest.mark.parametrize("n", [64, 77])
 def test_topk_one_with_zero_proj_l_equals_dense_sdpa(n):
     q, k, v = _qkv((2, 3, n, 16))
-    sla = SparseLinearAttention(16, 1.0, BLKQ=16, BLKK=16, backend="torch").double()
+    sla = SparseLinearAttention(16, SLAConfig(topk=1.0, blkq=16, blkk=16, backend="torch")).double()
     out = sla(q, k, v)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
 
 
 def test_gradcheck_q_k_v_and_proj_l():
     q, k, v = (t.requires_grad_() for t in _qkv((1, 2, 24, 4), seed=3))
-    sla = SparseLinearAttention(4, 0.34, BLKQ=8, BLKK=8, backend="torch")
+    sla = SparseLinearAttention(4, SLAConfig(topk=0.34, blkq=8, blkk=8, backend="torch"))
     sla.double()  # proj_l stays float32 by design; gradcheck needs float64 weights
     w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
@@ -93,7 +95,7 @@ def test_gradcheck_q_k_v_and_proj_l():
 
 def test_gradients_reach_proj_l_through_the_module():
     q, k, v = (t.float().requires_grad_() for t in _qkv((1, 2, 40, 8)))
-    sla = SparseLinearAttention(8, 0.25, BLKQ=8, BLKK=8, backend="torch")
+    sla = SparseLinearAttention(8, SLAConfig(topk=0.25, blkq=8, blkk=8, backend="torch"))
     sla(q, k, v).square().sum().backward()
     assert sla.proj_l.weight.grad is not None and sla.proj_l.weight.grad.abs().sum() > 0
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
@@ -102,7 +104,7 @@ def test_gradients_reach_proj_l_through_the_module():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs(dtype):
     q, k, v = _qkv((1, 2, 48, 8), dtype=torch.float32)
-    sla = SparseLinearAttention(8, 0.5, BLKQ=16, BLKK=16, backend="torch")
+    sla = SparseLinearAttention(8, SLAConfig(topk=0.5, blkq=16, blkk=16, backend="torch"))
     torch.nn.init.normal_(sla.proj_l.weight)
     q, k, v = (t.to(dtype) for t in (q, k, v))
     out = sla(q, k, v)
@@ -124,24 +126,31 @@ def test_low_precision_inputs(dtype):
 
 def test_return_sparsity_and_shape_errors():
     q, k, v = _qkv((1, 1, 128, 8), dtype=torch.float32)
-    sla = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, backend="torch")
+    sla = SparseLinearAttention(8, TORCH_QUARTER)
     out, density = sla(q, k, v, return_sparsity=True)
     assert out.shape == q.shape and density == 2 / 8
     with pytest.raises(ValueError, match="self-attention"):
         sla(q, k[:, :, :64], v[:, :, :64])
     with pytest.raises(ValueError, match=r"head dim of q \(8\) must equal head_dim \(4\)"):
-        SparseLinearAttention(4, 0.25)(q, k, v)
+        SparseLinearAttention(4, SLAConfig(topk=0.25))(q, k, v)
 
 
-def test_from_config_and_thu_ml_constructor_agree():
-    a = SparseLinearAttention(64, 0.1, "elu", 128, 64, True, True)
-    b = SparseLinearAttention.from_config(64, "{'topk': 0.1, 'feature_map': 'elu', 'blkq': 128}")
-    assert a.config == b.config
-    assert torch.count_nonzero(a.proj_l.weight) == 0 and a.proj_l.weight.dtype == torch.float32
+def test_the_module_holds_the_config_it_is_given():
+    config = SLAConfig(topk=0.1, feature_map="elu", blkq=128)
+    sla = SparseLinearAttention(64, config)
+    assert sla.config is config  # passed down as it is, not rebuilt from its fields
+    assert torch.count_nonzero(sla.proj_l.weight) == 0 and sla.proj_l.weight.dtype == torch.float32
+    scheduled = SLAConfig.from_dict(
+        {"topk_schedule": {"start": 1.0, "end": 0.1, "warmup_steps": 4}}
+    )
+    assert SparseLinearAttention(64, scheduled).config == SLAConfig(topk=0.1)  # at the end
+    for loose in ({"topk": 0.1}, "{'topk': 0.1}", 0.1):
+        with pytest.raises(TypeError, match="config must be an SLAConfig, got"):
+            SparseLinearAttention(64, loose)
 
 
 def test_cast_to_bf16_keeps_proj_l_float32_exactly():
-    sla = SparseLinearAttention(8, 0.25)
+    sla = SparseLinearAttention(8, SLAConfig(topk=0.25))
     torch.nn.init.normal_(sla.proj_l.weight)
     before = sla.proj_l.weight.detach().clone()
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), sla).to(torch.bfloat16)
@@ -154,7 +163,7 @@ def test_sparse_only_module_freezes_proj_l_and_returns_the_sparse_branch():
     from sla_kernel_glue import SparseLinearAttention
 
     q, k, v = (t.float().requires_grad_() for t in _qkv((1, 2, 64, 8)))
-    attn = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, linear_scope="none", backend="torch")
+    attn = SparseLinearAttention(8, TORCH_QUARTER.replace(linear_scope="none"))
     assert not any(p.requires_grad for p in attn.proj_l.parameters())
     proj_calls = []
     attn.proj_l.register_forward_hook(lambda *_: proj_calls.append(1))
@@ -165,6 +174,6 @@ def test_sparse_only_module_freezes_proj_l_and_returns_the_sparse_branch():
     out.sum().backward()
     assert q.grad is not None and attn.proj_l.weight.grad is None
     # The same weights with the linear branch on give a different output once proj_l is non-zero.
-    full = SparseLinearAttention(8, 0.25, BLKQ=16, BLKK=16, backend="torch")
+    full = SparseLinearAttention(8, TORCH_QUARTER)
     torch.nn.init.eye_(full.proj_l.weight)
     assert not torch.allclose(full(q, k, v), out)

@@ -37,13 +37,15 @@ def test_cpu_without_interpreter_is_unsupported():
 
 def test_backend_triton_raises_and_auto_falls_back_counted():
     q, k, v = torch.randn(3, 1, 2, 40, 48)
-    strict = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="triton")
+    strict = SparseLinearAttention(48, SLAConfig(topk=0.5, blkq=16, blkk=16, backend="triton"))
     with pytest.raises(ValueError, match="SLA backend 'triton' cannot run this call"):
         strict(q, k, v)
-    auto = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="auto")
+    auto = SparseLinearAttention(48, SLAConfig(topk=0.5, blkq=16, blkk=16, backend="auto"))
     out = auto(q, k, v)
     assert auto.backend_calls == {"torch": 1}
-    torch_out = SparseLinearAttention(48, 0.5, BLKQ=16, BLKK=16, backend="torch")(q, k, v)
+    torch_out = SparseLinearAttention(48, SLAConfig(topk=0.5, blkq=16, blkk=16, backend="torch"))(
+        q, k, v
+    )
     torch.testing.assert_close(out, torch_out)
 
 

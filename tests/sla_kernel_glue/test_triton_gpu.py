@@ -45,7 +45,7 @@ def test_forward_and_gradients_match_reference(dtype, n, d, bq, bk, topk, fmap, 
 
 def test_module_uses_triton_and_compiles():
     q, k, v = _qkv((1, 2, 512, 64), torch.bfloat16, seed=2)
-    sla = SparseLinearAttention(64, 0.25, backend="triton").cuda()
+    sla = SparseLinearAttention(64, SLAConfig(topk=0.25, backend="triton")).cuda()
     torch.nn.init.normal_(sla.proj_l.weight, std=0.1)
     eager = sla(q, k, v)
     compiled = torch.compile(sla)(q, k, v)
@@ -56,8 +56,8 @@ def test_module_uses_triton_and_compiles():
 def test_backend_triton_raises_and_auto_falls_back_on_gpu():
     q, k, v = _qkv((1, 1, 128, 48), torch.bfloat16, seed=3)  # head dim 48 is not a power of two
     with pytest.raises(ValueError, match="head dim 48"):
-        SparseLinearAttention(48, 0.5, backend="triton").cuda()(q, k, v)
-    auto = SparseLinearAttention(48, 0.5, backend="auto").cuda()
+        SparseLinearAttention(48, SLAConfig(topk=0.5, backend="triton")).cuda()(q, k, v)
+    auto = SparseLinearAttention(48, SLAConfig(topk=0.5, backend="auto")).cuda()
     auto(q, k, v)
     assert auto.backend_calls == {"torch": 1}
 

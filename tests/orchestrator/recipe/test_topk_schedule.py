@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from orchestrator.infer.model import load_checkpoint_model
 from orchestrator.recipe import RecordingCallback, TrainConfig, run_trial
+from orchestrator.recipe.topk_schedule import schedule_error
 from orchestrator.recipe.train import TrialRecipe
 from sla_kernel_glue import SLAConfig, attention_flops, read_sla_state
 
@@ -103,6 +104,22 @@ def test_inference_runs_at_the_schedule_end(straight):
     assert {s.config for s in loaded.handle.layers.values()} == {SLA.at_step(STEPS)}
 
 
+SHORT_TRIAL = (
+    "sla.topk_schedule.warmup_steps (3) is more than train.steps (2): training would stop at "
+    "topk 0.5, short of the end (0.25) that inference runs at; lower warmup_steps or raise steps"
+)
+
+
 def test_a_schedule_longer_than_the_trial_is_refused(base_cache, tmp_path):
-    with pytest.raises(ValueError, match=r"warmup_steps \(3\) is more than train.steps \(2\)"):
+    with pytest.raises(ValueError) as err:
         TrialRecipe(tiny(base_cache, steps=2), SLA, tmp_path)
+    assert str(err.value) == SHORT_TRIAL
+    assert schedule_error(SLA.topk_schedule, 2) == SHORT_TRIAL  # the spec's check is this one
+    assert schedule_error(SLA.topk_schedule, 3) is None and schedule_error(None, 0) is None
+
+
+def test_the_recipe_keeps_the_sla_config_it_is_given(base_cache, tmp_path):
+    assert TrialRecipe(tiny(base_cache), SLA, tmp_path).sla is SLA
+    for loose in (SLA.to_dict(), "{'topk': 0.25}"):
+        with pytest.raises(TypeError, match="sla must be an SLAConfig or None, got"):
+            TrialRecipe(tiny(base_cache), loose, tmp_path)
