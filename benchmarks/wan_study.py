@@ -17,7 +17,9 @@ frames (moving shapes on gradients: speed does not depend on what the pixels sho
 - sweep: `sla-sweep experiments/wan2.1-t2v-1.3b.yaml --set model.path=... --set data.source=...`
   with a short training (STUDY_SETTINGS: topk 0.05 and the control, a few steps, validation on);
 - use: `best`, `infer --prompt ... --compile` with SLA and dense (50 steps at the study's size),
-  `export`, then stock `WanPipeline.from_pretrained` on the export generating 2 steps.
+  `export`, then stock `WanPipeline.from_pretrained` on the export generating 2 steps;
+- lora (asked for with --phases): a second sweep of LoRA trials, two sharing the GPU
+  (LORA_SETTINGS), each trial's peak memory in its perf/peak_gpu_mib.
 OUT/summary.json holds every command's wall time, the sweep's own timings.json, each config's
 perf/* metrics (from the sweep report's summary.csv), infer's seconds per video, the GPU's busy
 share per command (and for the sweep before and after its encode) and the projection of a trial's
@@ -90,6 +92,24 @@ STUDY_SETTINGS = {
         f"validation.prompts=[{PROMPT!r}]",
         "validation.steps=2",
         "resources={workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0}",
+    ],
+}
+# The `lora` phase: a second sweep of LoRA trials (gradient checkpointing as shipped) two at a
+# time on one GPU (fractional gpus_per_worker), over the first sweep's cache
+LORA_SETTINGS = {
+    "full": [
+        "train.lora={rank: 16}",
+        "sla.topk={grid: [0.05, 0.1]}",
+        "control=false",
+        "train.steps=4",
+        "resources={workers_per_trial: 1, cpus_per_worker: 6, gpus_per_worker: 0.5}",
+        "max_concurrent_trials=2",
+    ],
+    "tiny": [
+        "train.lora={rank: 4}",
+        "sla.topk={grid: [0.5, 0.25]}",
+        "control=false",
+        "max_concurrent_trials=2",
     ],
 }
 INFER_SETTINGS = {
@@ -280,8 +300,8 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def sweep_dir(runs: Path) -> Path:
-    found = sorted(p for p in runs.glob("wan-study-*") if p.is_dir())
+def sweep_dir(runs: Path, name: str = "wan-study") -> Path:
+    found = sorted(p for p in runs.glob(f"{name}-*") if p.is_dir())
     if not found:
         raise RuntimeError(f"no sweep directory under {runs}")
     return found[-1]
@@ -390,6 +410,17 @@ def summarize(out: Path) -> dict[str, Any]:
             checkpoints=1000 // shipped["train"]["checkpoint_every"],
             compile_s=extra,
         )
+    if (out / "sweep_lora.log").is_file():  # also a LoRA sweep cut short: its stamped lines
+        spans = trial_spans(out / "sweep_lora.log")
+        together = min((e for _, e in spans.values()), default=0.0) - max(
+            (s for s, _ in spans.values()), default=0.0
+        )
+        summary["lora"] = {
+            "trial_spans": spans,
+            "trials_ran_together_s": max(together, 0.0) if len(spans) > 1 else 0.0,
+        }
+        if (out / "lora-summary.csv").is_file():
+            summary["lora"]["configs"] = config_metrics(out / "lora-summary.csv")
     for attention in ("sla", "dense"):
         path = out / f"videos-{attention}.json"
         if path.is_file():
@@ -412,19 +443,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with GpuSampler(out / "gpu.csv"):
         try:
             if "sweep" in args.phases:
-                sets = [f"model.path={work / 'pipeline'}", f"data.source={work / 'clips'}",
-                        f"storage.results_dir={runs}", "name=wan-study",
-                        *STUDY_SETTINGS[size], *args.set]  # fmt: skip
-                argv = [*python, str(EXPERIMENT)]
-                for item in sets:
-                    argv += ["--set", item]
+                argv = sweep_argv(work, runs, "wan-study", [*STUDY_SETTINGS[size], *args.set])
                 run_command("sweep", argv, out, marks)
                 sweep = sweep_dir(runs)
                 shutil.copy(sweep / "timings.json", out / "timings.json")
                 shutil.copy(sweep / "results.csv", out / "results.csv")
                 shutil.copy(sweep / "report" / "summary.csv", out / "summary.csv")
-            sweep = sweep_dir(runs)
             if "use" in args.phases:
+                sweep = sweep_dir(runs)
                 run_command("best", [*python, "best", str(sweep)], out, marks)
                 for attention in ("sla", "dense"):
                     videos = work / f"videos-{attention}"
@@ -440,9 +466,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 run_command("export", [*python, "export", str(sweep), str(export)], out, marks)
                 run_command("stock_load", [sys.executable, "-m", "benchmarks.wan_study", "stock",
                                            str(export), "--size", size], out, marks)  # fmt: skip
+            if "lora" in args.phases:
+                settings = [*STUDY_SETTINGS[size], *LORA_SETTINGS[size]]
+                argv = sweep_argv(work, work / "runs-lora", "lora-study", settings)
+                run_command("sweep_lora", argv, out, marks)
+                lora = sweep_dir(work / "runs-lora", "lora-study")
+                shutil.copy(lora / "timings.json", out / "lora-timings.json")
+                shutil.copy(lora / "report" / "summary.csv", out / "lora-summary.csv")
         finally:
             summary = summarize(out)
     return summary
+
+
+def sweep_argv(work: Path, runs: Path, name: str, settings: list[str]) -> list[str]:
+    """The user's sweep command on W's pipeline and clips, results under `runs`."""
+    sets = [f"model.path={work / 'pipeline'}", f"data.source={work / 'clips'}",
+            f"storage.results_dir={runs}", f"name={name}", *settings]  # fmt: skip
+    argv = [sys.executable, "-m", "orchestrator", str(EXPERIMENT)]
+    for item in sets:
+        argv += ["--set", item]
+    return argv
+
+
+def trial_spans(sweep_log: Path) -> dict[str, tuple[float, float]]:
+    """Each trial's first and last stamped "[sla-sweep] trial T ..." line."""
+    spans: dict[str, tuple[float, float]] = {}
+    for line in sweep_log.read_text().splitlines():
+        stamp, _, text = line.partition(" ")
+        words = text.split()
+        if len(words) >= 3 and words[:2] == ["[sla-sweep]", "trial"]:
+            first = spans.get(words[2], (float(stamp), 0.0))[0]
+            spans[words[2]] = (first, float(stamp))
+    return spans
 
 
 def _host() -> dict[str, Any]:
@@ -495,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true")
-    p.add_argument("--phases", nargs="+", choices=("sweep", "use"), default=["sweep", "use"])
+    p.add_argument("--phases", nargs="+", choices=("sweep", "use", "lora"),
+                   default=["sweep", "use"])  # fmt: skip
     p.add_argument("--set", action="append", default=[], help="one more sla-sweep --set")
     p = sub.add_parser("summarize", help="OUT/summary.json again from what a run left in OUT")
     p.add_argument("--out", type=Path, required=True)

@@ -18,6 +18,7 @@ from orchestrator.models.pipeline import read_pipeline
 from tests.paths import REPO
 
 H100_RUN = REPO / "docs" / "results" / "2026-12-07-h100-wan-study"
+H100_RUN_2 = REPO / "docs" / "results" / "2026-12-08-h100-wan-study"
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,10 @@ def test_inputs_refuse_an_existing_work_folder(tiny_inputs):
 @pytest.mark.slow
 def test_the_whole_study_runs_through_the_users_commands(tiny_inputs, tmp_path):
     out = tmp_path / "out"
-    assert wan_study.main(["run", "--work", str(tiny_inputs), "--out", str(out), "--tiny"]) == 0
+    argv = ["run", "--work", str(tiny_inputs), "--out", str(out), "--tiny"]
+    assert wan_study.main([*argv, "--phases", "sweep", "use", "lora"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    commands = ["sweep", "best", "infer_sla", "infer_dense", "export", "stock_load"]
+    commands = ["sweep", "best", "infer_sla", "infer_dense", "export", "stock_load", "sweep_lora"]
     assert list(summary["commands"]) == commands
     assert all(summary["commands"][c]["rc"] == 0 for c in commands)
     assert set(summary["configs"]) == {"topk=0.5", "control"}
@@ -62,6 +64,13 @@ def test_the_whole_study_runs_through_the_users_commands(tiny_inputs, tmp_path):
         assert len(infer["per_video"]) == 2 and infer["precision"] == "fp32"
     stock = (out / "stock_load.log").read_text()
     assert '"finite": true' in stock and "WanTransformer3DModel" in stock
+    # the LoRA sweep: two adapter trials at once (max_concurrent_trials 2), each measured
+    lora = summary["lora"]
+    assert set(lora["configs"]) == {"topk=0.5", "topk=0.25"} and len(lora["trial_spans"]) == 2
+    full_bytes = summary["configs"]["control"]["perf/checkpoint_bytes"]
+    for config in lora["configs"].values():
+        assert 0 < config["perf/checkpoint_bytes"] < full_bytes
+    assert lora["trials_ran_together_s"] > 0
 
 
 def test_summarize_rebuilds_a_cut_runs_summary(tmp_path):
@@ -88,3 +97,20 @@ def test_summarize_rebuilds_a_cut_runs_summary(tmp_path):
         fixed = sum(v for k, v in row.items() if k not in ("training_s", "fixed_share"))
         assert row["training_s"] == pytest.approx(1000 * summary["configs"][config]["perf/step_s"])
         assert row["fixed_share"] == pytest.approx(fixed / (fixed + row["training_s"]))
+
+
+def test_summarize_reads_a_lora_sweep_cut_short(tmp_path):
+    """The second H100 run was cut during its LoRA sweep: the two trials' spans come from the
+    stamped log alone, and they overlap (two trials on one GPU at once)."""
+    out = tmp_path / "cut"
+    shutil.copytree(H100_RUN_2, out)
+    (out / "summary.json").unlink()
+    summary = wan_study.summarize(out)
+    assert summary["commands"]["sweep_lora"] == "cut short" and "configs" not in summary["lora"]
+    spans = summary["lora"]["trial_spans"]
+    assert len(spans) == 2 and all(first < last for first, last in spans.values())
+    expected = min(last for _, last in spans.values()) - max(first for first, _ in spans.values())
+    assert summary["lora"]["trials_ran_together_s"] == pytest.approx(expected) and expected > 0
+    for attention in ("sla", "dense"):
+        assert summary[f"infer_{attention}"]["precision"] == "bf16"
+        assert len(summary[f"infer_{attention}"]["per_video"]) == 2
