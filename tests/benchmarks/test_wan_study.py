@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import wan_study
+from benchmarks import wan_study, wan_study_inputs, wan_study_summary
 from benchmarks.full_shape_models import TINY
 from orchestrator.data.videos import scan_folder
 from orchestrator.models.pipeline import read_pipeline
@@ -32,7 +32,7 @@ def test_inputs_are_a_pipeline_and_a_clip_folder_the_sweep_accepts(tiny_inputs):
     info = read_pipeline(tiny_inputs / "pipeline")  # raises with every problem it finds
     assert info.pipeline_class == "WanPipeline" and info.max_text_len == TINY.text_len
     assert info.text_dim == TINY.transformer["text_dim"] and info.z_dim == TINY.vae["z_dim"]
-    count, frames, (height, width) = wan_study.CLIPS["tiny"]
+    count, frames, (height, width) = wan_study_inputs.CLIPS["tiny"]
     clips, notes = scan_folder(tiny_inputs / "clips", frames=frames, fps=16)
     assert len(clips) == count and not notes
     assert len({c.caption for c in clips}) == count  # every clip its own caption
@@ -42,7 +42,7 @@ def test_inputs_are_a_pipeline_and_a_clip_folder_the_sweep_accepts(tiny_inputs):
 
 def test_inputs_refuse_an_existing_work_folder(tiny_inputs):
     with pytest.raises(FileExistsError, match="already exists"):
-        wan_study.write_clips(tiny_inputs / "clips", count=1, frames=5, size=(16, 16))
+        wan_study_inputs.write_clips(tiny_inputs / "clips", count=1, frames=5, size=(16, 16))
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_summarize_rebuilds_a_cut_runs_summary(tmp_path):
     out = tmp_path / "cut"
     shutil.copytree(H100_RUN, out)
     (out / "summary.json").unlink()
-    summary = wan_study.summarize(out)
+    summary = wan_study_summary.summarize(out)
     assert summary["commands"]["infer_dense"] == "cut short"
     assert summary["commands"]["sweep"]["rc"] == 0
     for phase in ("sweep", "sweep_encode", "sweep_after_encode", "infer_sla"):
@@ -105,7 +105,7 @@ def test_summarize_reads_a_lora_sweep_cut_short(tmp_path):
     out = tmp_path / "cut"
     shutil.copytree(H100_RUN_2, out)
     (out / "summary.json").unlink()
-    summary = wan_study.summarize(out)
+    summary = wan_study_summary.summarize(out)
     assert summary["commands"]["sweep_lora"] == "cut short" and "configs" not in summary["lora"]
     spans = summary["lora"]["trial_spans"]
     assert len(spans) == 2 and all(first < last for first, last in spans.values())
