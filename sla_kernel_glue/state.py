@@ -63,16 +63,25 @@ class SLAStateError(ValueError):
     """sla_attention.pt is unreadable, not in the expected form, or does not fit the model."""
 
 
-def save_sla_state(model_or_handle: nn.Module | SLAHandle, directory: str | os.PathLike) -> Path:
-    """Write ``directory/sla_attention.pt`` (version 2) atomically; returns its path."""
+def save_sla_state(
+    model_or_handle: nn.Module | SLAHandle,
+    directory: str | os.PathLike,
+    *,
+    states: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> Path:
+    """Write ``directory/sla_attention.pt`` (version 2) atomically; returns its path.
+
+    states: {layer path: {name: tensor}} to write instead of the layers' own state_dict (a
+    sharded model's proj_l, gathered whole by the caller)."""
     handle = get_handle(model_or_handle)
     dtypes = handle.layer_dtypes()
     layers = {}
     for path, sla in handle.layers.items():
+        state = sla.state_dict() if states is None else states[path]
         layers[path] = {
             "head_dim": sla.head_dim,
             "dtype": DTYPE_NAMES.get(dtypes[path], str(dtypes[path]).removeprefix("torch.")),
-            "state": {k: v.detach().to("cpu", copy=True) for k, v in sla.state_dict().items()},
+            "state": {k: v.detach().to("cpu", copy=True) for k, v in state.items()},
         }
     payload = {
         "format": FORMAT,

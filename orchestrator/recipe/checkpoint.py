@@ -4,6 +4,7 @@
   accelerate state (model incl. SLA proj_l, optimizer, RNG), written by every rank
   sla_attention.pt   (rank 0; absent for the full-attention control)
   trial.json         (rank 0: step, SLA config or null, metrics, base model id, train config)
+  sharded/           (a sharded trial: its model and optimizer, torch.distributed.checkpoint)
 
 A frozen base (LoRA, or train_base false) gets a lean checkpoint: the accelerate state without
 the model's weights (optimizer of the trainable parameters, RNG), the adapter as
@@ -24,6 +25,8 @@ from accelerate import Accelerator
 from torch import nn
 
 from sla_kernel_glue import SLAConfig
+
+from .parallel import ShardedState, full_sla_states
 
 TRIAL_FILE = "trial.json"
 VALIDATION_DIR = "validation"  # a step's validation videos and frame grids (pipelines)
@@ -61,19 +64,26 @@ def save_checkpoint(
     base_model: str,
     train: dict[str, Any],
     frozen: FrozenBase | None = None,
+    sharded: ShardedState | None = None,
 ) -> Path:
     """Write one checkpoint directory; every rank must call this (save_state is collective).
-    With `frozen` (registered on the accelerator) it is lean: see the module docstring."""
+    With `frozen` (registered on the accelerator) it is lean: see the module docstring. With
+    `sharded` the model and optimizer go to sharded/ through torch.distributed.checkpoint."""
     directory = Path(directory)
     if accelerator.is_main_process and directory.exists():
         shutil.rmtree(directory)  # a stale one from an interrupted earlier run of this trial
     accelerator.wait_for_everyone()
     accelerator.save_state(str(directory))
+    sla_states = None
+    if sharded is not None:
+        sharded.save(directory)
+        if handle is not None:  # collective: every rank gathers proj_l whole
+            sla_states = full_sla_states(handle)
     if accelerator.is_main_process:
         if handle is not None:
             from sla_kernel_glue import save_sla_state
 
-            save_sla_state(handle, directory)
+            save_sla_state(handle, directory, states=sla_states)
         trial = {
             "step": step,
             "sla": sla.to_dict() if sla is not None else None,
@@ -175,11 +185,13 @@ def load_checkpoint(
     sla: SLAConfig | None,
     base_model: str,
     frozen: FrozenBase | None = None,
+    sharded: ShardedState | None = None,
 ) -> dict[str, Any]:
     """Restore a prepared run from a checkpoint directory; returns its trial.json (step, metrics).
 
     Call after accelerator.prepare. The SLA settings and the base model must match the run's; a
     lean checkpoint resumes only a frozen-base run (`frozen`), of a base with its fingerprint.
+    A sharded run (`sharded`) reads its model, proj_l included, and optimizer from sharded/.
     """
     directory = Path(directory)
     trial = read_trial(directory)
@@ -207,7 +219,9 @@ def load_checkpoint(
             rank = int(((trial.get("train") or {}).get("lora") or {}).get("rank", 0))
             load_lora(frozen.model, directory / LORA_FILE, rank=rank)
     accelerator.load_state(str(directory))
-    if handle is not None:
+    if sharded is not None:
+        sharded.load(directory)
+    elif handle is not None:
         from sla_kernel_glue import load_sla_state
 
         load_sla_state(handle, directory)

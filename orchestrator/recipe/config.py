@@ -37,6 +37,7 @@ __all__ = [
     "LORA_TARGETS",
     "LR_SCHEDULES",
     "MIXED_PRECISION",
+    "PARALLEL",
     "SHORT_CLIPS",
     "TIMESTEP_SAMPLING",
     "DataConfig",
@@ -50,9 +51,11 @@ __all__ = [
 LrSchedule = Literal["constant", "cosine"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 TimestepSampling = Literal["logit_normal", "uniform"]
+Parallel = Literal["ddp", "fsdp"]
 LR_SCHEDULES = typing.get_args(LrSchedule)
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
+PARALLEL = typing.get_args(Parallel)
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 
@@ -94,6 +97,12 @@ class TrainConfig:
     )
     mixed_precision: MixedPrecision = knob(
         "auto", one_of(MIXED_PRECISION), "auto (bf16 on CUDA, no on CPU), no, bf16 or fp16"
+    )
+    parallel: Parallel = knob(
+        "ddp",
+        one_of(PARALLEL),
+        "how a trial's processes hold the model: ddp (each a whole copy) or fsdp (sharded with "
+        "FSDP2, per transformer block; with one process the same as ddp)",
     )
     seed: int = knob(
         0,
@@ -312,6 +321,7 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
+    errors += _parallel_errors(c)
     if not isinstance(c.lora, LoraConfig):
         return errors  # None, or the field's own check says what it must be
     model_ok = isinstance(c.model, str) and model_source_error(c.model) is None
@@ -325,6 +335,24 @@ def _cross_errors(c: TrainConfig) -> list[str]:
             "a frozen base; set train_base false, or drop lora for a full fine-tune"
         )
     return errors
+
+
+def _parallel_errors(c: TrainConfig) -> list[str]:
+    """What a sharded (fsdp) trial does not support yet: each refused with the way out."""
+    if c.parallel != "fsdp":
+        return []
+    unsupported = {
+        "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
+        "a frozen base (lora or train_base false)": c.lora is not None or c.train_base is False,
+        "compile": c.compile is True,
+        "validation.prompts": isinstance(c.validation, ValidationConfig)
+        and bool(c.validation.prompts),  # videos are made on the main process alone
+    }
+    return [
+        f"parallel (fsdp) does not support {what} yet; use parallel ddp or drop it"
+        for what, given in unsupported.items()
+        if given
+    ]
 
 
 def _shape_errors(c: TrainConfig) -> list[str]:

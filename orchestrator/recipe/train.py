@@ -149,6 +149,7 @@ class TrialRecipe(TrialSetup):
             base_model=self.base_id,
             train=cfg.to_dict(),
             frozen=self.frozen,
+            sharded=self.sharded,
         )
         if videos is not None and acc.is_main_process:
             from .validation import write_videos

@@ -1,6 +1,7 @@
 """TrialRecipe's setup, one method per component in the order `setup` calls them: accelerate,
 the data, the base model, its reference outputs, the validation set, LoRA, SLA, compilation,
-the optimizer, and the checkpoint to resume from. TrialRecipe (train.py) inherits it."""
+sharding (parallel fsdp), the optimizer, and the checkpoint to resume from. TrialRecipe
+(train.py) inherits it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .checkpoint import FrozenBase, load_checkpoint
 from .compile import compiled_blocks
 from .flow_matching import class_prompts
 from .lora import add_lora, base_identity, lora_parameters
+from .parallel import ShardedState, is_sharded, prepare_sharded, shard_model
 
 
 class TrialSetup:
@@ -38,8 +40,15 @@ class TrialSetup:
         self._setup_lora()
         self._setup_sla()
         self._setup_compile()
+        self._setup_parallel()
         self._setup_optimizer()
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.sharded is None:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        else:
+            self.model, self.optimizer = prepare_sharded(
+                self.accelerator, self.model, self.optimizer
+            )
+            self.sharded.optimizer = self.optimizer
         if self.frozen is not None:
             self.frozen.register(self.accelerator)
         self._setup_resume()
@@ -214,6 +223,17 @@ class TrialSetup:
         if self.accelerator.is_main_process:
             print(f"[recipe] torch.compile: {blocks} blocks (compiled at the first step)")
 
+    def _setup_parallel(self) -> None:
+        """fsdp over several processes: shard the model (after SLA, LoRA and compilation, before
+        the optimizer, which must see the sharded parameters); ddp: accelerate's prepare wraps it."""
+        self.sharded: ShardedState | None = None
+        if not is_sharded(self.train_cfg.parallel, self.accelerator):
+            return
+        blocks = shard_model(self.model, mixed_precision=self.mixed_precision)
+        self.sharded = ShardedState(self.model, None)  # the optimizer joins at prepare
+        if self.accelerator.is_main_process:
+            print(f"[recipe] fsdp: {blocks} blocks sharded over {self.accelerator.num_processes}")
+
     def _setup_optimizer(self) -> None:
         cfg = self.train_cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -234,6 +254,7 @@ class TrialSetup:
                 sla=self.sla,
                 base_model=self.base_id,
                 frozen=self.frozen,
+                sharded=self.sharded,
             )
             self.start_step = trial["step"]
             # Reports before the next evaluation carry the checkpoint's eval metrics (as a straight run's do).
