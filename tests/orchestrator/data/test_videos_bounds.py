@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from orchestrator.data import videos
+from orchestrator.data import media_bounds
 from orchestrator.data.video_writers import write_captions
 from orchestrator.data.videos import MAX_CAPTION_CHARS, MAX_SIDE, VideoDataError, scan_folder
 from tests.media import write_test_clip, write_test_image
@@ -78,10 +78,10 @@ def test_a_frame_larger_than_the_bound_is_refused_before_decoding(tmp_path):
 def test_video_length_is_bounded(tmp_path, monkeypatch):
     write_test_clip(tmp_path / "a.mp4", frames=9, fps=8)  # 1.125 s
     (tmp_path / "a.txt").write_text("a clip", encoding="utf-8")
-    monkeypatch.setattr(videos, "MAX_SECONDS", 1.0)
+    monkeypatch.setattr(media_bounds, "MAX_SECONDS", 1.0)
     assert "hours long; at most" in one_problem(tmp_path, fps=8)
-    monkeypatch.setattr(videos, "MAX_SECONDS", 3600.0)
-    monkeypatch.setattr(videos, "MAX_FRAMES", 5)  # a container may not say its length
+    monkeypatch.setattr(media_bounds, "MAX_SECONDS", 3600.0)
+    monkeypatch.setattr(media_bounds, "MAX_FRAMES", 5)  # a container may not say its length
     assert "more than 5 frames: cut the clip" in one_problem(tmp_path, fps=8)
 
 
