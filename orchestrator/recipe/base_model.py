@@ -159,21 +159,12 @@ def _pretrain(
     log: Callable[[str], None],
 ) -> WanTransformer3DModel:
     """A plain single-process full-attention flow-matching loop from the preset's init."""
-    preset = PRESETS[train.model]
     seed = train.data_seed + _BASE_SEED_OFFSET
-    frames, size = train.clip_shape
-    dataset, _ = build_datasets(
-        train.data.source,
-        channels=preset.in_channels,
-        frames=frames,
-        size=size,
-        num_train=train.data.num_train,
-        num_val=train.data.num_val,
-        seed=train.data_seed,
-    )
+    dataset = _base_dataset(train)
     model = build_preset(train.model, seed=train.data_seed).to(device).train()
     if train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    preset = PRESETS[train.model]
     prompts = class_prompts(preset.text_len, preset.text_dim)
     sampler = StepSampler(
         len(dataset), batch_size=train.batch_size, grad_accum=1, world_size=1, seed=seed
@@ -181,34 +172,60 @@ def _pretrain(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.base_lr, weight_decay=0.0)
     warmup = max(1, train.base_steps // 10)
     dtype = autocast_dtype(mixed_precision)
-    scaler = torch.amp.GradScaler(
-        device.type, enabled=dtype is torch.float16
-    )  # a no-op unless fp16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # no-op unless fp16
     start = time.perf_counter()
     for step in range(train.base_steps):
         for group in optimizer.param_groups:
             group["lr"] = train.base_lr * min(1.0, (step + 1) / warmup)
-        clips, labels = collate(dataset, sampler.indices(step, 0, 0))
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        noise = torch.randn(clips.shape, generator=generator)
-        t = sample_timesteps(
-            clips.shape[0],
-            generator=generator,
-            sampling=train.timestep_sampling,
-            shift=train.flow_shift,
-        )
+        clips, noise, t, context = _base_batch(train, dataset, sampler, prompts, seed, step)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = flow_loss(
-                model, clips.to(device), noise.to(device), t.to(device), prompts[labels].to(device)
+                model, clips.to(device), noise.to(device), t.to(device), context.to(device)
             )
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(model, optimizer, scaler, loss)
         if (step + 1) % max(1, train.base_steps // 5) == 0:
-            log(
-                f"base step {step + 1}/{train.base_steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.1f}s"
-            )
+            elapsed = time.perf_counter() - start
+            log(f"base step {step + 1}/{train.base_steps}  loss {loss.item():.4f}  {elapsed:.1f}s")
     return model.cpu()
+
+
+def _base_dataset(train: TrainConfig):
+    """The trial's training clips (the same data_seed), at the trial's clip shape."""
+    frames, size = train.clip_shape
+    dataset, _ = build_datasets(
+        train.data.source,
+        channels=PRESETS[train.model].in_channels,
+        frames=frames,
+        size=size,
+        num_train=train.data.num_train,
+        num_val=train.data.num_val,
+        seed=train.data_seed,
+    )
+    return dataset
+
+
+def _base_batch(
+    train: TrainConfig, dataset, sampler: StepSampler, prompts: torch.Tensor, seed: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step `step`'s (clips, noise, timesteps, prompt embeddings), on the CPU; the noise and
+    timesteps come from a generator seeded by (seed, step), so a rerun draws the same."""
+    clips, labels = collate(dataset, sampler.indices(step, 0, 0))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    noise = torch.randn(clips.shape, generator=generator)
+    t = sample_timesteps(
+        clips.shape[0],
+        generator=generator,
+        sampling=train.timestep_sampling,
+        shift=train.flow_shift,
+    )
+    return clips, noise, t, prompts[labels]
+
+
+def _optimizer_step(model, optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """Backward (scaled under fp16), gradient clipping at 1.0, the AdamW step."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
