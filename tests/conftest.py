@@ -34,8 +34,8 @@ SHARED_SWEEP_MODULES = frozenset(
     for m in (
         "infer/test_command", "infer/test_compare", "infer/test_export",
         "infer/test_fault_checkpoints", "sweep/test_e2e", "sweep/test_fault_concurrent_logging",
-        "tracking/test_mlflow_review", "sweep/test_repeats", "test_fault_damaged_files",
-        "test_ui_browser",
+        "tracking/test_mlflow_review", "sweep/test_repeats", "infer/test_fault_damaged_files",
+        "ui/test_browser",
     )
 )  # fmt: skip
 

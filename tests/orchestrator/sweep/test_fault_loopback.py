@@ -1,13 +1,10 @@
-"""The web UIs sla-sweep starts listen on 127.0.0.1 only, checked on the listening sockets.
-
-- `sla-sweep ui DIR`'s server (orchestrator.ui.UIServer: a real `mlflow server` and its
-  workers): every listening socket of its process tree is bound to 127.0.0.1.
-- The Ray dashboard of the session's cluster (started with the same ray.init arguments as
-  orchestrator.sweep.cluster.connect uses for a local cluster: dashboard_host="127.0.0.1"):
-  its HTTP port is bound to 127.0.0.1 only.
+"""The Ray dashboard of the session's cluster (started with the same ray.init arguments as
+orchestrator.sweep.cluster.connect uses for a local cluster: dashboard_host="127.0.0.1") listens
+on 127.0.0.1 only, checked on the listening sockets.
 
 The session's cluster keeps token authentication on, so the dashboard's API wants the token;
-every other Ray port of it is checked in tests/orchestrator/sweep/test_ray_auth.py.
+every other Ray port of it is checked in tests/orchestrator/sweep/test_ray_auth.py; the MLflow
+UI's sockets in tests/orchestrator/ui/test_fault_loopback.py.
 """
 
 from __future__ import annotations
@@ -35,20 +32,6 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
-
-
-def test_mlflow_ui_listens_on_loopback_only(tmp_path):
-    from orchestrator.ui import UIServer, resolve_store
-
-    (tmp_path / "mlflow.db").write_bytes(b"")  # a results directory with an (empty) store
-    with UIServer(resolve_store(str(tmp_path)), log_path=tmp_path / "server.log") as server:
-        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
-            assert response.status == 200
-        root = psutil.Process(server.proc.pid)
-        sockets = listening([root, *root.children(recursive=True)])
-        assert any(port == server.port for _, port, _ in sockets), sockets
-        assert all(ip == "127.0.0.1" for ip, _, _ in sockets), sockets
-    assert server.proc.poll() is not None, "the server outlived the command"
 
 
 def test_ray_dashboard_listens_on_loopback_only(ray_cluster):
