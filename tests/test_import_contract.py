@@ -68,8 +68,7 @@ KNOWN_UPWARD = frozenset(
 )
 
 # Import circles still there, each as its sorted modules: models.pipeline imports models.weights,
-# which imports wan_presets.PRESETS inside a function, and wan_presets imports models.pipeline
-# inside functions.
+# which imports wan_presets.PRESETS, and wan_presets imports models.pipeline inside functions.
 KNOWN_CIRCLES = frozenset(
     {
         (

@@ -1,6 +1,6 @@
 """A local diffusers Wan pipeline directory: its shapes read from configs and checked. Loading its
 parts and the VAE / text-encoder calls that turn clips and captions into what the transformer
-trains on are in pipeline_models.py.
+trains on are in pipeline_models.py; the checks of each component's config in pipeline_fields.py.
 
 `read_pipeline` reads JSON configs and the weights' headers (never their data) and reports every
 problem at once: each weight file complete, and the transformer's and the VAE's tensors the ones
@@ -21,18 +21,26 @@ Conventions, all as diffusers' WanPipeline has them:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
 from typing import Any
 
-import diffusers
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from orchestrator.models.pipeline_fields import PIPELINE_CLASS as PIPELINE_CLASS
+from orchestrator.models.pipeline_fields import WAN_TEXT_LEN as WAN_TEXT_LEN
+from orchestrator.models.pipeline_fields import (
+    cross_problems,
+    index_fields,
+    init_defaults,
+    scheduler_fields,
+    text_encoder_fields,
+    tokenizer_fields,
+    transformer_fields,
+    vae_fields,
+)
 from orchestrator.models.weights import diffusers_problems, folder_shapes, transformer_problems
 
-PIPELINE_CLASS = "WanPipeline"
-WAN_TEXT_LEN = 512  # WanPipeline's default max_sequence_length
 _NEEDS = {  # subfolder -> what a Wan pipeline needs there
     "transformer": "the WanTransformer3DModel to fine-tune (config.json and its weights)",
     "vae": "an AutoencoderKLWan (config.json and its weights)",
@@ -147,7 +155,7 @@ def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) 
     index = _read_json(
         root / "model_index.json", "the pipeline's index (save_pretrained writes it)", problems
     )
-    index_fields = _index_fields(index, root / "model_index.json", problems)
+    index_part = index_fields(index, root / "model_index.json", problems)
     vae = _model_config(root / "vae", _NEEDS["vae"], problems)
     transformer = _model_config(root / "transformer", _NEEDS["transformer"], problems)
     text_encoder = _model_config(root / "text_encoder", _NEEDS["text_encoder"], problems)
@@ -155,17 +163,17 @@ def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) 
     scheduler = _scheduler_config(root / "scheduler", problems)
 
     parts = [
-        index_fields,
-        _vae_fields(vae, root / "vae" / "config.json", problems),
-        _transformer_fields(transformer, root / "transformer" / "config.json", problems),
-        _text_encoder_fields(text_encoder, root / "text_encoder" / "config.json", problems),
-        _scheduler_fields(scheduler, root / "scheduler" / "scheduler_config.json", problems),
-        _tokenizer_fields(tokenizer),
+        index_part,
+        vae_fields(vae, root / "vae" / "config.json", problems),
+        transformer_fields(transformer, root / "transformer" / "config.json", problems),
+        text_encoder_fields(text_encoder, root / "text_encoder" / "config.json", problems),
+        scheduler_fields(scheduler, root / "scheduler" / "scheduler_config.json", problems),
+        tokenizer_fields(tokenizer),
     ]
     fields: dict[str, Any] = {"root": root}
     for part in parts:
         fields.update(part or {})
-    problems.extend(_cross_problems(fields, root))
+    problems.extend(cross_problems(fields, root))
     configs_sound = not problems  # tensors are compared with configs only once those are sound
     for part, cls, config in (("transformer", WanTransformer3DModel, transformer),
                               ("vae", AutoencoderKLWan, vae), ("text_encoder", None, None)):  # fmt: skip
@@ -191,26 +199,6 @@ def _read_json(path: Path, need: str, problems: list[str]) -> dict[str, Any] | N
         problems.append(f"{path}: holds a {type(data).__name__}, expected a JSON object ({need})")
         return None
     return data
-
-
-def _index_fields(
-    index: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    """pipeline_class and expand_timesteps from model_index.json."""
-    if index is None:
-        return None
-    name = index.get("_class_name")
-    if name != PIPELINE_CLASS:
-        problems.append(
-            f"{path}: _class_name is {name!r}; sla-sweep fine-tunes text-to-video {PIPELINE_CLASS}s"
-        )
-    second = index.get("transformer_2")
-    if isinstance(second, list) and any(second):
-        problems.append(
-            f"{path}: has a transformer_2 (a two-expert Wan2.2 A14B pipeline); sla-sweep"
-            " fine-tunes one transformer"
-        )
-    return {"pipeline_class": name, "expand_timesteps": bool(index.get("expand_timesteps", False))}
 
 
 def _missing_folder(folder: Path, need: str, problems: list[str]) -> bool:
@@ -265,7 +253,7 @@ def weight_problems(folder: Path, cls: type | None, config: dict[str, Any] | Non
         tuple(sorted(shapes.items())),
     )
     if key not in _CHECKED:  # read_pipeline runs in every trial: the model is built once
-        config = {**_init_defaults(cls), **config}
+        config = {**init_defaults(cls), **config}
         where = folder / "config.json"
         if cls is WanTransformer3DModel:  # its depth and size first: no 40,000-block build
             _CHECKED[key] = transformer_problems(config, shapes, where)
@@ -292,162 +280,3 @@ def _scheduler_config(folder: Path, problems: list[str]) -> dict[str, Any] | Non
     if _missing_folder(folder, _NEEDS["scheduler"], problems):
         return None
     return _read_json(folder / "scheduler_config.json", _NEEDS["scheduler"], problems)
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    """The keyword defaults of `cls.__init__`: what from_pretrained uses for keys a config lacks."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def _with_defaults(
-    cls: type, config: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    """A model config of class `cls` completed with the defaults from_pretrained would use."""
-    if config is None:
-        return None
-    name = cls.__name__
-    if config.get("_class_name") != name:
-        article = "an" if name[0] in "AEIOU" else "a"
-        problems.append(
-            f"{path}: _class_name is {config.get('_class_name')!r}; a Wan pipeline's"
-            f" {path.parent.name} must be {article} {name}"
-        )
-        return None
-    return {**_init_defaults(cls), **config}
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _bad_ints(config: dict[str, Any], keys: tuple[str, ...], path: Path) -> list[str]:
-    return [
-        f"{path}: {key} ({config.get(key)!r}) must be a positive integer"
-        for key in keys
-        if not _positive_int(config.get(key))
-    ]
-
-
-def _vae_fields(
-    config: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    """z_dim, the scale factors and the latent statistics, with AutoencoderKLWan's defaults."""
-    config = _with_defaults(AutoencoderKLWan, config, path, problems)
-    if config is None:
-        return None
-    bad = _bad_ints(config, ("z_dim", "scale_factor_temporal", "scale_factor_spatial"), path)
-    z_dim = config["z_dim"]
-    for key in ("latents_mean", "latents_std"):
-        values = config[key]
-        numbers = isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
-        if not numbers or len(values) != z_dim:
-            bad.append(f"{path}: {key} must be a list of z_dim ({z_dim}) numbers, got {values!r}")
-    if not bad and any(s <= 0 for s in config["latents_std"]):
-        bad.append(f"{path}: latents_std must be positive, got {config['latents_std']!r}")
-    problems.extend(bad)
-    if bad:
-        return None
-    return {
-        "z_dim": z_dim,
-        "scale_temporal": config["scale_factor_temporal"],
-        "scale_spatial": config["scale_factor_spatial"],
-        "latents_mean": tuple(float(v) for v in config["latents_mean"]),
-        "latents_std": tuple(float(v) for v in config["latents_std"]),
-    }
-
-
-def _transformer_fields(
-    config: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    """patch, in/out channels and text_dim, with WanTransformer3DModel's defaults."""
-    config = _with_defaults(WanTransformer3DModel, config, path, problems)
-    if config is None:
-        return None
-    bad = _bad_ints(config, ("in_channels", "out_channels", "text_dim"), path)
-    patch = config["patch_size"]
-    if not (
-        isinstance(patch, (list, tuple)) and len(patch) == 3 and all(map(_positive_int, patch))
-    ):
-        bad.append(f"{path}: patch_size ({patch!r}) must be three positive integers (t, h, w)")
-    problems.extend(bad)
-    if bad:
-        return None
-    return {
-        "patch": tuple(patch),
-        "in_channels": config["in_channels"],
-        "text_dim": config["text_dim"],
-        "out_channels": config["out_channels"],
-    }
-
-
-def _text_encoder_fields(
-    config: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    if config is None:
-        return None
-    bad = []
-    if config.get("model_type") != "umt5":
-        bad.append(
-            f"{path}: model_type is {config.get('model_type')!r}; a Wan pipeline's text encoder"
-            " must be a UMT5EncoderModel ('umt5')"
-        )
-    bad.extend(_bad_ints(config, ("d_model",), path))
-    problems.extend(bad)
-    return None if bad else {"text_encoder_dim": config["d_model"]}
-
-
-def _scheduler_fields(
-    config: dict[str, Any] | None, path: Path, problems: list[str]
-) -> dict[str, Any] | None:
-    """The scheduler's class and flow shift (`shift` or `flow_shift`; 1.0 when absent)."""
-    if config is None:
-        return None
-    name = config.get("_class_name")
-    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    bad = []
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        bad.append(f"{path}: _class_name ({name!r}) is not a diffusers scheduler class")
-    elif "use_flow_sigmas" in _init_defaults(cls):  # a solver that can run a flow schedule
-        flow = {**_init_defaults(cls), **config}
-        if flow["use_flow_sigmas"] is not True or flow["prediction_type"] != "flow_prediction":
-            bad.append(
-                f"{path}: {name} must have use_flow_sigmas true and prediction_type"
-                " 'flow_prediction' for a Wan (flow-matching) pipeline"
-            )
-    elif not name.startswith("FlowMatch"):
-        bad.append(f"{path}: {name} is not a flow-matching scheduler; Wan pipelines need one")
-    if config.get("use_dynamic_shifting"):
-        bad.append(f"{path}: use_dynamic_shifting is true; sla-sweep trains with a fixed shift")
-    shift = config.get("shift", config.get("flow_shift", 1.0))
-    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or shift <= 0:
-        bad.append(f"{path}: the flow shift ({shift!r}) must be a positive number")
-    problems.extend(bad)
-    return None if bad else {"scheduler_class": name, "shift": float(shift)}
-
-
-def _tokenizer_fields(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """max_text_len: WanPipeline's 512, or the tokenizer's model_max_length when that is smaller."""
-    if config is None:
-        return None
-    limit = config.get("model_max_length")
-    if _positive_int(limit) and limit < WAN_TEXT_LEN:
-        return {"max_text_len": limit}
-    return {"max_text_len": WAN_TEXT_LEN}
-
-
-def _cross_problems(fields: dict[str, Any], root: Path) -> list[str]:
-    """Shapes that must agree between components (each pair checked when both sides were read)."""
-    transformer, vae = root / "transformer" / "config.json", root / "vae" / "config.json"
-    problems = [
-        f"{transformer}: {key} ({fields[key]}) must equal the VAE's z_dim ({fields['z_dim']}, {vae})"
-        for key in ("in_channels", "out_channels")
-        if key in fields and "z_dim" in fields and fields[key] != fields["z_dim"]
-    ]
-    text_dim, d_model = fields.get("text_dim"), fields.get("text_encoder_dim")
-    if text_dim is not None and d_model is not None and text_dim != d_model:
-        problems.append(
-            f"{transformer}: text_dim ({text_dim}) must equal the text encoder's d_model"
-            f" ({d_model}, {root / 'text_encoder' / 'config.json'})"
-        )
-    return problems

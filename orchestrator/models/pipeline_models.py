@@ -30,7 +30,7 @@ def load_text_encoder(
     info: PipelineInfo, *, device: torch.device | str, dtype: torch.dtype
 ) -> tuple[PreTrainedTokenizerBase, UMT5EncoderModel]:
     """The pipeline's tokenizer and its text encoder (frozen, eval mode, on `device`)."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import AutoTokenizer, UMT5EncoderModel  # heavy: only text encoding
 
     tokenizer = AutoTokenizer.from_pretrained(info.root / "tokenizer", local_files_only=True)
     encoder = UMT5EncoderModel.from_pretrained(
@@ -120,7 +120,8 @@ def encode_prompts(
     The computation of WanPipeline._get_t5_prompt_embeds: clean, tokenize padded to max_len,
     encode with the attention mask, keep the first L_i positions.
     """
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # WanPipeline's own cleaning
+    # WanPipeline's own cleaning; heavy: the Wan pipeline module loads transformers
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
     cleaned = [prompt_clean(p) for p in prompts]
     tokens = tokenizer(

@@ -3,6 +3,10 @@
 PRESETS doubles as the CLI's choices. Every preset keeps attention_head_dim a power of two
 (32/64/128: the Triton SLA kernel's requirement) and names the clip shape it is meant for
 (tokens per sample = F * H/2 * W/2 with the (1, 2, 2) patch). Nothing is fetched from a hub.
+
+The CLI and the spec checks import this module, so torch, diffusers and models.pipeline (which
+loads diffusers) are imported inside the functions that build or check a model (heavy: the CLI
+would load them at every start).
 """
 
 from __future__ import annotations
@@ -167,7 +171,7 @@ def model_source_error(model: str, *, transformer_only: bool = False) -> str | N
         f"a preset ({', '.join(PRESETS)}), a local diffusers Wan pipeline directory "
         "(model_index.json) or a WanTransformer3DModel directory"
     )
-    from orchestrator.models.pipeline import (
+    from orchestrator.models.pipeline import (  # heavy: diffusers (see the module docstring)
         WEIGHT_PARTS,
         PipelineError,
         is_pipeline_dir,
@@ -193,9 +197,9 @@ def model_source_error(model: str, *, transformer_only: bool = False) -> str | N
         return f"model ({model!r}): {config} is not a readable JSON object ({exc})"
     if class_name != "WanTransformer3DModel":
         return f"model ({model!r}): {config} describes {class_name!r}, expected 'WanTransformer3DModel'"
-    from diffusers import WanTransformer3DModel
+    from diffusers import WanTransformer3DModel  # heavy (see the module docstring)
 
-    from orchestrator.models.pipeline import weight_problems
+    from orchestrator.models.pipeline import weight_problems  # heavy: diffusers
 
     problems = weight_problems(path, WanTransformer3DModel, values)
     return f"model ({model!r}): {'; '.join(problems)}" if problems else None
@@ -205,8 +209,8 @@ def build_preset(name: str, *, seed: int) -> WanTransformer3DModel:
     """A freshly initialised model of a preset; the same seed gives the same weights."""
     if name not in PRESETS:
         raise ValueError(f"model preset ({name!r}) must be one of {', '.join(PRESETS)}")
-    import torch
-    from diffusers import WanTransformer3DModel
+    import torch  # heavy (see the module docstring)
+    from diffusers import WanTransformer3DModel  # heavy
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
@@ -220,9 +224,9 @@ def load_local(path: str | Path) -> WanTransformer3DModel:
     error = model_source_error(str(path), transformer_only=True)
     if error is not None:
         raise ValueError(error)
-    from diffusers import WanTransformer3DModel
+    from diffusers import WanTransformer3DModel  # heavy (see the module docstring)
 
-    from orchestrator.models.pipeline import is_pipeline_dir
+    from orchestrator.models.pipeline import is_pipeline_dir  # heavy: diffusers
 
     path = Path(path).expanduser()
     subfolder = "transformer" if is_pipeline_dir(path) else None

@@ -23,6 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from orchestrator.models.wan_presets import PRESETS
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on a header
 # dtype -> bytes per element, as safetensors names them
 DTYPE_BYTES = {
@@ -86,8 +91,6 @@ def safetensors_shapes(path: Path) -> Shapes:
 
 def bin_shapes(path: Path) -> Shapes:
     """Tensor name -> shape of a `.bin` state dict (see load_weights_only)."""
-    import torch
-
     state = load_weights_only(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a state dict of tensors (sla-sweep loads safetensors)")
@@ -97,8 +100,6 @@ def bin_shapes(path: Path) -> Shapes:
 def load_weights_only(path: Path) -> Any:
     """A torch `.bin` file loaded memory-mapped with weights_only=True (its tensors are not read);
     WeightsError (one line) for a pickle that needs more, or an unreadable file."""
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
@@ -198,7 +199,7 @@ def transformer_problems(config: dict[str, Any], shapes: Shapes, path: Path) -> 
             f" width and depth) but the weights beside it hold {held:,}: use the config the"
             " weights were saved with"
         ]
-    from diffusers import WanTransformer3DModel
+    from diffusers import WanTransformer3DModel  # heavy: diffusers, only to build the model
 
     return _against_model(WanTransformer3DModel, config, shapes, path)
 
@@ -209,8 +210,6 @@ def diffusers_problems(cls: type, config: dict[str, Any], shapes: Shapes, path: 
 
 
 def _against_model(cls: type, config: dict[str, Any], shapes: Shapes, path: Path) -> list[str]:
-    import torch
-
     try:
         with torch.device("meta"):
             model = cls.from_config(config)
@@ -246,8 +245,6 @@ def _few(names: list[str], limit: int = 3) -> str:
 
 def iter_linears(model: Any) -> Iterator[tuple[str, int, int]]:
     """(module path, in_features, out_features) of every nn.Linear of a model."""
-    from torch import nn
-
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             yield name, module.in_features, module.out_features
@@ -260,9 +257,7 @@ def model_linears(model: str) -> dict[str, tuple[int, int]]:
     """Module path -> (in_features, out_features) of every linear of `model` (a preset name, a
     pipeline or a transformer directory, already checked), built from its config on the meta
     device; memoised."""
-    from diffusers import WanTransformer3DModel
-
-    from orchestrator.models.wan_presets import PRESETS
+    from diffusers import WanTransformer3DModel  # heavy: diffusers, only to build the model
 
     if model in PRESETS:
         key: tuple = (model,)
@@ -276,8 +271,6 @@ def model_linears(model: str) -> dict[str, tuple[int, int]]:
             return _LINEARS[key]
         config = json.loads(path.read_text())
     if key not in _LINEARS:
-        import torch
-
         with torch.device("meta"):
             built = WanTransformer3DModel.from_config(config)
         _LINEARS[key] = {name: (i, o) for name, i, o in iter_linears(built)}
