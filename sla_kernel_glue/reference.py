@@ -10,6 +10,7 @@ O(chunk * topk * N) per head rather than O(N^2).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
@@ -113,32 +114,15 @@ def sla_reference(
     routing: reuse a routing (else computed from q and k). chunk_blocks: query blocks per chunk
     (default: sized to keep each chunk's scores near 64 MiB in float32).
     """
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(
-            f"SLA needs q, k, v of one shape (B, H, N, d); got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
-        )
+    _check_qkv(q, k, v)
     b, h, n, d = q.shape
     if routing is None:
         routing = route(q, k, config)
-    bq, bk = config.blkq, config.blkk
-    t_m, t_n = n_blocks(n, bq), n_blocks(n, bk)
-    scale = d**-0.5
-    phi = feature_map(config.feature_map)
-
-    phi_q = phi(q)
-    phi_k = phi(k)
-    hstate, zstate = _linear_states(phi_k, v, bk)
-    q_blocks = _blocks(q, bq)  # (B, H, T_m, blkq, d)
-    phi_q_blocks = _blocks(phi_q, bq)
-    k_blocks = _blocks(k, bk)
-    v_blocks = _blocks(v, bk)
-    key_valid = (torch.arange(t_n * bk, device=q.device) < n).reshape(t_n, bk)
+    blocked = _blocked_inputs(q, k, v, config)
     marginal = routing.marginal(config.linear_scope)
-
+    t_m = blocked.q.shape[2]
     if chunk_blocks is None:
-        per_block = max(1, b * h * bq * routing.n_critical * bk)
-        chunk_blocks = max(1, _CHUNK_ELEMENTS // per_block)
+        chunk_blocks = _default_chunk_blocks(b * h, config, routing)
     use_ckpt = (
         torch.is_grad_enabled() and chunk_blocks < t_m and any(t.requires_grad for t in (q, k, v))
     )
@@ -146,16 +130,16 @@ def sla_reference(
     for i0 in range(0, t_m, chunk_blocks):
         i1 = min(t_m, i0 + chunk_blocks)
         args = (
-            q_blocks[:, :, i0:i1],
-            phi_q_blocks[:, :, i0:i1],
-            k_blocks,
-            v_blocks,
-            key_valid,
-            hstate,
-            zstate,
+            blocked.q[:, :, i0:i1],
+            blocked.phi_q[:, :, i0:i1],
+            blocked.k,
+            blocked.v,
+            blocked.key_valid,
+            blocked.h,
+            blocked.z,
             routing.indices[:, :, i0:i1],
             marginal[:, :, i0:i1],
-            scale,
+            d**-0.5,
         )
         if use_ckpt:
             o_s, o_l = checkpoint(_chunk, *args, use_reentrant=False)
@@ -163,6 +147,60 @@ def sla_reference(
             o_s, o_l = _chunk(*args)
         outs_s.append(o_s)
         outs_l.append(o_l)
-    o_sparse = torch.cat(outs_s, dim=2).reshape(b, h, t_m * bq, d)[:, :, :n]
-    o_linear = torch.cat(outs_l, dim=2).reshape(b, h, t_m * bq, d)[:, :, :n]
-    return SLAOutputs(o_sparse=o_sparse, o_linear=o_linear, routing=routing)
+    return SLAOutputs(o_sparse=_unblock(outs_s, n), o_linear=_unblock(outs_l, n), routing=routing)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"SLA needs q, k, v of one shape (B, H, N, d); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+
+
+class _Blocked(NamedTuple):
+    """The inputs cut into blocks, and the per-key-block linear states."""
+
+    q: torch.Tensor  # (B, H, T_m, blkq, d)
+    phi_q: torch.Tensor  # (B, H, T_m, blkq, d)
+    k: torch.Tensor  # (B, H, T_n, blkk, d)
+    v: torch.Tensor  # (B, H, T_n, blkk, d)
+    key_valid: torch.Tensor  # (T_n, blkk): False for the padding past N
+    h: torch.Tensor  # (B, H, T_n, d, d)
+    z: torch.Tensor  # (B, H, T_n, d)
+
+
+def _blocked_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: SLAConfig
+) -> _Blocked:
+    n = q.shape[2]
+    bq, bk = config.blkq, config.blkk
+    phi = feature_map(config.feature_map)
+    phi_q = phi(q)
+    hstate, zstate = _linear_states(phi(k), v, bk)
+    t_n = n_blocks(n, bk)
+    key_valid = (torch.arange(t_n * bk, device=q.device) < n).reshape(t_n, bk)
+    return _Blocked(
+        q=_blocks(q, bq),
+        phi_q=_blocks(phi_q, bq),
+        k=_blocks(k, bk),
+        v=_blocks(v, bk),
+        key_valid=key_valid,
+        h=hstate,
+        z=zstate,
+    )
+
+
+def _default_chunk_blocks(heads: int, config: SLAConfig, routing: Routing) -> int:
+    """Query blocks per chunk that keep a chunk's scores near _CHUNK_ELEMENTS.
+
+    heads: B * H."""
+    per_block = max(1, heads * config.blkq * routing.n_critical * config.blkk)
+    return max(1, _CHUNK_ELEMENTS // per_block)
+
+
+def _unblock(chunks: list[torch.Tensor], n: int) -> torch.Tensor:
+    """Chunks of (B, H, c, blkq, d) -> (B, H, N, d), the padding dropped."""
+    out = torch.cat(chunks, dim=2)  # (B, H, T_m, blkq, d)
+    b, h, t_m, bq, d = out.shape
+    return out.reshape(b, h, t_m * bq, d)[:, :, :n]
