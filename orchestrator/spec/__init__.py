@@ -1,6 +1,7 @@
 """The experiment YAML -> a validated ExperimentSpec, before anything starts (no Ray, no files).
 
-loader: read, override and validate; schema: the frozen spec dataclasses and the default store;
+loader: read, override and validate, step by step; sections: the sections that stand alone
+and the checks every section uses; schema: the frozen spec dataclasses and the default store;
 search: the `sla:` search space; recipe: the `model`/`data`/`train` sections -> TrainConfig.
 """
 

@@ -14,20 +14,17 @@ from typing import Any
 
 import yaml
 
+from orchestrator.spec import sizes
 from orchestrator.spec.bounded_yaml import load_bounded
-from orchestrator.spec.recipe import train_kwargs
+from orchestrator.spec.recipe import build_train_config, train_kwargs
 from orchestrator.spec.schema import (
-    ALGORITHMS,
     METRIC_NAMES,
     MODES,
-    SCHEDULERS,
     CheckpointSpec,
     ExperimentSpec,
     FailureSpec,
-    Objective,
-    ResourcesSpec,
-    SchedulerSpec,
     SearchSpec,
+    StorageSpec,
     VerdictSpec,
 )
 from orchestrator.spec.search import (
@@ -39,8 +36,20 @@ from orchestrator.spec.search import (
     parse_verdict,
     split_train_space,
 )
+from orchestrator.spec.sections import (
+    boolean,
+    choice,
+    integer,
+    parse_max_concurrent,
+    parse_resources,
+    parse_scheduler,
+    parse_search,
+    section,
+    select_profile,
+    unknown_keys,
+)
 from orchestrator.spec.storage_spec import parse_storage
-from orchestrator.values import is_int, is_num, shown
+from orchestrator.values import shown
 
 __all__ = [
     "ExperimentSpec", "SpecError", "load_spec", "parse_spec", "apply_overrides", "read_yaml",
@@ -176,90 +185,99 @@ def parse_spec(
     if not isinstance(raw, Mapping):
         raise SpecError(source, [f"top level must be a mapping of {', '.join(TOP_KEYS)}"])
     errors: list[str] = []
-    raw = apply_overrides(_select_profile(dict(raw), errors), overrides, source=source)
-    errors += _unknown(raw, TOP_KEYS, "")
+    raw = apply_overrides(select_profile(dict(raw), errors), overrides, source=source)
+    errors += unknown_keys(raw, TOP_KEYS, "")
     cwd = (cwd or Path.cwd()).resolve()
+    # each step appends its problems to `errors`, in the order they are listed
+    name = _name(raw.get("name"), errors)
+    train, train_space = _training(raw, cwd, errors)
+    sla = parse_sla_space(raw.get("sla"), errors)
+    run = _run_settings(raw, errors, gpus_available)
+    storage = _storage(raw, cwd, errors)
+    errors += _size_errors(train)
+    limits = _limits(raw, errors)
+    trials = _trials(raw, sla, train, train_space, run, errors)
+    if errors:
+        raise SpecError(source, errors)
+    return ExperimentSpec(name=name, train=train, sla=sla, storage=storage, source=_plain(raw),
+                          train_space=train_space, **run, **limits, **trials)  # fmt: skip
 
-    name = raw.get("name")
+
+def _name(name: Any, errors: list[str]) -> Any:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # no trailing newline either
         errors.append(
             f"name ({shown(name)}) is required: 1-64 characters of letters, digits, '_', '.', '-'"
         )
+    return name
+
+
+def _training(raw: Mapping, cwd: Path, errors: list[str]) -> tuple[dict, tuple]:
+    """`model`, `data` and `train` -> the training settings, and the searched training values."""
     train_section, train_space = split_train_space(raw.get("train"), errors)
     n_before = len(errors)
     sections = (raw.get("model"), raw.get("data"), train_section)
     train = train_kwargs(*sections, errors, cwd, validation=raw.get("validation"))
     if train_space and not any(e.startswith("unknown key") for e in errors[n_before:]):
         check_train_space(train, train_space, errors)  # each bad searched value, named
-    sla = parse_sla_space(raw.get("sla"), errors)
-    control = _bool(raw, "control", True, errors)
-    metric = _choice(raw, "metric", "val/loss", METRIC_NAMES, errors)
-    mode = _choice(raw, "mode", "min", MODES, errors)
-    search = _search(_section(raw, "search", errors), errors)
-    scheduler = _scheduler(raw.get("scheduler", "none"), metric, mode, errors)
-    resources = _resources(_section(raw, "resources", errors), errors, gpus_available)
-    max_conc = _max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
-    storage_sec = _section(raw, "storage", errors)
-    errors += _unknown(storage_sec, ("results_dir", "tracking_uri"), "storage.")
-    storage = parse_storage(storage_sec, cwd, errors)
-    errors += _size_errors(train)
-    ck = _section(raw, "checkpoint", errors)
-    errors += _unknown(ck, ("num_to_keep",), "checkpoint.")
-    num_to_keep = _int(ck, "checkpoint.num_to_keep", "num_to_keep", 2, 1, errors)
-    fail = _section(raw, "failure", errors)
-    errors += _unknown(fail, ("max_failures",), "failure.")
-    max_failures = _int(fail, "failure.max_failures", "max_failures", 0, -1, errors)
+    return train, train_space
 
+
+def _run_settings(raw: Mapping, errors: list[str], gpus_available: int | None) -> dict[str, Any]:
+    """What the sweep optimises and how: the ExperimentSpec fields of that name."""
+    control = boolean(raw, "control", True, errors)
+    metric = choice(raw, "metric", "val/loss", METRIC_NAMES, errors)
+    mode = choice(raw, "mode", "min", MODES, errors)
+    search = parse_search(section(raw, "search", errors), errors)
+    scheduler = parse_scheduler(raw.get("scheduler", "none"), metric, mode, errors)
+    resources = parse_resources(section(raw, "resources", errors), errors, gpus_available)
+    max_conc = parse_max_concurrent(raw.get("max_concurrent_trials", "auto"), errors)
+    return {"control": control, "metric": metric, "mode": mode, "search": search,
+            "scheduler": scheduler, "resources": resources,
+            "max_concurrent_trials": max_conc}  # fmt: skip
+
+
+def _storage(raw: Mapping, cwd: Path, errors: list[str]) -> StorageSpec:
+    storage_sec = section(raw, "storage", errors)
+    errors += unknown_keys(storage_sec, ("results_dir", "tracking_uri"), "storage.")
+    return parse_storage(storage_sec, cwd, errors)
+
+
+def _limits(raw: Mapping, errors: list[str]) -> dict[str, Any]:
+    """`checkpoint` and `failure`: the ExperimentSpec fields of that name."""
+    ck = section(raw, "checkpoint", errors)
+    errors += unknown_keys(ck, ("num_to_keep",), "checkpoint.")
+    num_to_keep = integer(ck, "checkpoint.num_to_keep", "num_to_keep", 2, 1, errors)
+    fail = section(raw, "failure", errors)
+    errors += unknown_keys(fail, ("max_failures",), "failure.")
+    max_failures = integer(fail, "failure.max_failures", "max_failures", 0, -1, errors)
+    return {"checkpoint": CheckpointSpec(num_to_keep=num_to_keep),
+            "failure": FailureSpec(max_failures=max_failures)}  # fmt: skip
+
+
+def _trials(
+    raw: Mapping, sla, train: Mapping, train_space: tuple, run: Mapping, errors: list[str]
+) -> dict[str, Any]:
+    """The trials beyond the search (extra_trials, repeats/seeds) and the verdict, checked
+    against the rest: the ExperimentSpec fields extra_trials, seeds and verdict."""
+    search = run["search"]
     extra = parse_extra_trials(raw.get("extra_trials"), sla, search.algorithm, errors)
     _check_combinations(sla, extra, search, train, errors, train_space)
     seeds = parse_seeds(raw.get("repeats"), raw.get("seeds"), train.get("seed", 0), errors)
     if seeds and search.algorithm == "optuna":
         errors.append("repeats/seeds need search.algorithm grid or random, not optuna")
-    verdict = parse_verdict(raw.get("verdict"), metric, mode, errors)
+    verdict = parse_verdict(raw.get("verdict"), run["metric"], run["mode"], errors)
     check_schedules(sla, extra, train, train_space, errors)
-    if errors:
-        raise SpecError(source, errors)
-    return ExperimentSpec(
-        name=name,
-        train=train,
-        sla=sla,
-        control=control,
-        search=search,
-        scheduler=scheduler,
-        resources=resources,
-        max_concurrent_trials=max_conc,
-        metric=metric,
-        mode=mode,
-        storage=storage,
-        checkpoint=CheckpointSpec(num_to_keep=num_to_keep),
-        failure=FailureSpec(max_failures=max_failures),
-        source=_plain(raw),
-        extra_trials=extra,
-        train_space=train_space,
-        seeds=seeds,
-        verdict=VerdictSpec(**verdict),
-    )
+    return {"extra_trials": extra, "seeds": seeds, "verdict": VerdictSpec(**verdict)}
 
 
 def _size_errors(train: Mapping) -> list[str]:
     """Step counts beyond any run (orchestrator.spec.sizes), once the training settings are
     valid (their own problems are listed already). Memory is the machine's: `run` checks it."""
-    from orchestrator.spec import sizes
-    from orchestrator.spec.recipe import build_train_config
-
     try:
         config = build_train_config(train)
     except (TypeError, ValueError):
         return []
     return sizes.step_errors(config)
-
-
-def _max_concurrent(value: Any, errors: list[str]) -> int | None:
-    if value == "auto" or value is None:
-        return None
-    if not is_int(value) or value < 1:
-        errors.append(f"max_concurrent_trials ({shown(value)}) must be a positive integer or auto")
-    return value
 
 
 def _check_combinations(
@@ -288,194 +306,6 @@ def _check_combinations(
         and all(p.kind == "fixed" for _, p in entries)
     ):
         errors.append("sla: random/optuna search needs at least one grid, choice or range entry")
-
-
-# ---- sections -----------------------------------------------------------------------------------
-def _select_profile(raw: dict, errors: list[str]) -> dict:
-    profiles = raw.get("profiles", {})
-    chosen = raw.get("profile")
-    if profiles is None:
-        profiles = {}
-    if not isinstance(profiles, Mapping):
-        errors.append("profiles must be a mapping of profile name -> settings to merge")
-        return raw
-    if chosen is None or chosen == "none":
-        return raw
-    if chosen not in profiles:
-        allowed = ", ".join(map(str, profiles)) or "(none defined)"
-        errors.append(f"profile ({shown(chosen)}) is not defined; allowed: none, {allowed}")
-        return raw
-    patch = profiles[chosen]
-    if not isinstance(patch, Mapping):
-        errors.append(f"profiles.{chosen} must be a mapping of settings")
-        return raw
-    return _merge(raw, patch)
-
-
-def _merge(base: Mapping, patch: Mapping) -> dict:
-    out = dict(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _search(sec: Mapping, errors: list[str]) -> SearchSpec:
-    errors += _unknown(sec, ("algorithm", "num_samples", "seed", "objectives"), "search.")
-    algorithm = _choice(sec, "algorithm", "grid", ALGORITHMS, errors, prefix="search.")
-    num_samples = _int(sec, "search.num_samples", "num_samples", 1, 1, errors)
-    seed = _int(sec, "search.seed", "seed", 0, 0, errors)
-    objectives: list[Objective] = []
-    raw_obj = sec.get("objectives")
-    if raw_obj is not None:
-        if algorithm != "optuna":
-            errors.append("search.objectives needs search.algorithm optuna")
-        elif not isinstance(raw_obj, list) or not raw_obj:
-            errors.append("search.objectives must be a non-empty list of {metric: ..., mode: ...}")
-        else:
-            for i, item in enumerate(raw_obj):
-                key = f"search.objectives[{i}]"
-                if not isinstance(item, Mapping):
-                    errors.append(f"{key} must be a mapping {{metric: ..., mode: min|max}}")
-                    continue
-                errors += _unknown(item, ("metric", "mode"), f"{key}.")
-                m = _choice(item, "metric", None, METRIC_NAMES, errors, prefix=f"{key}.")
-                mo = _choice(item, "mode", "min", MODES, errors, prefix=f"{key}.")
-                objectives.append(Objective(m, mo))
-    return SearchSpec(algorithm, num_samples, seed, tuple(objectives))
-
-
-def _scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> SchedulerSpec:
-    if value is None or value == "none":
-        return SchedulerSpec()
-    if value == "asha":
-        value = {"name": "asha"}
-    if not isinstance(value, Mapping):
-        errors.append(f"scheduler ({shown(value)}) must be none, asha, or {{name: asha, ...}}")
-        return SchedulerSpec()
-    keys = ("name", "metric", "mode", "grace_period", "reduction_factor", "max_t")
-    errors += _unknown(value, keys, "scheduler.")
-    name = _choice(value, "name", "asha", SCHEDULERS, errors, prefix="scheduler.")
-    sched_metric = _choice(value, "metric", metric, METRIC_NAMES, errors, prefix="scheduler.")
-    sched_mode = _choice(value, "mode", mode, MODES, errors, prefix="scheduler.")
-    grace = _int(value, "scheduler.grace_period", "grace_period", 1, 1, errors)
-    max_t = _int(value, "scheduler.max_t", "max_t", 100, 1, errors)
-    rf = value.get("reduction_factor", 2.0)
-    if not is_num(rf) or rf <= 1:
-        errors.append(f"scheduler.reduction_factor ({shown(rf)}) must be a number > 1")
-        rf = 2.0
-    return SchedulerSpec(name, sched_metric, sched_mode, grace, float(rf), max_t)
-
-
-def _resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> ResourcesSpec:
-    errors += _unknown(
-        sec,
-        ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "custom_per_worker"),
-        "resources.",
-    )
-    workers = _int(sec, "resources.workers_per_trial", "workers_per_trial", 1, 1, errors)
-    cpus = sec.get("cpus_per_worker", 1)
-    if not is_num(cpus) or cpus <= 0:
-        errors.append(f"resources.cpus_per_worker ({shown(cpus)}) must be a number > 0")
-        cpus = 1
-    gpus = sec.get("gpus_per_worker", 0)
-    if not is_num(gpus) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        errors.append(
-            f"resources.gpus_per_worker ({shown(gpus)}) must be 0, a fraction in (0, 1] or a whole number"
-        )
-        gpus = 0
-    if gpus > 0:
-        have = _gpu_count() if gpus_available is None else gpus_available
-        if have == 0:
-            errors.append(
-                f"resources.gpus_per_worker ({gpus}) asks for GPUs but this machine has none; "
-                "set resources.gpus_per_worker=0 or run with --address on a GPU cluster"
-            )
-    custom = _custom_resources(sec.get("custom_per_worker", {}), errors)
-    return ResourcesSpec(workers, float(cpus), float(gpus), custom)
-
-
-RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
-
-
-def _custom_resources(value: Any, errors: list[str]) -> dict[str, float]:
-    """resources.custom_per_worker: Ray custom resource name -> amount each worker asks for."""
-    key = "resources.custom_per_worker"
-    if not isinstance(value, Mapping):
-        errors.append(
-            f"{key} must be a mapping of Ray resource name to amount, e.g. {{trial_node: 1}}, "
-            f"got {type(value).__name__} {shown(value)}"
-        )
-        return {}
-    out = {}
-    for name, amount in value.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]*", name):
-            errors.append(
-                f"{key} name {shown(name)} must be a Ray resource name: letters, digits, "
-                "_ . : - (starting with a letter or _)"
-            )
-        elif name in RAY_BUILTIN_RESOURCES:
-            errors.append(
-                f"{key}.{name} is one of Ray's own resources, not a custom one; CPUs and GPUs "
-                "are resources.cpus_per_worker and resources.gpus_per_worker"
-            )
-        elif not is_num(amount) or amount <= 0:
-            errors.append(f"{key}.{name} ({shown(amount)}) must be a number > 0")
-        else:
-            out[name] = float(amount)
-    return out
-
-
-# ---- small helpers ------------------------------------------------------------------------------
-def _section(raw: Mapping, key: str, errors: list[str]) -> Mapping:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        errors.append(f"{key} must be a mapping, got {type(value).__name__} {shown(value)}")
-        return {}
-    return value
-
-
-def _unknown(sec: Mapping, allowed: Sequence[str], prefix: str) -> list[str]:
-    return [
-        f"unknown key {prefix}{k if isinstance(k, str) and k.isprintable() else shown(k)}; "
-        f"allowed: {', '.join(allowed)}"
-        for k in sec
-        if k not in allowed
-    ]
-
-
-def _choice(sec, key, default, allowed, errors, prefix=""):
-    value = sec.get(key, default)
-    if value not in allowed:
-        errors.append(f"{prefix}{key} ({shown(value)}) must be one of {', '.join(allowed)}")
-        return default if default in allowed else allowed[0]
-    return value
-
-
-def _bool(sec: Mapping, key: str, default: bool, errors: list[str]) -> bool:
-    value = sec.get(key, default)
-    if not isinstance(value, bool):
-        errors.append(f"{key} ({shown(value)}) must be true or false")
-        return default
-    return value
-
-
-def _int(sec: Mapping, full: str, key: str, default: int, low: int, errors: list[str]) -> int:
-    value = sec.get(key, default)
-    if not is_int(value) or value < low:
-        errors.append(f"{full} ({shown(value)}) must be an integer >= {low}")
-        return default
-    return value
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _plain(value: Any) -> Any:
