@@ -25,59 +25,10 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(RAY_TOKEN_PATH)})
 
 
-# Fixtures that run a whole sweep once per pytest process, and the test modules that read one
-# (checked at collection): under pytest-xdist these modules all run on one worker, so each of
-# these sweeps runs once (test_repeats.py reads both).
-SHARED_SWEEPS = ("smoke_sweep", "lora_repeats")
-SHARED_SWEEP_MODULES = frozenset(
-    f"tests/orchestrator/{m}.py"
-    for m in (
-        "infer/test_command", "infer/test_compare", "infer/test_export",
-        "infer/test_fault_checkpoints", "sweep/test_e2e", "sweep/test_fault_concurrent_logging",
-        "tracking/test_mlflow_review", "sweep/test_repeats", "infer/test_fault_damaged_files",
-        "ui/test_browser",
-    )
-)  # fmt: skip
-
-
-def _module(nodeid: str) -> str:
-    return nodeid.split("::", 1)[0]
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadscope` (pyproject's addopts: 2 workers), with SHARED_SWEEP_MODULES as one
-    scope: a test module runs whole on one worker (its module fixtures, often a sweep, computed
-    once), and the modules reading a shared sweep run on one worker together. (pytest-xdist's
-    own loadgroup does not group under pytest 9: it renames a test by an attribute pytest 9 no
-    longer reads.)"""
-    if config.getvalue("dist") != "loadscope":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class SharedSweepScopes(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = _module(nodeid)
-            return "shared sweeps" if module in SHARED_SWEEP_MODULES else module
-
-    return SharedSweepScopes(config, log)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Refuse a collection where SHARED_SWEEP_MODULES is out of date: a module reading a shared
-    sweep that is not listed (its sweep would run again on the other worker), or a listed one
-    that reads none."""
-    reads = {}
-    for item in items:
-        uses = any(f in getattr(item, "fixturenames", ()) for f in SHARED_SWEEPS)
-        reads[_module(item.nodeid)] = reads.get(_module(item.nodeid), False) or uses
-    missing = sorted(m for m, uses in reads.items() if uses and m not in SHARED_SWEEP_MODULES)
-    stale = sorted(m for m, uses in reads.items() if not uses and m in SHARED_SWEEP_MODULES)
-    if missing or stale:
-        raise pytest.UsageError(
-            f"tests/conftest.py SHARED_SWEEP_MODULES: add {missing}, remove {stale} (modules "
-            f"that read one of {SHARED_SWEEPS} run on one pytest-xdist worker)"
-        )
+# The modules whose tests read a shared sweep (smoke_sweep, lora_repeats) run on one pytest-xdist
+# worker together, found from the fixtures they request: tests/shared_sweeps.py. pytester runs
+# a small project for tests/test_shared_sweeps.py.
+pytest_plugins = ("tests.shared_sweeps", "pytester")
 
 
 @pytest.fixture(scope="session")
