@@ -25,7 +25,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -35,10 +34,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-from mlflow.exceptions import MlflowException, RestException
-
 from orchestrator.storage.records import TRIALS_FILE
+from orchestrator.tracking.mlflow_sends import (
+    dataset_input,
+    send_artifact,
+    send_batch,
+    short,
+    transient,
+)
 
 JOURNAL = "mlflow_journal.jsonl"
 SPOOL = "mlflow_spool"
@@ -58,8 +61,6 @@ LOCAL_WAIT_S = 60.0
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
-HELD_STATUSES = (401, 403, 429)  # refusals that a later try may not meet
-BATCH = {"metrics": 900, "params": 90, "tags": 90}  # within log_batch's limits per call
 
 RECORDS_LOCK = threading.Lock()  # trials.json: the progress callback's writes and our patches
 _SHARED: dict[tuple[str, str], MlflowBuffer] = {}
@@ -198,8 +199,8 @@ class MlflowBuffer:
             try:
                 self._send(op)
             except Exception as exc:  # noqa: BLE001 -- sorted just below: lost or retried
-                if not _transient(exc):
-                    self.say(f"MLflow refused a {op['op']} record, left out: {_short(exc)}")
+                if not transient(exc):
+                    self.say(f"MLflow refused a {op['op']} record, left out: {short(exc)}")
                 else:
                     op["tried"] = True
                     self._outage_starts(exc)
@@ -221,7 +222,7 @@ class MlflowBuffer:
     def _outage_starts(self, exc: Exception) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            self.say(f"MLflow tracking server {self.name} unreachable ({_short(exc)}); holding "
+            self.say(f"MLflow tracking server {self.name} unreachable ({short(exc)}); holding "
                      "its records and retrying in the background")  # fmt: skip
 
     def _outage_ends(self) -> None:
@@ -242,15 +243,15 @@ class MlflowBuffer:
         if run.startswith(PENDING):
             raise ValueError(f"run {run} was never created")
         if kind == "batch":
-            return self._batch(run, op)
+            return send_batch(self.client, run, op, self._sent.setdefault(run, set()))
         if kind == "status":
             return self.client.update_run(run, status=op["status"])
         if kind == "end":
             return self.client.set_terminated(run, status=op["status"], end_time=op["end_time"])
         if kind == "inputs":
-            return self.client.log_inputs(run, datasets=[_dataset(d) for d in op["datasets"]])
+            return self.client.log_inputs(run, datasets=[dataset_input(d) for d in op["datasets"]])
         if kind == "artifact":
-            return self._artifact(run, op)
+            return send_artifact(self.client, run, op)
         raise ValueError(f"unknown record {kind!r}")
 
     def _create_run(self, op: dict[str, Any]) -> None:
@@ -262,30 +263,6 @@ class MlflowBuffer:
             run_name=op["run_name"]).info.run_id  # fmt: skip
         self._ids[op["ref"]] = run_id
         self._patch_records(op["ref"], run_id)
-
-    def _batch(self, run: str, op: dict[str, Any]) -> None:
-        sent = self._sent.setdefault(run, set())
-        rows = [m for m in op.get("metrics", ()) if (m[0], m[3], m[2]) not in sent]
-        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in rows]
-        params = [Param(k, v) for k, v in op.get("params", ())]
-        tags = [RunTag(k, v) for k, v in op.get("tags", ())]
-        for what, items in (("metrics", metrics), ("params", params), ("tags", tags)):
-            n = BATCH[what]
-            for i in range(0, len(items), n):
-                self.client.log_batch(run, **{what: items[i : i + n]})
-                if what == "metrics":
-                    sent.update((m.key, m.step, m.timestamp) for m in items[i : i + n])
-
-    def _artifact(self, run: str, op: dict[str, Any]) -> None:
-        path = Path(op["path"])
-        if not path.exists():
-            raise FileNotFoundError(f"artifact {path} is gone")
-        if path.is_dir():
-            self.client.log_artifacts(run, str(path), op.get("artifact_path"))
-        else:
-            self.client.log_artifact(run, str(path), op.get("artifact_path"))
-        if op.get("spooled"):
-            shutil.rmtree(path.parent, ignore_errors=True)
 
     # ---- the sweep directory: spool, journal, trials.json ------------------------------------
     def _spool(self, path: Path) -> dict[str, Any]:
@@ -354,47 +331,6 @@ class MlflowBuffer:
         if not self._closed:
             with contextlib.suppress(Exception):
                 self.close(EXIT_WAIT_S)
-
-
-def dataset_record(dataset_input: DatasetInput) -> dict[str, Any]:
-    """A DatasetInput as a plain dict (a journal line holds it)."""
-    d = dataset_input.dataset
-    return {"name": d.name, "digest": d.digest, "source_type": d.source_type, "source": d.source,
-            "schema": d.schema, "profile": d.profile,
-            "tags": {t.key: t.value for t in dataset_input.tags}}  # fmt: skip
-
-
-def _dataset(record: dict[str, Any]) -> DatasetInput:
-    tags = [InputTag(k, v) for k, v in record["tags"].items()]
-    fields = {
-        k: record[k] for k in ("name", "digest", "source_type", "source", "schema", "profile")
-    }
-    return DatasetInput(Dataset(**fields), tags=tags)
-
-
-def _transient(exc: Exception) -> bool:
-    """Worth retrying: the server unreachable, timing out or failing (5xx, 429), or refusing
-    the credentials (401, 403: held, and journaled at the end, until they are mended); not a
-    request it refused otherwise (4xx) nor a record that cannot be sent (a missing file, a run
-    never made)."""
-    if isinstance(exc, (FileNotFoundError, ValueError)):
-        return False
-    status = None
-    if isinstance(exc, RestException):
-        status = exc.get_http_status_code()
-    response = getattr(exc, "response", None)
-    if status is None and response is not None:
-        status = getattr(response, "status_code", None)
-    if status is not None and 400 <= int(status) < 500 and int(status) not in HELD_STATUSES:
-        return False
-    return isinstance(exc, (MlflowException, OSError))
-
-
-def _short(exc: Exception) -> str:
-    """The gist of an error: requests' '[Errno 111] Connection refused', else its first line."""
-    text = str(exc)
-    found = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    return found.group(0).strip() if found else (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _link_or_copy(src: str, dst: str) -> None:

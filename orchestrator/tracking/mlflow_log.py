@@ -21,8 +21,9 @@ from orchestrator.report.table import best_row
 from orchestrator.storage.records import SWEEP_FILE
 from orchestrator.tracking.creds import public_uri
 from orchestrator.tracking.datasets import training_input
-from orchestrator.tracking.mlflow_buffer import dataset_record, quick_http_failures, shared_buffer
+from orchestrator.tracking.mlflow_buffer import quick_http_failures, shared_buffer
 from orchestrator.tracking.mlflow_review import save_view, view_columns, view_state
+from orchestrator.tracking.mlflow_sends import dataset_record
 from orchestrator.tracking.tags import ERROR_TAG, PARENT_TAG, SWEEP_TAG, TRIAL_TAG
 from orchestrator.values import is_num
 
