@@ -2,7 +2,8 @@
 SLA, sample, compare trials with the control, export for stock diffusers.
 
 command: `sla-sweep infer`; compare: `sla-sweep compare`; export: `sla-sweep export`;
-pipeline: a pipeline trial's videos and whole-pipeline exports; target, model, samples, options,
-outputs, results (what an infer run leaves), export_info (what an export records), errors: what
-they share.
+pipeline: a pipeline trial's settings and transformer, pipeline_videos: its videos,
+pipeline_export: its whole-pipeline export; target, model, samples, options, precision, outputs,
+results (what an infer run leaves), export_info (what an export records), errors: what they
+share.
 """

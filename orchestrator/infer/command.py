@@ -13,7 +13,7 @@ those files only, and only the files this run wrote are logged (orchestrator.inf
 call stays eager): faster sampling on a GPU once the first denoising step has compiled.
 
 A pipeline trial (trained on a diffusers Wan pipeline directory) or its export generates videos
-from text instead, through stock WanPipeline (orchestrator.infer.pipeline):
+from text instead, through stock WanPipeline (orchestrator.infer.pipeline, pipeline_videos):
 
     sla-sweep infer <pipeline checkpoint | pipeline export> --prompt "..." [--prompt ...]
         [--negative-prompt TEXT] [--frames F] [--size H W | --size N] [--steps S] [--guidance G]
@@ -69,12 +69,8 @@ def run_infer(
     (or export) makes one video per prompt of `video` through WanPipeline
     (orchestrator.infer.pipeline), and `video`'s options are refused for a preset trial."""
     # heavy: pipeline, target, model and samples import torch and diffusers
-    from orchestrator.infer.pipeline import (
-        VideoRequest,
-        pipeline_root,
-        preset_refusal,
-        run_pipeline_infer,
-    )
+    from orchestrator.infer.pipeline import VideoRequest, pipeline_root, preset_refusal
+    from orchestrator.infer.pipeline_videos import run_pipeline_infer
     from orchestrator.infer.target import resolve_target
 
     resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)

@@ -10,7 +10,7 @@
 TARGET is anything `sla-sweep infer` takes (a sweep directory, a checkpoint, an MLflow run id);
 `sla-sweep infer OUT` loads the export and gives the same samples as the checkpoint.
 
-A pipeline trial's export is a whole pipeline directory instead (orchestrator.infer.pipeline):
+A pipeline trial's export is a whole pipeline directory instead (orchestrator.infer.pipeline_export):
 the original components hard-linked or copied, transformer/ fine-tuned without SLA tensors, and
 sla_attention.pt, sla_config.json, inference.json and README.md at OUT's top.
 
@@ -80,7 +80,8 @@ def run_export(
         load_checkpoint_model,
         load_export_model,
     )
-    from orchestrator.infer.pipeline import export_pipeline, load_pipeline_trial, pipeline_root
+    from orchestrator.infer.pipeline import load_pipeline_trial, pipeline_root
+    from orchestrator.infer.pipeline_export import export_pipeline
     from orchestrator.infer.target import resolve_target
     from orchestrator.recipe.lora import detach_lora, has_lora
     from sla_kernel_glue import export_base_model

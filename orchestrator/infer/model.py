@@ -7,7 +7,8 @@ with weights_only=True) and replay sla_attention.pt. A frozen base's (lean) chec
 rebuilds its base, checks its fingerprint against trial.json's and loads the trial's adapter
 (LoRA) before SLA goes in. Export (what `sla-sweep export` writes):
 sla_kernel_glue.load_exported. A pipeline trial's transformer is rebuilt here too
-(`rebuild_checkpoint_model`); orchestrator.infer.pipeline generates from it through WanPipeline.
+(`rebuild_checkpoint_model`); orchestrator.infer.pipeline_videos generates from it through
+WanPipeline.
 
 `attention="dense"` loads the same weights and then takes SLA out again; for SLA-trained weights
 the caller must warn that quality will drop.

@@ -18,27 +18,22 @@ An export (`sla-sweep export TARGET OUT`) is a whole pipeline directory that sto
 filesystems), transformer/ with the fine-tuned weights and no SLA tensors, and at OUT's top
 sla_attention.pt, sla_config.json, inference.json (kind "pipeline": generation defaults and
 provenance) and a model card.
+
+Here: what a request asks for and the trial's defaults, and loading the trial's transformer;
+pipeline_videos.py generates and writes the videos, pipeline_export.py writes an export and
+precision.py resolves the compute precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import re
-import shlex
-import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
-from safetensors.torch import save_file
 
-from orchestrator.data.video_writers import write_frame_grid, write_video
-from orchestrator.infer.export_info import card_metrics, lora_info
 from orchestrator.infer.model import (
     INFERENCE_FILE,
     Attention,
@@ -46,32 +41,19 @@ from orchestrator.infer.model import (
     rebuild_checkpoint_model,
     running_config,
 )
-from orchestrator.infer.outputs import OutputFolder
-from orchestrator.infer.results import (
-    InferResult,
-    checked_sla_counts,
-    default_out,
-    log_to_mlflow_run,
-    warn_dense,
-)
 from orchestrator.models.pipeline import PipelineInfo, is_pipeline_dir, read_pipeline
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.recipe.checkpoint import SLA_FILE, read_trial
-from orchestrator.recipe.compile import compiled_blocks
 from orchestrator.recipe.config import TrainConfig
-from orchestrator.recipe.lora import detach_lora, has_lora, load_exported_lora
+from orchestrator.recipe.lora import load_exported_lora
 from orchestrator.recipe.train import DEFAULT_VIDEO_FPS
-from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, export_base_model, load_sla_state
+from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, load_sla_state
 
 if TYPE_CHECKING:
     from orchestrator.infer.target import Target
 
 PIPELINE_KIND = "pipeline"  # inference.json's "kind" in a pipeline export
-FRAMES_FILE = "frames.safetensors"  # WanPipeline's float frames: comparisons read these
-SUMMARY_FILE = "videos.json"
 SIZE_NAMES = ("--frames", "--size", "--size")  # how size_errors names the values
-CARD_METRICS = ("val/loss", "val/loss_gap", "val/video_psnr", "val/video_ssim",
-                "flops/attention_ratio")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,275 +263,3 @@ def _export_info(root: Path) -> dict[str, Any]:
             f"{root / INFERENCE_FILE}: not a valid pipeline export description ({exc})"
         ) from None
     return meta
-
-
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": None}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "bf16" or "fp32": auto is bf16 on CUDA (the trial's mixed precision there), fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision ({precision!r}) must be one of auto, {', '.join(PRECISIONS)}")
-    return precision
-
-
-@contextlib.contextmanager
-def autocast_forward(model: torch.nn.Module, device: torch.device, precision: str):
-    """Run model's forward under torch.autocast at `precision` (weights stay float32, as in the
-    trial's training and validation), until the block ends; fp32 changes nothing."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        yield model
-        return
-    forward, own = model.forward, "forward" in vars(model)
-
-    def autocast(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device.type, dtype=dtype):
-            return forward(*args, **kwargs)
-
-    model.forward = autocast
-    try:
-        yield model
-    finally:
-        if own:
-            model.forward = forward
-        else:
-            del model.forward  # the class's forward again
-
-
-@torch.no_grad()
-def generate_videos(
-    pipe: WanPipeline,
-    settings: VideoSettings,
-    *,
-    seed: int,
-    max_text_len: int,
-    seconds: list[float] | None = None,
-) -> torch.Tensor:
-    """WanPipeline's frames for every prompt: (n, F, 3, H, W) float32 on the CPU, in [0, 1].
-    seconds, when given, gets each video's wall time (text encoding, denoising and decode)."""
-    videos = []
-    for prompt in settings.prompts:
-        started = time.perf_counter()
-        frames = pipe(
-            prompt, negative_prompt=settings.negative_prompt, height=settings.height,
-            width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(seed),
-            output_type="pt", max_sequence_length=max_text_len,
-        ).frames  # fmt: skip
-        videos.append(frames[0].float().cpu())  # a copy to the host: the GPU work is done
-        if seconds is not None:
-            seconds.append(time.perf_counter() - started)
-    return torch.stack(videos)
-
-
-def write_videos(
-    out_dir: Path, videos: torch.Tensor, settings: VideoSettings, *, seed: int
-) -> list[Path]:
-    """An MP4 and a frame-grid PNG per prompt, and frames.safetensors; returns the paths.
-    out_dir's earlier infer outputs are replaced, nothing else in it is touched
-    (orchestrator.infer.outputs); videos.json, written next, is recorded as this run's too."""
-    stems = _video_stems(settings, seed)
-    OutputFolder.claim(out_dir).replace(video_files(settings, seed))
-    files = []
-    for name, frames in zip(stems, videos, strict=True):
-        stem = out_dir / name
-        pixels = frames.permute(1, 0, 2, 3) * 2 - 1  # (3, F, H, W) in [-1, 1]
-        files.append(write_video(stem.with_suffix(".mp4"), pixels, fps=settings.fps))
-        files.append(write_frame_grid(stem.with_suffix(".png"), pixels))
-    save_file({"frames": videos.contiguous()}, str(out_dir / FRAMES_FILE))
-    return [*files, out_dir / FRAMES_FILE]
-
-
-def video_files(settings: VideoSettings, seed: int) -> list[str]:
-    """The names of the files write_videos and run_pipeline_infer write, videos.json included."""
-    names = [f"{stem}{ext}" for stem in _video_stems(settings, seed) for ext in (".mp4", ".png")]
-    return [*names, FRAMES_FILE, SUMMARY_FILE]
-
-
-def _video_stems(settings: VideoSettings, seed: int) -> list[str]:
-    return [f"{i:02d}_{_slug(prompt)}_seed{seed}" for i, prompt in enumerate(settings.prompts)]
-
-
-def _slug(text: str, limit: int = 32) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
-
-
-def run_pipeline_infer(
-    resolved: Target,
-    root: Path,
-    request: VideoRequest,
-    *,
-    target: str,
-    out: Path | None,
-    seed: int,
-    device: torch.device,
-    attention: Attention,
-    log_to_mlflow: bool,
-    compile: bool,
-    precision: str = "auto",
-) -> InferResult:
-    """Generate a pipeline trial's videos for the request with SLA on, write and log them."""
-    info = read_pipeline(root)
-    settings = video_defaults(resolved, root).asked(request)
-    check_settings(settings, info, resolved.name)  # before anything loads or is written
-    out_dir = Path(out) if out is not None else default_out(resolved, attention, seed)
-    OutputFolder.claim(out_dir).check(video_files(settings, seed))  # may infer write them there
-    started = time.perf_counter()
-    trial = load_pipeline_trial(resolved, root, attention=attention, device=device)
-    if attention == "dense" and trial.sla is not None:
-        warn_dense(resolved.name, trial.sla)
-    pipe = trial.pipeline(device)
-    load_s = time.perf_counter() - started
-    if trial.handle is not None:
-        trial.handle.reset_counts()
-    seconds: list[float] = []
-    compute = resolve_precision(precision, device)
-    with (
-        compiled_blocks(trial.transformer) if compile else contextlib.nullcontext(),
-        autocast_forward(trial.transformer, device, compute),
-    ):
-        videos = generate_videos(
-            pipe, settings, seed=seed, max_text_len=info.max_text_len, seconds=seconds
-        )
-    sla_calls, fallbacks = checked_sla_counts(trial.handle, resolved.name)
-
-    files = write_videos(out_dir, videos, settings, seed=seed)
-    summary = {
-        "target": target, "trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
-        "attention": attention, "sla": None if trial.sla is None else trial.sla.to_dict(),
-        "device": str(device), "seed": seed, "generation": settings.to_dict(),
-        "max_text_len": info.max_text_len, "source": trial.source, "sla_calls": sla_calls,
-        "fallbacks": fallbacks, "compile": compile, "videos": [f.name for f in files if f.suffix == ".mp4"],
-        "precision": compute,
-        "seconds": {"load": load_s, "per_video": seconds},  # the first video's includes compiling
-    }  # fmt: skip
-    files.append(out_dir / SUMMARY_FILE)
-    files[-1].write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"videos: {len(settings.prompts)} (MP4 + frame grid each) in {out_dir}")
-    if attention == "sla":
-        print(
-            f"SLA: {sla_calls} attention calls through SLA; dense fallbacks: {fallbacks or 'none'}"
-        )
-    artifact_path = f"videos/{attention}-seed{seed}"
-    logged = log_to_mlflow_run(resolved, out_dir, artifact_path) if log_to_mlflow else None
-    return InferResult(out_dir, files, attention, sla_calls, fallbacks, logged, summary)
-
-
-# ---- export ---------------------------------------------------------------------------------
-PIPELINE_CARD = """\
-# {title}
-
-A diffusers `WanPipeline` whose transformer was fine-tuned **with Sparse-Linear Attention (SLA)**
-by sla-sweep.
-
-**Keep SLA on at inference.** `transformer/` holds the fine-tuned weights without SLA's tensors;
-each SLA layer's linear branch (`proj_l`) is in `sla_attention.pt` at the top of this directory.
-`WanPipeline.from_pretrained` alone loads the pipeline with dense attention, and its videos will
-be worse than what was measured in the sweep.
-
-- SLA settings: `{sla}` (also in `sla_config.json`)
-- Source: {source}
-- Metrics at export: {metrics}
-- Trained at: {frames} frames of {height}x{width}; prompts padded to {max_text_len} tokens
-
-## Use
-
-    sla-sweep infer {out_sh} --prompt {prompt_sh}      # MP4 + frame grid, SLA on
-
-or in Python:
-
-```python
-import json
-
-import torch
-from diffusers import WanPipeline
-from sla_kernel_glue import SLAConfig, apply_sla, load_sla_state
-
-out = {out_py}
-pipe = WanPipeline.from_pretrained(out, dtype=torch.float32, local_files_only=True)
-sla = SLAConfig.from_dict(json.loads(open(f"{{out}}/sla_config.json").read()))
-if not torch.cuda.is_available() and sla.backend == "triton":
-    sla = sla.replace(backend="auto")  # the PyTorch reference off CUDA
-handle = apply_sla(pipe.transformer, sla)  # every self-attention layer, as in training
-load_sla_state(handle, out)  # each layer's proj_l from sla_attention.pt
-frames = pipe(
-    {prompt_py}, negative_prompt={negative!r}, num_frames={frames}, height={height},
-    width={width}, num_inference_steps={steps}, guidance_scale={guidance},
-    max_sequence_length={max_text_len}, generator=torch.Generator().manual_seed(0),
-    output_type="pt",
-).frames[0]  # (F, 3, H, W) in [0, 1]
-```
-"""
-
-
-def export_pipeline(
-    resolved: Target, trial: PipelineTrial, staging: Path, *, out: Path, merge: bool = False
-) -> dict[str, int]:
-    """Write the whole pipeline export into `staging` (renamed to `out` by the caller); a LoRA
-    trial's adapter at its top (`pipe.load_lora_weights(OUT)`), or merged into transformer/.
-
-    Returns how many component files were hard-linked and how many copied."""
-    if trial.handle is None:
-        raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
-    counts = link_components(trial.info.root, staging)
-    lora = lora_info(trial.transformer, merge)
-    if has_lora(trial.transformer):
-        detach_lora(trial.transformer, staging, merge=merge)
-    export_base_model(trial.handle, staging / "transformer")
-    os.replace(staging / "transformer" / SLA_FILE, staging / SLA_FILE)
-    sla = trial.sla.to_dict()
-    known = {"trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
-             "tracking_uri": resolved.tracking_uri}  # fmt: skip
-    source = {**trial.source, **{k: v for k, v in known.items() if v is not None}}
-    (staging / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
-    meta = {"kind": PIPELINE_KIND, "sla": sla, "generation": trial.defaults.to_dict(),
-            "max_text_len": trial.info.max_text_len, "source": source, "lora": lora}  # fmt: skip
-    (staging / INFERENCE_FILE).write_text(
-        json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    )
-    d = trial.defaults
-    prompt = (d.prompts or ("a video",))[0]
-    where = source.get("checkpoint") or source.get("export") or "unknown"
-    trial_name = f"trial {source['trial']} " if source.get("trial") else ""
-    card = PIPELINE_CARD.format(
-        title=f"SLA fine-tune of {Path(source.get('pipeline') or trial.info.root).name}",
-        sla=json.dumps(sla, sort_keys=True), source=f"{trial_name}{where} (step {source.get('step', '?')})",
-        metrics=card_metrics(source, CARD_METRICS), out_sh=shlex.quote(str(out)),
-        out_py=repr(str(out)), prompt_sh=shlex.quote(prompt), prompt_py=repr(prompt),
-        negative=d.negative_prompt, frames=d.frames, height=d.height, width=d.width, steps=d.steps,
-        guidance=d.guidance_scale, max_text_len=trial.info.max_text_len,
-    )  # fmt: skip
-    (staging / "README.md").write_text(card)
-    return counts
-
-
-def link_components(root: Path, dst: Path) -> dict[str, int]:
-    """model_index.json and every component folder it names but transformer/, into `dst`:
-    files hard-linked where `dst` is on the same filesystem, else copied (never symlinked)."""
-    index = json.loads((root / "model_index.json").read_text())
-    folders = [
-        name for name, value in index.items()
-        if not name.startswith("_") and name != "transformer" and isinstance(value, list)
-        and value and value[0] is not None and (root / name).is_dir()
-    ]  # fmt: skip
-    counts = {"linked": 0, "copied": 0}
-    _place(root / "model_index.json", dst / "model_index.json", counts)
-    for folder in folders:
-        for here, _dirs, names in os.walk(root / folder, followlinks=True):
-            for name in names:
-                source = Path(here) / name
-                _place(source, dst / source.relative_to(root), counts)
-    return counts
-
-
-def _place(source: Path, target: Path, counts: dict[str, int]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # follows a symlinked source (a hub cache's blobs): the real file
-        counts["linked"] += 1
-    except OSError:  # another filesystem, or one without hard links
-        shutil.copy2(source, target)
-        counts["copied"] += 1

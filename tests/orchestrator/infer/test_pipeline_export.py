@@ -22,7 +22,7 @@ from diffusers import WanPipeline
 from safetensors.torch import load_file
 
 from orchestrator.cli import main as cli_main
-from orchestrator.infer.pipeline import FRAMES_FILE, SUMMARY_FILE
+from orchestrator.infer.pipeline_videos import FRAMES_FILE, SUMMARY_FILE
 from tests.orchestrator.infer.test_pipeline_infer import PROMPT, infer, train_pipeline_trial
 
 ATOL = 1e-6  # on frames in [0, 1]: ~8 float32 ulps at 1.0
@@ -138,7 +138,7 @@ def test_a_failed_export_leaves_nothing(exported, tmp_path, monkeypatch, capsys)
         (Path(directory) / "partial.safetensors").write_bytes(b"\0" * 64)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("orchestrator.infer.pipeline.export_base_model", disk_full)
+    monkeypatch.setattr("orchestrator.infer.pipeline_export.export_base_model", disk_full)
     assert cli_main(["export", str(checkpoint), str(tmp_path / "out")]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no OUT, no staging directory

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from orchestrator.cli import main as cli_main
-from orchestrator.infer.pipeline import FRAMES_FILE, SUMMARY_FILE
+from orchestrator.infer.pipeline_videos import FRAMES_FILE, SUMMARY_FILE
 from orchestrator.recipe import TrainConfig, run_trial
 from sla_kernel_glue import SLAConfig, SLAHandle
 
