@@ -31,6 +31,7 @@ BAD = {
     "max_grad_norm": ("x", "max_grad_norm ('x') must be a number >= 0"),
     "train_base": ("yes", "train_base ('yes') must be true or false"),
     "mixed_precision": ("fp8", "mixed_precision ('fp8') must be one of auto, no, bf16, fp16"),
+    "parallel": ("zero3", "parallel ('zero3') must be one of ddp, fsdp"),
     "seed": (True, "seed (True) must be a non-negative integer"),
     "base_seed": (-1, "base_seed (-1) must be a non-negative integer or null"),
     "timestep_sampling": (
