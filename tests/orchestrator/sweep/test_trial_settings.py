@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.spec import load_spec
 from orchestrator.storage.sweep_place import new_place
-from orchestrator.sweep.run import PREEMPTION_WATCHER_ENV, TRAIN_POLL_ENV, trial_settings
+from orchestrator.sweep.tune_setup import PREEMPTION_WATCHER_ENV, TRAIN_POLL_ENV, trial_settings
 from tests.paths import REPO
 
 
