@@ -39,8 +39,11 @@ from pathlib import Path
 
 import psutil
 
+from orchestrator.spec import SpecError
 from orchestrator.spec.schema import MLFLOW_DB, sqlite_store
+from orchestrator.storage import SCHEMES
 from orchestrator.storage.records import SWEEP_FILE
+from orchestrator.storage.sweep_place import open_place
 from orchestrator.sweep.preflight import sqlite_file
 from orchestrator.tracking.mlflow_review import links, model_link
 from orchestrator.tracking.tags import MODEL_TAG, PARENT_TAG
@@ -70,8 +73,6 @@ class Store:
 
 def resolve_store(target: str) -> Store:
     """DIR -> its tracking store: a sweep directory, a directory holding mlflow.db, or a URI."""
-    from orchestrator.storage import SCHEMES
-
     # a sweep in a bucket (s3://, gs://, ...): its files, read here; any other URI (sqlite:///,
     # postgresql://, http://, databricks://) is a tracking store
     if "://" in target and target.split("://", 1)[0].lower() in SCHEMES:
@@ -110,9 +111,6 @@ def _existing(store: Store, named_by: str) -> Store:
 
 def _pulled_sweep(uri: str) -> Path:
     """The working copy of a bucket sweep's files (orchestrator.storage.sweep_place)."""
-    from orchestrator.spec import SpecError
-    from orchestrator.storage.sweep_place import open_place
-
     try:
         return open_place(uri).local
     except SpecError as exc:

@@ -1,4 +1,7 @@
-"""matplotlib for the report's figures: file-only, written atomically."""
+"""matplotlib for the report's figures: file-only, written atomically.
+
+matplotlib is imported inside each function: heavy, and the CLI imports the report modules.
+"""
 
 from __future__ import annotations
 

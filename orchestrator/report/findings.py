@@ -72,7 +72,7 @@ class ConfigGroup:
 
 def spread_of(values: Sequence[float], confidence: float = 0.95) -> Spread | None:
     """Mean, std and the confidence interval of the mean; None for no values."""
-    from scipy import stats
+    from scipy import stats  # heavy: the CLI imports this module without it
 
     if not values:
         return None
@@ -165,7 +165,7 @@ def judge(groups: Sequence[ConfigGroup], spec: VerdictSpec) -> Verdict:
 
 def compare(group: ConfigGroup, control: ConfigGroup, spec: VerdictSpec) -> Comparison:
     """One config against the control: how much worse, the test's p-value, whether it holds."""
-    from scipy import stats
+    from scipy import stats  # heavy: the CLI imports this module without it
 
     sign = 1.0 if spec.mode == "min" else -1.0
     mine, ref = group.spread(spec.metric), control.spread(spec.metric)

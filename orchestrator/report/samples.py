@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.recipe.config import TrainConfig
 from orchestrator.report.findings import ConfigGroup
 
 SAMPLE_SEED = 0
@@ -30,8 +31,7 @@ def config_strips(groups: Sequence[ConfigGroup]) -> list[tuple[str, np.ndarray]]
 
 
 def _strip(checkpoint: Path, *, control: bool) -> np.ndarray | None:
-    from orchestrator.recipe.checkpoint import VALIDATION_DIR, read_trial
-    from orchestrator.recipe.config import TrainConfig
+    from orchestrator.recipe.checkpoint import VALIDATION_DIR, read_trial  # imports torch: heavy
 
     train = TrainConfig.from_dict(read_trial(checkpoint)["train"])
     if train.is_pipeline:
@@ -42,6 +42,7 @@ def _strip(checkpoint: Path, *, control: bool) -> np.ndarray | None:
 
 def _generated(checkpoint: Path, *, control: bool) -> np.ndarray:
     """One clip from the checkpoint's model (SLA on for SLA trials), its frames side by side."""
+    # torch and the infer modules (diffusers): heavy, and the CLI imports this module
     import torch
 
     from orchestrator.infer.model import load_checkpoint_model
@@ -62,7 +63,7 @@ def _generated(checkpoint: Path, *, control: bool) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # tens of ms: the CLI imports this module without it
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))

@@ -23,9 +23,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from orchestrator.report.figures import pyplot, save_figure
 from orchestrator.report.findings import ConfigGroup, Verdict, group_rows, judge
 from orchestrator.report.pareto import config_points, write_pareto_png
+from orchestrator.report.samples import config_strips
 from orchestrator.report.table import TABLE_METRICS
 from orchestrator.spec.schema import ExperimentSpec
 from orchestrator.storage.records import TrialRow, read_json
@@ -178,8 +181,6 @@ def trial_history(sweep_dir: Path, trial_id: str) -> dict[str, list[tuple[int, f
 
 def write_sample_panel(groups: Sequence[ConfigGroup], path: Path) -> Path | None:
     """One image strip per config (control first), the same prompt and noise; None if none."""
-    from orchestrator.report.samples import config_strips
-
     strips = config_strips(groups)
     if not strips:
         return None
@@ -199,8 +200,6 @@ def _write_json(path: Path, data) -> Path:
 
 
 def _yaml(source) -> str:
-    import yaml
-
     return yaml.safe_dump(source, sort_keys=False).rstrip()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.recipe.config import TrainConfig
 from orchestrator.recipe.config_fields import searchable_fields
 from orchestrator.recipe.topk_schedule import schedule_error
-from orchestrator.spec.schema import SEARCH_KINDS, SearchParam
+from orchestrator.spec.schema import METRIC_NAMES, MODES, SEARCH_KINDS, SearchParam
 from orchestrator.values import is_int, is_num
 from sla_kernel_glue import SLAConfig, TopkSchedule
 
@@ -246,8 +246,6 @@ def _check_train_values(
 
 def _train_problems(train: Mapping[str, Any], combo) -> list[str]:
     """Why `train` with the (field, value) pairs is no valid TrainConfig, one part per problem."""
-    from orchestrator.recipe import TrainConfig
-
     kwargs = dict(train)
     if isinstance(train.get("lora"), Mapping):
         kwargs["lora"] = dict(train["lora"])
@@ -333,8 +331,6 @@ def parse_seeds(repeats: Any, seeds: Any, base_seed: int, errors: list[str]) -> 
 def parse_verdict(value: Any, metric: str, mode: str, errors: list[str]) -> dict[str, Any]:
     """`verdict: {metric, mode, tolerance, confidence}`: what "holds quality" means. Defaults:
     the sweep's metric and mode, no tolerance, 95 %; another metric's mode is its direction."""
-    from orchestrator.spec.schema import METRIC_NAMES, MODES
-
     out = {"metric": metric, "mode": mode, "tolerance": None, "confidence": 0.95}
     if value is None:
         return out

@@ -95,7 +95,7 @@ def _shape(train: TrainConfig) -> tuple[Shape | None, int, int]:
         return shape, 0, 0
     frames, (height, width) = train.data.frames, train.data.hw
     if train.is_pipeline:
-        from orchestrator.models.pipeline import read_pipeline
+        from orchestrator.models.pipeline import read_pipeline  # imports diffusers: heavy
 
         info = read_pipeline(train.model)
         frames = (frames - 1) // info.scale_temporal + 1
@@ -123,12 +123,12 @@ def _local_shape(path: Path) -> Shape | None:
 def _capacity(gpu: bool) -> tuple[str, int | None]:
     """(what, bytes) one worker can use: the GPU's memory, or this machine's."""
     if gpu:
-        import torch
+        import torch  # heavy: the spec check (and so the CLI) runs without it
 
         if not torch.cuda.is_available():
             return "a GPU", None  # the joined cluster's GPUs are not visible from here
         props = torch.cuda.get_device_properties(0)
         return f"the GPU ({props.name})", int(props.total_memory)
-    import psutil
+    import psutil  # tens of ms: `import orchestrator.cli` stays without it
 
     return "this machine", int(psutil.virtual_memory().total)
