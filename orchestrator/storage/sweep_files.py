@@ -12,8 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import yaml
 
+from orchestrator.models.wan_presets import PRESETS
+from orchestrator.recipe.config import resolve_mixed_precision
 from orchestrator.spec import ExperimentSpec, SpecError, parse_spec
 from orchestrator.spec.bounded_yaml import load_bounded
 from orchestrator.spec.recipe import build_train_config
@@ -54,8 +57,6 @@ def find_sweep(spec: ExperimentSpec) -> Path | str:
     # <name>-YYYYmmdd-HHMMSS[-n] exactly: "smoke-*" would also match experiment "smoke-x"
     own = re.compile(re.escape(spec.name) + _OWN)
     if isinstance(base, str):
-        import pyarrow.fs as pafs
-
         root = open_location(base)
         listed = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))
         names = sorted(i.base_name for i in listed if i.type == pafs.FileType.Directory)
@@ -74,6 +75,7 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     on this machine's GPU when it has one; the manifest's path, or for a bucket sweep the URI of
     the entries shared through it (None: not a pipeline). Problems
     with the data or the pipeline are a SpecError: every one listed, nothing started."""
+    # torch, and the modules below that import it: heavy (the CLI imports this module)
     import torch
 
     from orchestrator.data.encoded import EncodeError
@@ -94,7 +96,7 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     say(f"encoded data: {manifest} ({stats['seconds']:.1f} s)")
     if not spec.storage.remote:
         return str(manifest)
-    from orchestrator.data.shared_encoded import share_encoded
+    from orchestrator.data.shared_encoded import share_encoded  # imports torch: heavy
 
     # A bucket sweep's trials may run on any node: they fetch the entries from the bucket.
     shared = share_encoded(manifest, open_location(spec.storage.results_dir).join(ENCODED_DIR))
@@ -107,7 +109,7 @@ ENCODED_DIR = "_cache/encoded"  # under a bucket's results_dir: a pipeline's enc
 
 def base_store(spec: ExperimentSpec) -> str | None:
     """Where a bucket sweep keeps its pre-trained bases for every node (None: a directory)."""
-    from orchestrator.recipe.base_model import BASE_STORE_DIR
+    from orchestrator.recipe.base_model import BASE_STORE_DIR  # imports diffusers: heavy
 
     if not spec.storage.remote:
         return None
@@ -117,11 +119,9 @@ def base_store(spec: ExperimentSpec) -> str | None:
 def prepare_base_model(spec: ExperimentSpec) -> None:
     """Pre-train (or find cached) the full-attention base once, before any trial starts; with
     a bucket as storage, also fetched from or uploaded to it."""
-    import torch
+    import torch  # heavy, as is recipe.base_model (diffusers): the CLI imports this module
 
-    from orchestrator.models.wan_presets import PRESETS
     from orchestrator.recipe.base_model import load_base_model
-    from orchestrator.recipe.config import resolve_mixed_precision
 
     train = build_train_config(spec.train)
     gpu = spec.resources.gpus_per_worker > 0

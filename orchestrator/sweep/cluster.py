@@ -25,6 +25,8 @@ from pathlib import Path
 
 from orchestrator.spec import ExperimentSpec, SpecError
 
+# Ray is imported inside the functions that call it (heavy): the resource checks and names here
+# are used without it.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 ADDRESS_ENV = "RAY_ADDRESS"
@@ -278,6 +280,6 @@ def max_concurrent(spec: ExperimentSpec, resources: dict) -> int:
 
 
 def _cuda_count() -> int:
-    import torch
+    import torch  # heavy: only when Ray starts here
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -9,7 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.spec import SpecError
+from orchestrator.report.findings import group_rows, judge
+from orchestrator.report.study import format_summary
+from orchestrator.report.table import best_row, format_table
+from orchestrator.spec import SpecError, load_spec
+from orchestrator.storage import is_uri
+from orchestrator.storage.records import ERROR, load_rows
+from orchestrator.storage.sweep_files import find_sweep, read_sweep
+from orchestrator.storage.sweep_place import open_place
+from orchestrator.sweep.driver import exit_code
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,10 +32,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate an experiment YAML and run its sweep: one Ray Tune trial per SLA config + the control."""
-    from orchestrator.spec import load_spec
-
     spec = load_spec(args.file, args.overrides)  # all validation before anything starts
-    from orchestrator.sweep.run import run_sweep
+    from orchestrator.sweep.run import run_sweep  # Ray, MLflow, torch: not at CLI start
 
     outcome = run_sweep(spec, address=args.address, verbose=args.verbose)
     return exit_status(outcome)
@@ -46,7 +52,7 @@ def add_resume_arguments(p: argparse.ArgumentParser) -> None:
 
 def resume(args: argparse.Namespace) -> int:
     """Finish an interrupted sweep; finished trials are not run again."""
-    from orchestrator.sweep.run import read_sweep, resume_sweep
+    from orchestrator.sweep.run import resume_sweep  # Ray, MLflow, torch: not at CLI start
 
     read_sweep(args.sweep_dir)  # a clear error for something that is not a sweep
     return exit_status(resume_sweep(args.sweep_dir, address=args.address, verbose=args.verbose))
@@ -61,15 +67,7 @@ def add_best_arguments(p: argparse.ArgumentParser) -> None:
 
 def best(args: argparse.Namespace) -> int:
     """Show a sweep's results table and its best trial: checkpoint, MLflow run, Pareto plot."""
-    from orchestrator.report.findings import group_rows, judge
-    from orchestrator.report.study import format_summary
-    from orchestrator.report.table import best_row, format_table
-    from orchestrator.spec import load_spec
-    from orchestrator.storage.records import load_rows
-    from orchestrator.storage.sweep_place import open_place
-    from orchestrator.sweep.run import find_sweep, read_sweep
-
-    place = open_place(_sweep_of(args.target, find_sweep, load_spec))
+    place = open_place(_sweep_of(args.target))
     sweep_dir = place.local
     spec, meta = read_sweep(place)
     rows = list(load_rows(sweep_dir).values())
@@ -96,10 +94,8 @@ def best(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_of(target: str, find_sweep, load_spec) -> str | Path:
+def _sweep_of(target: str) -> str | Path:
     """A sweep URI as it is; an experiment file's latest sweep; a directory made absolute."""
-    from orchestrator.storage import is_uri
-
     if is_uri(target):
         return target
     path = Path(target).resolve()
@@ -113,9 +109,6 @@ def _sweep_of(target: str, find_sweep, load_spec) -> str | Path:
 def exit_status(outcome) -> int:
     """0 when every trial ended well, 1 when one failed; interrupted (resumable): 128 + the
     signal that stopped it (Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
-    from orchestrator.storage.records import ERROR
-    from orchestrator.sweep.driver import exit_code
-
     if not outcome.complete:
         return exit_code(outcome.stopped_by)
 

@@ -67,7 +67,7 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
 def open_store(tracking_uri: str, experiment: str):
     """The sweep's SweepRecorder (MLflow experiment found or created), the store created or
     first opened under store_lock."""
-    from orchestrator.tracking.mlflow_log import SweepRecorder
+    from orchestrator.tracking.mlflow_log import SweepRecorder  # MLflow: heavy, not at CLI start
 
     with store_lock(tracking_uri):
         return SweepRecorder(tracking_uri, experiment)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.spec.schema import ExperimentSpec, SearchParam
@@ -94,7 +95,7 @@ def search_alg(spec: ExperimentSpec) -> Searcher | None:
     """None for grid/random (Tune's default generator walks the list); Optuna otherwise."""
     if spec.search.algorithm != "optuna":
         return None
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.optuna import OptunaSearch  # imports optuna: an optuna search only
 
     objectives = spec.search.objectives
     if len(objectives) > 1:
@@ -123,8 +124,6 @@ def tune_metric(spec: ExperimentSpec) -> tuple[str | None, str | None]:
 def scheduler(spec: ExperimentSpec):
     if spec.scheduler.name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     s = spec.scheduler
     return ASHAScheduler(
         time_attr="training_iteration",

@@ -21,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from orchestrator.storage import is_uri
 from orchestrator.storage.records import trial_sla, trial_train
 from orchestrator.sweep.worker import train_loop_per_worker
 
@@ -97,6 +98,4 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
 
 def _storage_path(storage: str) -> str:
     """A directory made absolute; a URI as it is (Ray opens it with pyarrow in each process)."""
-    from orchestrator.storage import is_uri
-
     return storage if is_uri(storage) else str(Path(storage).resolve())

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.fs
 import ray.train
 
+from orchestrator.spec.recipe import build_train_config
+from orchestrator.storage import is_uri
 from orchestrator.storage.records import (
     LOOP_START_KEY,
     STEP_KEY,
@@ -23,6 +26,7 @@ from orchestrator.storage.records import (
     WORKER_CREATED_KEY,
 )
 from orchestrator.tracking.system_metrics import SystemSampler
+from sla_kernel_glue import SLAConfig
 
 
 class RayReportCallback:
@@ -68,8 +72,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # function to Ray Train, and diffusers, accelerate and the kernels cost it seconds per trial.
     from orchestrator.recipe import run_trial
     from orchestrator.recipe.base_outputs import reference_dir
-    from orchestrator.spec.recipe import build_train_config
-    from sla_kernel_glue import SLAConfig
 
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory(prefix=f"sla-sweep-rank{rank}-") as scratch:
@@ -101,8 +103,6 @@ def move_or_copy_checkpoint(checkpoint: ray.train.Checkpoint, name: str) -> ray.
     place (no second copy on disk, no seconds spent copying: a 1.3B full fine-tune's checkpoint
     is 17 GB); any other storage (a bucket, another filesystem) gets Ray's own copy. Ranks that
     write into the same checkpoint merge their files, as Ray's copy does."""
-    import pyarrow.fs
-
     storage = ray.train.get_context().get_storage()
     source = Path(checkpoint.path)
     destination = Path(storage.build_checkpoint_path_from_name(name))
@@ -124,11 +124,9 @@ def move_or_copy_checkpoint(checkpoint: ray.train.Checkpoint, name: str) -> ray.
 def _encoded_manifest(encoded: str) -> Path:
     """The manifest of a pipeline's encoded data: the driver's path, or for a bucket sweep a
     local copy of the shared entries (fetched once per node)."""
-    from orchestrator.storage import is_uri
-
     if not is_uri(encoded):
         return Path(encoded)
-    from orchestrator.data.shared_encoded import fetch_encoded
+    from orchestrator.data.shared_encoded import fetch_encoded  # imports torch: heavy
 
     return fetch_encoded(encoded)
 
@@ -137,7 +135,7 @@ def _report_if_final(directory: Path, steps: int, callback: RayReportCallback, r
     """A checkpoint of the last step: the trial trained to the end, but its last report may never
     have reached Tune (the driver was stopped in between). Report it again (rank 0 hands the
     checkpoint) instead of training nothing and reporting nothing; True when it did."""
-    from orchestrator.recipe.checkpoint import read_trial
+    from orchestrator.recipe.checkpoint import read_trial  # imports torch and accelerate: heavy
 
     trial = read_trial(directory)
     if trial["step"] < steps:

@@ -14,8 +14,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
+from orchestrator.models.wan_presets import PRESETS
+from orchestrator.spec import parse_spec
+from orchestrator.spec.recipe import build_train_config
+from orchestrator.storage import is_uri, open_location
+from orchestrator.storage.local import default_cache_root
+from orchestrator.storage.records import SPEC_FILE, SWEEP_FILE, read_json
 from orchestrator.tracking.tags import CONTEXT_TAG, SOURCE_NAME_TAG
 
 DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest
@@ -23,12 +30,6 @@ DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a digest
 
 def training_input(sweep_dir: Path) -> DatasetInput:
     """The training data of the sweep in `sweep_dir` (its spec.yaml and sweep.json)."""
-    import yaml
-
-    from orchestrator.spec import parse_spec
-    from orchestrator.spec.recipe import build_train_config
-    from orchestrator.storage.records import SPEC_FILE, SWEEP_FILE, read_json
-
     sweep_dir = Path(sweep_dir)
     spec = parse_spec(yaml.safe_load((sweep_dir / SPEC_FILE).read_text()), source=str(sweep_dir))
     train = build_train_config(spec.train)
@@ -48,8 +49,7 @@ def training_input(sweep_dir: Path) -> DatasetInput:
 
 def _digits(train) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
     """The digits clips the recipe builds (same arguments), hashed item by item."""
-    from orchestrator.data import build_datasets
-    from orchestrator.models.wan_presets import PRESETS
+    from orchestrator.data import build_datasets  # imports torch: heavy
 
     frames, size = train.clip_shape
     preset = PRESETS.get(train.model)
@@ -75,8 +75,7 @@ def _digits(train) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
 
 def _folder(root: Path, num_val: int) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
     """A folder of clips: every file's bytes (the val clips are in it too, held out by name)."""
-    from orchestrator.data.cache import FileDigests
-    from orchestrator.storage.local import default_cache_root
+    from orchestrator.data.cache import FileDigests  # imports torch: heavy
 
     root = root.expanduser().resolve()
     digest = FileDigests(default_cache_root() / "digests.json").of_tree(root)
@@ -88,8 +87,7 @@ def _folder(root: Path, num_val: int) -> tuple[str, tuple[str, dict], str, dict[
 def _encoded(where: str) -> tuple[str, tuple[str, dict], str, dict[str, Any]]:
     """A pipeline's encoded clips and captions (the manifest's path, or the URI of the set a
     bucket sweep shares): the train split's cache keys, in order."""
-    from orchestrator.data.shared_encoded import SHARED_MANIFEST
-    from orchestrator.storage import is_uri, open_location
+    from orchestrator.data.shared_encoded import SHARED_MANIFEST  # imports torch: heavy
 
     if is_uri(where):
         loc = open_location(where, what="encoded data")

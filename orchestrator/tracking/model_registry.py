@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow.artifacts
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -105,8 +106,6 @@ def local_checkpoint(version: ModelVersion) -> Path | None:
 def download_lean(version: ModelVersion, tracking_uri: str, into: Path) -> Path | None:
     """A lean version's logged files, downloaded into `into` (a checkpoint directory); None for
     a full fine-tune, whose weights were referenced, not logged."""
-    import mlflow.artifacts
-
     model_id = version.model_id or version.tags.get(MODEL_ID_TAG)
     if version.tags.get(LEAN_TAG) != "true" or not model_id:
         return None

@@ -74,7 +74,7 @@ class SystemSampler:
 def _gpu_handles() -> list:
     """NVML handles of this machine's NVIDIA GPUs; none without nvidia-ml-py, a driver or a GPU."""
     try:
-        import pynvml
+        import pynvml  # optional (nvidia-ml-py), only for NVIDIA GPUs
     except ImportError:
         return []
     try:
@@ -86,7 +86,7 @@ def _gpu_handles() -> list:
 
 def _gpu_figures(i: int, handle) -> dict[str, float]:
     """MLflow's GPU figures of one device: memory, utilisation, power."""
-    import pynvml
+    import pynvml  # optional: there once _gpu_handles found a device
 
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
     rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
