@@ -29,6 +29,7 @@ _SPLIT_IDS = {"train": 0, "val": 1}
 @functools.lru_cache(maxsize=1)
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as float32 (N, 8, 8) in [0, 1] and their labels (N,)."""
+    # heavy: scikit-learn's datasets module loads scipy; only the digits source needs it
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -17,6 +17,10 @@ file's digest, frames, fps, size and the VAE dtype; a text entry by the digests 
 encoder's and tokenizer's files, the text, the maximum length and the dtype. A second sweep over
 the same data and model encodes nothing. A read-only cache that holds every entry is used as it
 is; one that lacks an entry is refused in one line before any model loads.
+
+models.pipeline and models.pipeline_models load diffusers (heavy): they are imported inside the
+functions that read the pipeline or run its models, so that the sweep's driver and a trial that
+only reads the manifest (EncodeError, read_manifest) do not load it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from orchestrator.data.cache import FileDigests, TensorCache, key_of
+from orchestrator.data.videos import decode_clip, scan_folder
 from orchestrator.storage.local import default_cache_root
 
 MANIFEST_FORMAT = 1
@@ -81,8 +87,7 @@ def encode_dataset(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Encode what is not cached yet and write the manifest; returns the manifest's path."""
-    from orchestrator.data.videos import scan_folder
-    from orchestrator.models.pipeline import read_pipeline
+    from orchestrator.models.pipeline import read_pipeline  # heavy (see the module docstring)
 
     info = read_pipeline(pipeline_dir)
     problems = info.size_errors(settings.frames, *settings.size)
@@ -168,8 +173,7 @@ def _read_only_problem(root: Path, clips, clip_todo, texts, text_todo) -> str:
 
 def _encode_clips(info, todo, settings, cache, device, log) -> None:
     """VAE-encode the clips the cache lacks (the VAE loads only then)."""
-    from orchestrator.data.videos import decode_clip
-    from orchestrator.models.pipeline_models import encode_videos, load_vae
+    from orchestrator.models.pipeline_models import encode_videos, load_vae  # heavy
 
     if not todo:
         return
@@ -192,7 +196,7 @@ def _encode_clips(info, todo, settings, cache, device, log) -> None:
 
 def _encode_texts(info, todo, settings, cache, device, log) -> None:
     """Text-encode the texts the cache lacks (the text encoder loads only then)."""
-    from orchestrator.models.pipeline_models import encode_prompts, load_text_encoder
+    from orchestrator.models.pipeline_models import encode_prompts, load_text_encoder  # heavy
 
     if not todo:
         return
@@ -343,7 +347,7 @@ class CaptionTable:
         return len(self.keys)
 
     def __getitem__(self, labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        from orchestrator.models.pipeline_models import pad_prompts
+        from orchestrator.models.pipeline_models import pad_prompts  # heavy
 
         embeds = []
         for label in torch.as_tensor(labels).tolist():
@@ -361,8 +365,6 @@ def _free(device: torch.device) -> None:
 
 def _progress(total: int, desc: str, unit: str):
     """A tqdm bar on stderr (rate in items/s); quiet when stderr is not a terminal or CI is set."""
-    from tqdm import tqdm
-
     quiet = bool(os.environ.get("CI")) or not os.isatty(2)
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, mininterval=1.0)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val")
@@ -125,8 +126,6 @@ def _load_pt(path: Path, channels: int) -> torch.Tensor:
 
 
 def _load_pngs(folder: Path, channels: int) -> torch.Tensor:
-    from PIL import Image
-
     files = sorted(folder.glob("*.png"))
     if not files:
         raise FolderDataError(f"{folder.name}/: a subfolder without PNG frames")
