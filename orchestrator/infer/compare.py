@@ -14,6 +14,9 @@ noise and prompts from every one of them, and reports per trial:
   warm-up is the whole timed workload, so that no compilation lands in the timing.
 
 Writes <sweep>/compare.json (or --out) and prints a table. Needs a finished control trial.
+
+The CLI imports this module to build its parser, so torch and the modules that load torch or
+diffusers are imported inside the functions that run a model (heavy: every start would load them).
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.infer.options import add_device, positive_int
+from orchestrator.infer.errors import InferenceError
+from orchestrator.infer.options import add_device, pick_device, positive_int
+from orchestrator.spec import SpecError
+from orchestrator.storage.records import FINISHED, SWEEP_FILE, TrialRow, load_rows
+from orchestrator.storage.sweep_place import open_place
+
+if TYPE_CHECKING:
+    import torch
 
 
 def compare_sweep(
@@ -38,17 +48,26 @@ def compare_sweep(
     compile: bool = False,
 ) -> dict[str, Any]:
     """Generate from every finished trial of the sweep and compare it with the control."""
-    import torch
-
-    from orchestrator.infer.model import InferenceError, load_checkpoint_model
-    from orchestrator.infer.options import pick_device
-    from orchestrator.infer.samples import generate, sample_inputs
-    from orchestrator.infer.target import from_sweep
-    from orchestrator.recipe.compile import compiled_blocks
-    from orchestrator.recipe.evaluate import psnr
-    from orchestrator.storage.records import FINISHED, SWEEP_FILE, load_rows
+    import torch  # heavy (see the module docstring)
 
     sweep_dir = Path(sweep_dir).resolve()
+    ordered = _control_first(sweep_dir)
+    dev = pick_device(device)
+    results, clips_by_trial = [], {}
+    for row in ordered:
+        result, clips = _generate_trial(
+            sweep_dir, row, num_samples=num_samples, seed=seed, device=dev, compile=compile
+        )
+        results.append(result)
+        clips_by_trial[row.trial_id] = clips
+    _against_control(results, clips_by_trial)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    return {"sweep": str(sweep_dir), "device": gpu, "num_samples": num_samples, "seed": seed,
+            "compile": compile, "trials": results}  # fmt: skip
+
+
+def _control_first(sweep_dir: Path) -> list[TrialRow]:
+    """The sweep's finished trials with a checkpoint: its first control, then every SLA trial."""
     if not (sweep_dir / SWEEP_FILE).is_file():
         raise InferenceError(f"{sweep_dir} is not a sweep directory (no sweep.json)")
     rows = [r for r in load_rows(sweep_dir).values() if r.status == FINISHED and r.checkpoint]
@@ -58,42 +77,62 @@ def compare_sweep(
             f"sweep {sweep_dir} has no finished full-attention control trial to compare against "
             "(run it with control: true)"
         )
-    dev = pick_device(device)
-    ordered = controls[:1] + [r for r in rows if r.sla is not None]
-    results, clips_by_trial = [], {}
-    for row in ordered:
-        target = from_sweep(sweep_dir, row.trial_id)
-        attention = "dense" if row.sla is None else "sla"
-        loaded = load_checkpoint_model(target.directory, attention=attention, device=dev)
-        noise, labels = sample_inputs(loaded.settings, num_samples=num_samples, seed=seed)
-        with compiled_blocks(loaded.model) if compile else contextlib.nullcontext():
-            # warm-up: compiled, every batch shape of the timed call; eager, one clip will do
-            warm = num_samples if compile else 1
-            generate(loaded.model, loaded.settings, noise[:warm], labels[:warm], device=dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            clips = generate(loaded.model, loaded.settings, noise, labels, device=dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        clips_by_trial[row.trial_id] = clips
-        results.append(
-            {
-                "trial": row.trial_id,
-                "sla": row.sla,
-                "train": row.train,  # the searched training settings, by dotted key
-                "step": loaded.source["step"],
-                "val/loss": row.metrics.get("val/loss"),
-                "generate_s": seconds,
-                "sla_calls": loaded.handle.sla_calls() if loaded.handle is not None else 0,
-            }
-        )
-        print(f"compare: {row.trial_id} ({'control' if row.sla is None else 'SLA'}) "
-              f"generated {num_samples} clips in {seconds:.2f} s", flush=True)  # fmt: skip
-        del loaded
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+    return controls[:1] + [r for r in rows if r.sla is not None]
+
+
+def _generate_trial(
+    sweep_dir: Path,
+    row: TrialRow,
+    *,
+    num_samples: int,
+    seed: int,
+    device: torch.device,
+    compile: bool,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One trial's result (generation timed after a warm-up) and its clips."""
+    import torch  # heavy (see the module docstring)
+
+    from orchestrator.infer.model import load_checkpoint_model  # heavy: torch and diffusers
+    from orchestrator.infer.samples import generate, sample_inputs  # heavy: torch
+    from orchestrator.infer.target import from_sweep  # heavy: loads infer.model
+    from orchestrator.recipe.compile import compiled_blocks  # heavy: torch
+
+    target = from_sweep(sweep_dir, row.trial_id)
+    attention = "dense" if row.sla is None else "sla"
+    loaded = load_checkpoint_model(target.directory, attention=attention, device=device)
+    noise, labels = sample_inputs(loaded.settings, num_samples=num_samples, seed=seed)
+    with compiled_blocks(loaded.model) if compile else contextlib.nullcontext():
+        # warm-up: compiled, every batch shape of the timed call; eager, one clip will do
+        warm = num_samples if compile else 1
+        generate(loaded.model, loaded.settings, noise[:warm], labels[:warm], device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        clips = generate(loaded.model, loaded.settings, noise, labels, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    result = {
+        "trial": row.trial_id,
+        "sla": row.sla,
+        "train": row.train,  # the searched training settings, by dotted key
+        "step": loaded.source["step"],
+        "val/loss": row.metrics.get("val/loss"),
+        "generate_s": seconds,
+        "sla_calls": loaded.handle.sla_calls() if loaded.handle is not None else 0,
+    }
+    print(f"compare: {row.trial_id} ({'control' if row.sla is None else 'SLA'}) "
+          f"generated {num_samples} clips in {seconds:.2f} s", flush=True)  # fmt: skip
+    del loaded
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result, clips
+
+
+def _against_control(results: list[dict[str, Any]], clips_by_trial: dict[str, Any]) -> None:
+    """Each result's PSNR, val/loss gap and speed-up against the control's (results[0])."""
+    from orchestrator.recipe.evaluate import psnr  # heavy: torch
+
     control = results[0]
     ref = clips_by_trial[control["trial"]]
     for r in results:
@@ -103,9 +142,6 @@ def compare_sweep(
         loss, ctrl = r["val/loss"], control["val/loss"]
         r["val_loss_gap_vs_control"] = None if loss is None or ctrl is None else loss - ctrl
         r["speedup_vs_control"] = control["generate_s"] / r["generate_s"]
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-    return {"sweep": str(sweep_dir), "device": gpu, "num_samples": num_samples, "seed": seed,
-            "compile": compile, "trials": results}  # fmt: skip
 
 
 def format_comparison(result: dict[str, Any]) -> str:
@@ -154,9 +190,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Compare every finished trial's samples, loss and generation time with the control."""
-    from orchestrator.spec import SpecError
-    from orchestrator.storage.sweep_place import open_place
-
     try:
         result = compare_sweep(
             open_place(args.sweep_dir).local, num_samples=args.num_samples, seed=args.seed, device=args.device,

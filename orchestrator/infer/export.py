@@ -16,6 +16,9 @@ sla_attention.pt, sla_config.json, inference.json and README.md at OUT's top.
 
 Either is written into a temporary directory beside OUT and renamed to OUT when complete: a
 failure leaves no OUT behind (an empty OUT given stays as it was).
+
+The CLI imports this module to build its parser, so torch and the modules that load torch or
+diffusers are imported inside the functions that export (heavy: every start would load them).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.infer.export_info import card_metrics, lora_info
+from orchestrator.infer.errors import InferenceError
+from orchestrator.infer.export_info import INFERENCE_FILE, card_metrics, lora_info
 from orchestrator.infer.options import add_tracking_uri
+
+if TYPE_CHECKING:
+    from orchestrator.infer.target import Target
 
 MODEL_CARD = """\
 # {title}
@@ -72,21 +79,27 @@ def run_export(
 
     A LoRA trial's adapter is written beside the untouched base (pytorch_lora_weights.safetensors,
     which diffusers' load_lora_weights reads), or with `merge` merged into the exported weights."""
-    import torch
+    from orchestrator.infer.pipeline import pipeline_root  # heavy: torch and diffusers
+    from orchestrator.infer.target import resolve_target  # heavy: loads infer.model
 
-    from orchestrator.infer.model import (
-        INFERENCE_FILE,
-        InferenceError,
-        load_checkpoint_model,
-        load_export_model,
-    )
-    from orchestrator.infer.pipeline import load_pipeline_trial, pipeline_root
-    from orchestrator.infer.pipeline_export import export_pipeline
-    from orchestrator.infer.target import resolve_target
-    from orchestrator.recipe.lora import detach_lora, has_lora
-    from sla_kernel_glue import export_base_model
+    out = _new_out(out)
+    resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)
+    if resolved.is_control:
+        raise InferenceError(
+            f"trial {resolved.trial_id} is the full-attention control: it has no SLA weights to export; "
+            "pick an SLA trial with --trial"
+        )
+    root = pipeline_root(resolved)
+    if root is not None:
+        _export_pipeline_trial(resolved, root, out, merge=merge)
+    else:
+        _export_preset_trial(resolved, out, merge=merge)
+    return out
 
-    given = Path(out).expanduser()
+
+def _new_out(given: Path) -> Path:
+    """OUT resolved; InferenceError for a symbolic link or a path that is not new or empty."""
+    given = Path(given).expanduser()
     if given.is_symlink():  # resolving it would write the export wherever the link points
         raise InferenceError(
             f"OUT ({given}) is a symbolic link (to {os.readlink(given)}); give the directory "
@@ -95,26 +108,36 @@ def run_export(
     out = given.resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InferenceError(f"OUT ({out}) exists and is not an empty directory; choose a new path")
-    resolved = resolve_target(target, trial=trial, tracking_uri=tracking_uri)
-    if resolved.is_control:
-        raise InferenceError(
-            f"trial {resolved.trial_id} is the full-attention control: it has no SLA weights to export; "
-            "pick an SLA trial with --trial"
-        )
-    cpu = torch.device("cpu")
-    root = pipeline_root(resolved)
-    if root is not None:
-        piped = load_pipeline_trial(resolved, root, attention="sla", device=cpu)
-        _check_merge(merge, piped.transformer, resolved)
-        with staged_directory(out) as staging:
-            counts = export_pipeline(resolved, piped, staging, out=out, merge=merge)
-        print(
-            f"components of {root}: {counts['linked']} files hard-linked (the same files: do not"
-            f" edit them in place), {counts['copied']} copied"
-        )
-        return out
+    return out
+
+
+def _export_pipeline_trial(resolved: Target, root: Path, out: Path, *, merge: bool) -> None:
+    """A pipeline trial: the whole pipeline directory (orchestrator.infer.pipeline_export)."""
+    import torch  # heavy (see the module docstring)
+
+    from orchestrator.infer.pipeline import load_pipeline_trial  # heavy: torch and diffusers
+    from orchestrator.infer.pipeline_export import export_pipeline  # heavy: torch and diffusers
+
+    piped = load_pipeline_trial(resolved, root, attention="sla", device=torch.device("cpu"))
+    _check_merge(merge, piped.transformer, resolved)
+    with staged_directory(out) as staging:
+        counts = export_pipeline(resolved, piped, staging, out=out, merge=merge)
+    print(
+        f"components of {root}: {counts['linked']} files hard-linked (the same files: do not"
+        f" edit them in place), {counts['copied']} copied"
+    )
+
+
+def _export_preset_trial(resolved: Target, out: Path, *, merge: bool) -> None:
+    """A preset or transformer trial: the base model, sla_attention.pt and their descriptions."""
+    import torch  # heavy (see the module docstring)
+
+    from orchestrator.infer.model import load_checkpoint_model, load_export_model  # heavy
+    from orchestrator.recipe.lora import detach_lora, has_lora  # heavy: torch
+    from sla_kernel_glue import export_base_model  # heavy: torch
+
     load = load_export_model if resolved.kind == "export" else load_checkpoint_model
-    loaded = load(resolved.directory, attention="sla", device=cpu)
+    loaded = load(resolved.directory, attention="sla", device=torch.device("cpu"))
     if loaded.handle is None:
         raise InferenceError(f"{resolved.directory} holds no SLA trial; nothing SLA to export")
     _check_merge(merge, loaded.model, resolved)
@@ -132,12 +155,10 @@ def run_export(
             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         )
         (staging / "README.md").write_text(_model_card(out, sla, source))
-    return out
 
 
 def _check_merge(merge: bool, model: Any, resolved: Any) -> None:
-    from orchestrator.infer.model import InferenceError
-    from orchestrator.recipe.lora import has_lora
+    from orchestrator.recipe.lora import has_lora  # heavy: torch
 
     if merge and not has_lora(model):
         raise InferenceError(
@@ -195,7 +216,7 @@ def handle(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # InferenceError, SLAStateError, bad files: one line
         print(f"sla-sweep export: error: {exc}", file=sys.stderr)
         return 2
-    from orchestrator.infer.pipeline import is_pipeline_export
+    from orchestrator.infer.pipeline import is_pipeline_export  # heavy: torch and diffusers
 
     if is_pipeline_export(out):
         print(f"exported to {out} (the whole pipeline, transformer/ fine-tuned + sla_attention.pt"

@@ -1,16 +1,18 @@
 """What an export records about itself, shared by the preset export (export) and the pipeline export
-(pipeline): the model card's metrics line and inference.json's "lora" entry."""
+(pipeline_export): inference.json's name and its "lora" entry, and the model card's metrics line.
+Plain Python: the CLI imports it to build its parser, so recipe.lora (torch) loads in lora_info."""
 
 from __future__ import annotations
 
 from typing import Any
 
+INFERENCE_FILE = "inference.json"  # an export's generation settings and provenance
 CARD_METRICS = ("val/loss", "val/loss_gap", "val/sample_psnr", "flops/attention_ratio")
 
 
 def lora_info(model: Any, merge: bool) -> dict[str, Any] | None:
     """inference.json's "lora": how a LoRA trial's adapter was exported (None: no adapter)."""
-    from orchestrator.recipe.lora import LORA_FILE, has_lora
+    from orchestrator.recipe.lora import LORA_FILE, has_lora  # heavy: torch
 
     if not has_lora(model):
         return None

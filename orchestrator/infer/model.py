@@ -28,14 +28,22 @@ from torch import nn
 
 from orchestrator.data.folder import clip_shape
 from orchestrator.infer.errors import InferenceError
+from orchestrator.infer.export_info import INFERENCE_FILE
 from orchestrator.infer.samples import GenerationSettings
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
+from orchestrator.recipe.base_model import load_base_model
 from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, TRIAL_FILE, read_trial
 from orchestrator.recipe.config import TrainConfig
-from orchestrator.recipe.lora import load_exported_lora
+from orchestrator.recipe.lora import (
+    LORA_FILE,
+    add_lora,
+    base_identity,
+    check_base,
+    load_exported_lora,
+    load_lora,
+)
 from sla_kernel_glue import SLAConfig, SLAHandle, apply_sla, load_exported, load_sla_state
 
-INFERENCE_FILE = "inference.json"  # an export's generation settings and provenance
 Attention = Literal["sla", "dense"]
 
 
@@ -153,9 +161,6 @@ def _lean_model(directory: Path, trial: dict[str, Any], train: TrainConfig) -> n
     """A frozen base's checkpoint: its base (a preset's rebuilt from the cache or by the same
     pre-training, a local or pipeline one loaded from its path), refused when its fingerprint
     differs from trial.json's, with the trial's adapter loaded (LoRA)."""
-    from orchestrator.recipe.base_model import load_base_model
-    from orchestrator.recipe.lora import LORA_FILE, add_lora, base_identity, check_base, load_lora
-
     saved = trial.get("base") or {}
     precision = saved.get("mixed_precision", "no")
     model, base_id = load_base_model(train, device=torch.device("cpu"), mixed_precision=precision)

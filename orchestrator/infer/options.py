@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.infer.errors import InferenceError
+
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -28,9 +30,7 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
 
 def pick_device(name: str):
     """torch.device for "cpu" | "cuda" | "auto" (CUDA when present); InferenceError for a missing GPU."""
-    import torch
-
-    from orchestrator.infer.model import InferenceError
+    import torch  # heavy: the CLI imports this module to build its parser
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

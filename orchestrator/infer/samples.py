@@ -25,6 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from orchestrator.infer.outputs import OutputFolder
 from orchestrator.recipe.config import autocast_dtype, resolve_mixed_precision
 from orchestrator.recipe.flow_matching import class_prompts, euler_sample
 
@@ -128,8 +129,6 @@ def write_samples(
     samples.safetensors (clips, noise, labels); returns the paths written. out_dir's earlier
     infer outputs are replaced, nothing else in it is touched (orchestrator.infer.outputs);
     samples.json, written next by write_summary, is recorded as this run's too."""
-    from orchestrator.infer.outputs import OutputFolder
-
     stems = [f"clip{i:02d}_class{label}" for i, label in enumerate(labels.tolist())]
     names = [f"{stem}{ext}" for stem in stems for ext in (".png", ".gif")]
     OutputFolder.claim(out_dir).replace([*names, "grid.png", TENSOR_FILE, SUMMARY_FILE])
