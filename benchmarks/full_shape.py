@@ -35,6 +35,8 @@ benchmarks.full_shape_train.
 
 from __future__ import annotations
 
+# Imports inside functions: each phase imports the orchestrator modules it runs (the recipe,
+# diffusers), so `--help`, the tiny tests and the other phases start without them.
 import argparse
 import contextlib
 import dataclasses

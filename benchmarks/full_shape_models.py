@@ -3,6 +3,8 @@ the CPU), the three random-weight models built from their configs, timing and me
 
 from __future__ import annotations
 
+# Imports inside functions: the orchestrator and SLA modules load only in the phases that
+# build them (benchmarks.full_shape runs one phase per process).
 import argparse
 import dataclasses
 import gc

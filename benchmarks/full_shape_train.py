@@ -5,6 +5,7 @@ only where the step does not fit without it."""
 
 from __future__ import annotations
 
+# Imports inside functions: the recipe (diffusers, accelerate) loads only in the training phase.
 import contextlib
 import json
 import time

@@ -16,6 +16,8 @@ the weights; its sizes do). Each phase runs in a fresh Python process, so its pe
 
 from __future__ import annotations
 
+# Imports inside functions: each phase runs in its own process and imports only what it
+# measures (its peak memory is part of the result); main's tiny inputs come from tests/.
 import argparse
 import json
 import resource

@@ -13,6 +13,8 @@ base is), so no mode pays for it. Runs on the CPU unless CUDA is there.
 
 from __future__ import annotations
 
+# Imports inside functions: each measured trial runs in its own process and imports the
+# recipe there, so its peak RSS is the trial's own.
 import argparse
 import json
 import resource

@@ -3,6 +3,8 @@ random-weight pipeline of Wan2.1-T2V-1.3B's released configs and the captioned M
 
 from __future__ import annotations
 
+# Imports inside functions: `inputs` alone builds models and writes clips (diffusers, av);
+# `run` and `summarize` import this module for its constants.
 import os
 import shutil
 import tempfile

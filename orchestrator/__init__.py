@@ -27,7 +27,7 @@ def package_version(root: Path = SOURCE_TREE) -> str:
         version = re.search(r'^version\s*=\s*"([^"]+)"', table, re.M)
         if name and version and name.group(1) == DISTRIBUTION:
             return version.group(1)
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version  # only without a pyproject.toml
 
     try:
         return version(DISTRIBUTION)

@@ -112,7 +112,7 @@ def triton_unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
     if not q.is_cuda:
         return f"device {q.device.type} is not CUDA"
     try:
-        from .triton_backend import unsupported_reason
+        from .triton_backend import unsupported_reason  # imports triton: optional
     except ImportError as exc:  # triton missing, or the kernel module not importable
         return f"Triton kernels unavailable ({exc})"
     return unsupported_reason(q, config)
@@ -136,7 +136,7 @@ def sla_branches(
         return run_reference(q, k, v, config), "torch"
     reason = triton_unsupported_reason(q, config)
     if reason is None:
-        from .triton_backend import sla_triton
+        from .triton_backend import sla_triton  # imports triton: optional
 
         return sla_triton(q, k, v, config=config, use_bf16=use_bf16), "triton"
     if config.backend == "triton":

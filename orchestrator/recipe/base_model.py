@@ -27,6 +27,7 @@ from diffusers import WanTransformer3DModel
 
 from orchestrator.data import StepSampler, build_datasets, collate
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
+from orchestrator.storage import download_dir, open_location
 from orchestrator.storage.local import file_lock
 
 from .config import TrainConfig, autocast_dtype
@@ -116,7 +117,6 @@ def load_base_model(
 
 def _fetch(store: str, base_id: str, cache: Path, log: Callable[[str], None]) -> None:
     """The store's copy of the base into cache/<base_id> (atomic), when the store has it whole."""
-    from orchestrator.storage import download_dir, open_location
 
     remote = open_location(store, what="the base model store").join(base_id)
     if not remote.join("config.json").is_file():
@@ -131,7 +131,6 @@ def _fetch(store: str, base_id: str, cache: Path, log: Callable[[str], None]) ->
 
 def _publish(store: str, base_id: str, final: Path, log: Callable[[str], None]) -> None:
     """Upload cache/<base_id> to the store unless it has it; config.json last (the marker)."""
-    from orchestrator.storage import open_location
 
     remote = open_location(store, what="the base model store").join(base_id)
     if remote.join("config.json").is_file():

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from orchestrator.storage import cache_root, is_uri, open_location
 from orchestrator.storage.local import file_lock
 
 STORE_FILE = ".store"  # in a node's mirror of a bucket's reference directory: the bucket's URI
@@ -40,7 +41,6 @@ class BaseReference:
 
 def reference_dir(directory: str | os.PathLike) -> Path:
     """The local directory for a reference cache given as a path or a URI (its node mirror)."""
-    from orchestrator.storage import cache_root, is_uri
 
     if not is_uri(str(directory)):
         return Path(directory)
@@ -54,7 +54,6 @@ def reference_dir(directory: str | os.PathLike) -> Path:
 
 def _store(directory: Path):
     """The bucket a mirror stands for (None: a plain directory)."""
-    from orchestrator.storage import open_location
 
     marker = directory / STORE_FILE
     if not marker.is_file():

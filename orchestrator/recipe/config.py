@@ -254,6 +254,7 @@ class TrainConfig:
         if self.timestep_shift is not None:
             return float(self.timestep_shift)
         if self.is_pipeline:
+            # models.pipeline imports torch (models.weights); the CLI imports this module
             from orchestrator.models.pipeline import read_pipeline
 
             return read_pipeline(self.model, weights=("transformer",)).shift
@@ -367,7 +368,7 @@ def _shape_errors(c: TrainConfig) -> list[str]:
     if not (is_positive_int(c.data.frames) and c.data.hw and all(map(is_positive_int, c.data.hw))):
         return []  # DataConfig reports the values themselves
     names = ("data.frames", "data.size", "data.size")
-    from orchestrator.models.pipeline import read_pipeline
+    from orchestrator.models.pipeline import read_pipeline  # imports torch: see flow_shift
 
     return read_pipeline(c.model, weights=("transformer",)).size_errors(
         c.data.frames, *c.data.hw, names=names

@@ -121,7 +121,9 @@ def base_directory(train: TrainConfig, base_id: str) -> Path | None:
         return root / "transformer" if train.is_pipeline else root
     if train.base_steps == 0:
         return None
-    from .base_model import default_cache_dir
+    from .base_model import (
+        default_cache_dir,
+    )  # imports diffusers: heavy, and LoRA specs are checked by the CLI
 
     cache = Path(train.base_cache_dir).expanduser() if train.base_cache_dir else default_cache_dir()
     return (cache / base_id).resolve()

@@ -38,7 +38,7 @@ def data_folder(train: TrainConfig, root: Path) -> Path:
     """The folder of captioned clips to encode: data.source, or the digits written as one."""
     if train.data.source != "digits":
         return Path(train.data.source)
-    from orchestrator.data.digits_folder import write_digits_folder
+    from orchestrator.data.digits_folder import write_digits_folder  # scikit-learn: digits only
 
     h, w = train.data.hw
     if h != w:

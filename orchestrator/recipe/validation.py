@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,11 @@ from torch import nn
 
 from orchestrator.data.cache import TensorCache, key_of
 from orchestrator.data.encoded import TEXTS
+from orchestrator.data.video_writers import write_frame_grid, write_video
 from orchestrator.recipe.config import ValidationConfig
 from orchestrator.recipe.evaluate import psnr
 from orchestrator.recipe.flow_matching import guided_euler_sample
+from orchestrator.storage.local import file_lock
 
 BASE_KIND = "validation_base"
 
@@ -53,6 +57,7 @@ class VideoValidation:
         device: torch.device,
         autocast: Callable,
     ) -> None:
+        # models.pipeline_models loads diffusers' VAE and encoder classes: only pipeline trials
         from orchestrator.models.pipeline import read_pipeline
         from orchestrator.models.pipeline_models import pad_prompts
 
@@ -94,9 +99,7 @@ class VideoValidation:
     def decode(self, latents: torch.Tensor) -> tuple[VideoSet, dict[str, float]]:
         """Frames of the latents, decoded by the VAE (loaded for this only), and the decode's
         time and peak memory."""
-        import time
-
-        from orchestrator.models.pipeline_models import decode_latents, load_vae
+        from orchestrator.models.pipeline_models import decode_latents, load_vae  # diffusers
 
         started = time.perf_counter()
         with PeakMemory(self.device) as memory:
@@ -116,7 +119,6 @@ class VideoValidation:
 
     def base_videos(self, model: nn.Module, base_id: str, directory: Path | None) -> VideoSet:
         """The base's videos: computed once per sweep into `directory`, then loaded."""
-        from orchestrator.storage.local import file_lock
 
         if directory is None:
             return self.decode(self.generate(model))[0]
@@ -144,7 +146,6 @@ class VideoValidation:
 
 def write_videos(videos: VideoSet, directory: Path, *, fps: float, prefix: str = "") -> list[Path]:
     """An MP4 and a frame-grid PNG per video into `directory` (what MLflow shows inline)."""
-    from orchestrator.data.video_writers import write_frame_grid, write_video
 
     directory.mkdir(parents=True, exist_ok=True)
     files = []
@@ -172,8 +173,6 @@ class PeakMemory:
         self.device, self.peak_mib = device, 0.0
 
     def __enter__(self) -> PeakMemory:
-        import threading
-
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
