@@ -61,6 +61,7 @@ def test_interpreter_refuses_bf16_compute():
     assert "bfloat16 matmuls are wrong under TRITON_INTERPRET=1" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_paired_tiles_phik_buffer_and_one_pass_dkdv_match_the_single_block_loop():
     # Each LaunchConfig the GPU may autotune to computes the same sums in another order; the
     # marginal dK/dV in one pass rounds the sparse branch's dK, dV once instead of twice.

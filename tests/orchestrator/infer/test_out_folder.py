@@ -24,6 +24,8 @@ from orchestrator.recipe import TrainConfig, run_trial
 from orchestrator.tracking.mlflow_log import artifact_location
 from tests.orchestrator.infer.test_pipeline_infer import PROMPT, SLA, train_pipeline_trial
 
+pytestmark = pytest.mark.slow  # every test reads a trained trial's checkpoint
+
 KINDS = ("preset", "pipeline")
 ARGS = {"preset": ["--num-samples", "2"], "pipeline": ["--prompt", PROMPT, "--steps", "1"]}
 # a file of the user's whose name looks like an output of each path

@@ -25,6 +25,8 @@ from orchestrator.cli import main as cli_main
 from orchestrator.infer.pipeline_videos import FRAMES_FILE, SUMMARY_FILE
 from tests.orchestrator.infer.test_pipeline_infer import PROMPT, infer, train_pipeline_trial
 
+pytestmark = pytest.mark.slow  # every test reads a trained trial's checkpoint
+
 ATOL = 1e-6  # on frames in [0, 1]: ~8 float32 ulps at 1.0
 COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "vae")
 

@@ -18,6 +18,8 @@ from orchestrator.infer.pipeline_videos import FRAMES_FILE, SUMMARY_FILE
 from orchestrator.recipe import TrainConfig, run_trial
 from sla_kernel_glue import SLAConfig, SLAHandle
 
+pytestmark = pytest.mark.slow  # every test reads a trained trial's checkpoint
+
 PROMPT = "a handwritten digit seven"
 SLA = SLAConfig(topk=0.5, blkq=16, blkk=16)
 

@@ -40,6 +40,7 @@ def test_preset_sizes_span_cpu_to_h200():
     )
 
 
+@pytest.mark.slow
 def test_tiny_training_steps_fit_one_fixed_batch():
     # A functional check of the tiny preset (timing belongs in benchmarks, not tests): a few
     # AdamW steps on one fixed batch, noise and timesteps lower the flow-matching loss.

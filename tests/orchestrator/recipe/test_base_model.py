@@ -2,6 +2,7 @@
 
 import multiprocessing
 
+import pytest
 import torch
 
 from orchestrator.recipe import TrainConfig
@@ -21,6 +22,7 @@ def _trial_process(cache, queue):
     queue.put((log, base_id, float(sum(p.detach().double().sum() for p in model.parameters()))))
 
 
+@pytest.mark.slow
 def test_cached_by_config_and_trained_once_by_concurrent_trials(tmp_path):
     # Separate processes, as concurrent trials are (diffusers' loading is not thread-safe).
     context = multiprocessing.get_context("spawn")

@@ -28,6 +28,7 @@ def set_up(train: TrainConfig, sla, workdir, refs=None) -> TrialRecipe:
     return recipe
 
 
+@pytest.mark.slow
 def test_second_trial_loads_the_base_reference_the_first_computed(cache, tmp_path):
     train = TrainConfig(base_steps=10, base_cache_dir=cache, sample_steps=2, data={"num_val": 2})
     refs = tmp_path / "base_reference"

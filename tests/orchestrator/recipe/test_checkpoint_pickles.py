@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["optimizer.bin", "pytorch_model.bin"])
 def test_a_pickled_torch_file_is_one_line(name, checkpoint, tmp_path, capsys):
     from orchestrator.cli import main

@@ -75,6 +75,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_real_full_tmpfs_keeps_the_previous_checkpoint(small_tmpfs, base_cache):
     workdir = small_tmpfs / "trial"
     recorder = FirstCheckpointDigest()
@@ -88,6 +89,7 @@ def test_real_full_tmpfs_keeps_the_previous_checkpoint(small_tmpfs, base_cache):
     check_first_checkpoint_survives(workdir, recorder.first)
 
 
+@pytest.mark.slow
 def test_enospc_while_writing_sla_attention_keeps_the_previous_checkpoint(
     base_cache, tmp_path, monkeypatch
 ):

@@ -63,6 +63,7 @@ def test_lora_config_defaults_and_every_error_at_once():
         TrainConfig.from_dict({"lora": 3})
 
 
+@pytest.mark.slow
 def test_trainable_are_the_adapter_and_proj_l_only(cache, tmp_path):
     recipe = TrialRecipe(tiny(cache, steps=1, lora={"rank": 2}), SLA, tmp_path)
     try:
@@ -132,6 +133,7 @@ def test_lora_resume_is_bitwise(cache, tmp_path):
     assert not all(torch.equal(mid[k], b[k]) for k in mid)  # the resumed run trained
 
 
+@pytest.mark.slow
 def test_resume_of_a_full_fine_tune_as_lora_is_refused(cache, tmp_path):
     run_trial(tiny(cache, steps=1), SLA, tmp_path / "full", callback=RecordingCallback())
     with pytest.raises(ValueError, match="full fine-tune's checkpoint and this run is a frozen"):

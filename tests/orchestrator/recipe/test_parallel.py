@@ -67,6 +67,7 @@ def max_abs_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 def test_fsdp_trial_matches_the_ddp_trial(runs, tmp_path):
     root, records = runs
     ddp, fsdp = records["ddp"][0]["losses"], records["fsdp"][0]["losses"]
@@ -80,6 +81,7 @@ def test_fsdp_trial_matches_the_ddp_trial(runs, tmp_path):
     assert moved > 20 * WEIGHT_ATOL  # the steps moved the weights far more than the tolerance
 
 
+@pytest.mark.slow
 def test_each_fsdp_rank_holds_about_half_of_the_parameters(runs):
     _, records = runs
     ddp, fsdp = records["ddp"], records["fsdp"]
@@ -90,6 +92,7 @@ def test_each_fsdp_rank_holds_about_half_of_the_parameters(runs):
         assert 0.45 * total <= fsdp[rank]["local_numel"] <= 0.55 * total
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_has_shards_and_a_whole_sla_file(runs, tmp_path):
     root, _ = runs
     directory = root / "fsdp" / "checkpoint_000004"
@@ -107,6 +110,7 @@ def test_fsdp_checkpoint_has_shards_and_a_whole_sla_file(runs, tmp_path):
             assert torch.equal(tensor, model[f"{path}.sla.{name}"])  # whole, not rank 0's shard
 
 
+@pytest.mark.slow
 def test_fsdp_resume_continues_like_the_straight_run(runs, tmp_path):
     root, records = runs
     straight = whole_model(root / "fsdp" / "checkpoint_000004", tmp_path)

@@ -28,6 +28,7 @@ def _config(pipeline: Path, cache: Path, *, size: int, prompts=("a handwritten d
     })  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, size", [("wan2.1", 32), ("wan2.2", 64)])
 def test_a_trial_trains_and_validates_on_the_cache(variant, size, tmp_path):
     pipeline = tiny_pipeline(tmp_path.parent / "pipelines", variant)
@@ -44,6 +45,7 @@ def test_a_trial_trains_and_validates_on_the_cache(variant, size, tmp_path):
     assert sum(name.startswith("base_") for name in videos) == 4
 
 
+@pytest.mark.slow
 def test_training_needs_neither_the_vae_nor_the_text_encoder(tmp_path):
     pipeline = shutil.copytree(tiny_pipeline(tmp_path.parent / "pipelines"), tmp_path / "pipe")
     config = _config(pipeline, tmp_path / "cache", size=32, prompts=())

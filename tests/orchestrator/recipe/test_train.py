@@ -44,6 +44,7 @@ def sla_run(cache, tmp_path_factory):
     return final, recorder, workdir
 
 
+@pytest.mark.slow
 def test_thirty_steps_lower_the_loss(sla_run):
     final, recorder, _ = sla_run
     losses = [v for _, v in recorder.series("train/loss")]
@@ -53,6 +54,7 @@ def test_thirty_steps_lower_the_loss(sla_run):
     assert val[0][0] == 0 and val[-1][0] == 30 and val[-1][1] < val[0][1]
 
 
+@pytest.mark.slow
 def test_all_metrics_emitted_and_finite(sla_run):
     final, _, _ = sla_run
     for name in METRICS:
@@ -62,6 +64,7 @@ def test_all_metrics_emitted_and_finite(sla_run):
     assert final["sla/fallback_calls"] > 0  # Wan's cross-attention is dense, and counted
 
 
+@pytest.mark.slow
 def test_flops_match_attention_flops_for_the_shapes(sla_run):
     final, _, _ = sla_run
     # tiny: 2 self-attention layers, 2 heads of 32, 4 frames of 16x16 -> 256 tokens, batch 4
@@ -71,6 +74,7 @@ def test_flops_match_attention_flops_for_the_shapes(sla_run):
     assert final["flops/attention_ratio"] < 1
 
 
+@pytest.mark.slow
 def test_checkpoint_directory_contents(sla_run):
     final, recorder, workdir = sla_run
     ((step, directory, metrics),) = recorder.checkpoints
@@ -87,6 +91,7 @@ def test_checkpoint_directory_contents(sla_run):
     assert (directory / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_dense_control(cache, tmp_path):
     final = run_trial(tiny(cache, steps=3), None, tmp_path, callback=RecordingCallback())
     assert final["val/attn_rel_err"] == 0.0 and final["sla/fallback_calls"] == 0.0
@@ -104,6 +109,7 @@ def model_state(directory):
     return load_file(str(directory / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(cache, tmp_path):
     config = tiny(
         cache, steps=6, checkpoint_every=3, grad_accum=2, lr_schedule="cosine", warmup_steps=2
@@ -130,6 +136,7 @@ def test_resume_continues_exactly(cache, tmp_path):
     assert not all(torch.equal(mid[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_with_other_sla_settings_is_refused(cache, tmp_path):
     run_trial(tiny(cache, steps=1), SLA, tmp_path / "a", callback=RecordingCallback())
     with pytest.raises(ValueError, match="cannot resume from .*SLA config"):
@@ -142,6 +149,7 @@ def test_resume_with_other_sla_settings_is_refused(cache, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_frozen_base_trains_only_proj_l(cache, tmp_path):
     run_trial(
         tiny(cache, steps=2, train_base=False, lr=1e-2), SLA, tmp_path, callback=RecordingCallback()
@@ -156,6 +164,7 @@ def test_frozen_base_trains_only_proj_l(cache, tmp_path):
     assert proj and any(t.abs().sum() > 0 for t in proj)  # zero-initialised, now trained
 
 
+@pytest.mark.slow
 def test_cli_runs_one_trial(cache, tmp_path, capsys):
     assert (
         cli_main(
@@ -186,6 +195,7 @@ def test_wrong_data_folder_through_the_recipe(cache, tmp_path):
         run_trial(config, None, tmp_path / "out", callback=RecordingCallback())
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_data_parallel_run(cache, tmp_path):
     """torchrun with 2 CPU processes (gloo): one DDP run, RNG state per rank, global-batch FLOPs."""
     import os
@@ -220,6 +230,7 @@ def test_two_processes_train_as_one_data_parallel_run(cache, tmp_path):
     assert metrics["flops/attention"] == pytest.approx(2 * per_layer.sla, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_keep_checkpoints_prunes_after_the_callback(cache, tmp_path):
     seen = []
 

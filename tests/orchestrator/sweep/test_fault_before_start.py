@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.mlflow_server import MlflowServer
 from tests.paths import REPO
@@ -102,6 +103,7 @@ def test_a_tracking_uri_whose_port_is_not_a_number_is_one_line(tmp_path):
     assert not base.exists() and list(cwd.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_real_mlflow_server_passes_the_answer_check(tmp_path):
     from orchestrator.sweep.preflight import ANSWER_TIMEOUT_S, check_tracking_answers
 

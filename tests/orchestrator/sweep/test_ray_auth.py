@@ -144,6 +144,7 @@ def _first_token(home: str, barrier, out) -> None:
     out.put(ensure_local_token().read_text())
 
 
+@pytest.mark.slow
 def test_drivers_starting_at_once_share_one_token(tmp_path, monkeypatch):
     # Two sweeps started together on a fresh machine: each made and read the token file, and
     # one could read its own token while the other overwrote it; then one instance's GCS had a
@@ -195,6 +196,7 @@ print("STATE", ray.get(Controller.remote().watched.remote()))
 """
 
 
+@pytest.mark.slow
 def test_a_joined_sweep_s_actors_find_their_cluster_beside_another(ray_cluster, tmp_path):
     # Two Ray instances on one host: Ray's state API, called with no address inside a detached
     # actor (Train's placement-group cleaner asks it whether its controller lives), could not

@@ -45,6 +45,7 @@ def _child(buffer: MlflowBuffer, experiment_id: str, parent: str, trial: str) ->
                            "start_time": 1_000, "find": find})  # fmt: skip
 
 
+@pytest.mark.slow
 def test_buffer_holds_records_through_an_outage(server, tmp_path, quick_http):
     """Server stopped: a run made, rows, params and an artifact queued (its file then deleted,
     as a rotated checkpoint's); restarted: each row, param and the artifact there exactly once,
@@ -93,6 +94,7 @@ def test_buffer_holds_records_through_an_outage(server, tmp_path, quick_http):
     assert buffer.close(5) and not (tmp_path / JOURNAL).exists()
 
 
+@pytest.mark.slow
 def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick_http):
     """close() with the server away: the records go to the journal with one line saying how to
     send them; the sweep's next buffer sends them once the server answers (a line cut by a kill
@@ -134,6 +136,7 @@ def test_a_server_still_away_at_the_end_leaves_a_journal(server, tmp_path, quick
     assert replay.close(5) and not journal.exists()
 
 
+@pytest.mark.slow
 def test_a_record_the_server_refuses_is_said_and_left_out(server, tmp_path, quick_http):
     """A 4xx answer (a param changed after it was logged) is one line and that record only:
     the records after it are sent."""
