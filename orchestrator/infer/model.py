@@ -2,8 +2,9 @@
 
 Checkpoint (what a trial writes): build the architecture named in trial.json (a preset, or the
 local base model directory, or a pipeline's transformer/), inject SLA with the trial's saved
-settings, load the model weights of the accelerate state (model.safetensors, or pytorch_model.bin
-with weights_only=True) and replay sla_attention.pt. A frozen base's (lean) checkpoint instead
+settings, load the model weights (orchestrator.recipe.checkpoint_weights: the accelerate state's
+model.safetensors or pytorch_model.bin, or a sharded trial's sharded/ joined into whole tensors)
+and replay sla_attention.pt. A frozen base's (lean) checkpoint instead
 rebuilds its base, checks its fingerprint against trial.json's and loads the trial's adapter
 (LoRA) before SLA goes in. Export (what `sla-sweep export` writes):
 sla_kernel_glue.load_exported. A pipeline trial's transformer is rebuilt here too
@@ -23,7 +24,6 @@ from typing import Any, Literal
 
 import torch
 from diffusers import WanTransformer3DModel
-from safetensors.torch import load_file
 from torch import nn
 
 from orchestrator.data.folder import clip_shape
@@ -32,7 +32,8 @@ from orchestrator.infer.export_info import INFERENCE_FILE
 from orchestrator.infer.samples import GenerationSettings
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 from orchestrator.recipe.base_model import load_base_model
-from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, TRIAL_FILE, read_trial
+from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, read_trial
+from orchestrator.recipe.checkpoint_weights import model_state
 from orchestrator.recipe.config import TrainConfig
 from orchestrator.recipe.lora import (
     LORA_FILE,
@@ -195,16 +196,11 @@ def load_export_model(
 
 
 def _accelerate_model_state(directory: Path) -> dict[str, torch.Tensor]:
-    """The first model's weights in an accelerate save_state directory."""
-    safetensors_file = directory / "model.safetensors"
-    if safetensors_file.is_file():
-        return load_file(str(safetensors_file))
-    bin_file = directory / "pytorch_model.bin"
-    if bin_file.is_file():
-        return torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise InferenceError(
-        f"{directory}: no model.safetensors or pytorch_model.bin (accelerate state) beside {TRIAL_FILE}"
-    )
+    """The model's weights of a checkpoint: whole (a ddp trial's) or joined from sharded/ (fsdp)."""
+    try:
+        return model_state(directory)
+    except ValueError as exc:  # CheckpointWeightsError, an unreadable index or shard
+        raise InferenceError(str(exc)) from None
 
 
 def _few(keys: list[str], limit: int = 3) -> str:

@@ -26,6 +26,7 @@ from torch import nn
 
 from sla_kernel_glue import SLAConfig
 
+from .checkpoint_weights import SHARDED_DIR
 from .parallel import ShardedState, full_sla_states
 
 TRIAL_FILE = "trial.json"
@@ -209,6 +210,9 @@ def load_checkpoint(
         saved = "a frozen base's (lean)" if lean else "a full fine-tune's"
         running = "a frozen-base run (LoRA or train_base false)" if frozen else "a full fine-tune"
         problems.append(f"it is {saved} checkpoint and this run is {running}")
+    layout = _layout_problem(directory, sharded is not None)
+    if layout:
+        problems.append(layout)
     if problems:
         raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
     if frozen is not None:
@@ -226,3 +230,21 @@ def load_checkpoint(
 
         load_sla_state(handle, directory)
     return trial
+
+
+def _layout_problem(directory: Path, run_sharded: bool) -> str | None:
+    """Why a checkpoint cannot resume a run that holds its model the other way (sharded or
+    whole), or None when both hold it alike."""
+    saved_sharded = (Path(directory) / SHARDED_DIR).is_dir()
+    if saved_sharded == run_sharded:
+        return None
+    if saved_sharded:
+        return (
+            f"it is a sharded checkpoint (train.parallel fsdp: model and optimizer in {SHARDED_DIR}/) "
+            "and this run holds the whole model (train.parallel ddp, or fsdp on one worker); "
+            "resume it with train.parallel fsdp on as many workers"
+        )
+    return (
+        "it is a whole-model checkpoint (train.parallel ddp, or fsdp on one worker) and this run "
+        "shards its model (train.parallel fsdp); resume it with train.parallel ddp"
+    )

@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 
-SHARDED_DIR = "sharded"  # a sharded checkpoint's torch.distributed.checkpoint files
+from .checkpoint_weights import SHARDED_DIR, SafeLoadPlanner, ShardReader
 
 
 def is_sharded(parallel: str, accelerator: Accelerator) -> bool:
@@ -131,7 +131,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: 
             "optimizer state); it was written by a parallel ddp trial"
         )
     states = _states(model, optimizer)
-    dcp.load(states, checkpoint_id=str(path))
+    dcp.load(states, storage_reader=ShardReader(str(path)), planner=SafeLoadPlanner())
     set_state_dict(
         model,
         _inner(optimizer),
