@@ -23,6 +23,7 @@ from torch import nn
 
 from orchestrator.data.cache import FileDigests, tensor_digest
 from orchestrator.models.wan_presets import PRESETS
+from orchestrator.models.weights import weight_files
 from orchestrator.storage.local import default_cache_root
 
 from .config import LoraConfig, TrainConfig
@@ -121,25 +122,42 @@ def base_directory(train: TrainConfig, base_id: str) -> Path | None:
         return root / "transformer" if train.is_pipeline else root
     if train.base_steps == 0:
         return None
-    from .base_model import (
-        default_cache_dir,
-    )  # imports diffusers: heavy, and LoRA specs are checked by the CLI
+    # base_model imports diffusers: heavy, and LoRA specs are checked by the CLI
+    from .base_model import default_cache_dir
 
     cache = Path(train.base_cache_dir).expanduser() if train.base_cache_dir else default_cache_dir()
     return (cache / base_id).resolve()
 
 
+def base_files(directory: Path) -> list[Path]:
+    """The files of the base that from_pretrained reads: config.json, a weight index and the
+    weight files it names (or the standard ones); nothing else in the folder, at no depth."""
+    return [directory / "config.json", *sorted(directory.glob("*.index.json")),
+            *weight_files(directory)]  # fmt: skip
+
+
 def base_fingerprint(directory: Path | None, model: nn.Module) -> str:
-    """sha256 of the base's files (memoised by path, size and mtime), else of its tensors."""
+    """sha256 of the base's loaded files (memoised by path, size, mtime, ctime and inode), else
+    of its tensors."""
     if directory is None:
         return "tensors:" + tensor_digest(model.state_dict())
+    digests = FileDigests(default_cache_root() / "digests.json")
+    return "loaded:" + digests.of_files(directory, base_files(directory))
+
+
+def legacy_fingerprint(directory: Path) -> str:
+    """The fingerprint lean checkpoints recorded before "loaded:": every *.json, *.safetensors
+    and *.bin under the folder at any depth (so their checkpoints still resume and infer)."""
     digests = FileDigests(default_cache_root() / "digests.json")
     return "files:" + digests.of_tree(directory, ("*.json", "*.safetensors", "*.bin"))
 
 
 def check_base(saved: dict[str, Any], running: dict[str, Any], where: Path) -> None:
     """LoraStateError (one line, both fingerprints) when the base is not the checkpoint's."""
-    if saved.get("fingerprint") != running["fingerprint"]:
+    now = running["fingerprint"]
+    if str(saved.get("fingerprint")).startswith("files:") and running.get("path"):
+        now = legacy_fingerprint(Path(running["path"]))  # a checkpoint of before "loaded:"
+    if saved.get("fingerprint") != now:
         raise LoraStateError(
             f"{where}: the base model's files changed since training (fingerprint "
             f"{saved.get('fingerprint')} in trial.json, {running['fingerprint']} now, "

@@ -88,7 +88,7 @@ def test_lora_trial_lowers_the_loss_and_checkpoints_lean(cache, tmp_path):
     directory = tmp_path / "checkpoint_000012"
     assert not (directory / "model.safetensors").exists()
     trial = json.loads((directory / "trial.json").read_text())
-    assert trial["checkpoint"] == "lean" and trial["base"]["fingerprint"].startswith("files:")
+    assert trial["checkpoint"] == "lean" and trial["base"]["fingerprint"].startswith("loaded:")
     adapter = load_file(str(directory / LORA_FILE))
     assert all(k.startswith("transformer.") for k in adapter)
     assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in adapter.items())  # trained
@@ -140,3 +140,38 @@ def test_resume_of_a_full_fine_tune_as_lora_is_refused(cache, tmp_path):
         run_trial(tiny(cache, steps=2, lora={"rank": 2}), SLA, tmp_path / "b",
                   callback=RecordingCallback(),
                   resume_from=tmp_path / "full" / "checkpoint_000001")  # fmt: skip
+
+
+def test_base_fingerprint_covers_the_loaded_files_only(tmp_path, monkeypatch):
+    """A lean checkpoint's base fingerprint hashes config.json and the weight files
+    from_pretrained reads; other files in the folder, at any depth, leave it as it was.
+    Checkpoints that recorded the older whole-folder fingerprint ("files:") still pass."""
+    from safetensors.torch import save_file
+
+    from orchestrator.recipe.lora import (
+        LoraStateError,
+        base_fingerprint,
+        check_base,
+        legacy_fingerprint,
+    )
+
+    monkeypatch.setenv("SLA_SWEEP_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "transformer"
+    base.mkdir()
+    (base / "config.json").write_text('{"num_layers": 2}')
+    save_file({"w": torch.ones(3)}, str(base / "diffusion_pytorch_model.safetensors"))
+    first = base_fingerprint(base, None)
+    assert first.startswith("loaded:")
+    (base / "old").mkdir()
+    save_file({"w": torch.zeros(3)}, str(base / "old" / "model.safetensors"))
+    (base / "notes.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(base / "spare.safetensors"))  # not what is loaded
+    assert base_fingerprint(base, None) == first
+    (base / "config.json").write_text('{"num_layers": 3}')
+    assert base_fingerprint(base, None) != first
+    running = {"fingerprint": base_fingerprint(base, None), "path": str(base), "id": "b"}
+    check_base({"fingerprint": legacy_fingerprint(base)}, running, base)  # before "loaded:"
+    with pytest.raises(LoraStateError, match="files changed since training"):
+        check_base({"fingerprint": "files:0123"}, running, base)
+    with pytest.raises(LoraStateError, match="files changed since training"):
+        check_base({"fingerprint": first}, running, base)
