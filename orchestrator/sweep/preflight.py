@@ -1,8 +1,8 @@
 """What must hold on this machine and at the tracking server before a sweep creates anything,
 beside the TCP checks of orchestrator.sweep.reachable: the directories a sweep writes can be
-written, a tracking URI's port is a number, and an MLflow server that accepts a connection also
-answers a request (within ANSWER_TIMEOUT_S; MLflow's own client retries a silent server for
-minutes). Each is a SpecError, one line, before the base model is trained or Ray starts."""
+written, a tracking URI's port is a number, and an MLflow server or a database that accepts a
+connection also answers (within ANSWER_TIMEOUT_S; MLflow's own client retries a silent server for
+minutes, and a silent database hangs SQLAlchemy's connect). Each is a SpecError, one line, before the base model is trained or Ray starts."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from orchestrator.values import shown
 ANSWER_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 3.0
 HTTP_PORTS = {"http": 80, "https": 443}
+# A database's first words: PostgreSQL answers an SSLRequest (length 8, code 80877103) with one
+# byte; a MySQL server greets first, so nothing is sent. Other databases are not probed.
+DB_PROBES = {"postgresql": (5432, (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")),
+             "mysql": (3306, b"")}  # fmt: skip
 
 
 def check_writable(spec: ExperimentSpec, tracking_uri: str) -> None:
@@ -75,26 +79,34 @@ def _write_problem(directory: Path) -> str | None:
 
 def check_tracking_answers(tracking_uri: str, timeout_s: float = ANSWER_TIMEOUT_S) -> None:
     """A SpecError when the tracking URI's port is not a number, or when an MLflow server
-    (http/https) accepts a connection but sends nothing back to a request within timeout_s.
+    (http/https) or a PostgreSQL or MySQL database accepts a connection but sends nothing back
+    within timeout_s (the database after its protocol's first message, DB_PROBES).
     (Nothing accepting a connection at all is orchestrator.sweep.reachable's to say.)"""
     problem = port_problem(tracking_uri)
     if problem:
         raise SpecError("storage.tracking_uri", [f"{shown(_public(tracking_uri))} {problem}"])
     parts = urlsplit(tracking_uri)
-    scheme = parts.scheme.lower()
-    if scheme not in HTTP_PORTS or not parts.hostname:
+    scheme = parts.scheme.lower().split("+")[0]  # postgresql+psycopg2: the database's name
+    if not parts.hostname or (scheme not in HTTP_PORTS and scheme not in DB_PROBES):
         return
-    port = parts.port or HTTP_PORTS[scheme]
+    if scheme in HTTP_PORTS:
+        port = parts.port or HTTP_PORTS[scheme]
+        probe = f"GET /health HTTP/1.1\r\nHost: {parts.hostname}:{port}\r\n"
+        probe, what = (probe + "Connection: close\r\n\r\n").encode(), "the MLflow server"
+        kind = "an MLflow server"
+    else:
+        port, probe = parts.port or DB_PROBES[scheme][0], DB_PROBES[scheme][1]
+        what, kind = "the database", f"a {scheme} server"
     server = f"{scheme}://{parts.hostname}:{port}"  # never a user:password@
     started = time.monotonic()
-    why = _unanswered(parts.hostname, port, scheme == "https", timeout_s)
+    why = _unanswered(parts.hostname, port, probe, scheme == "https", timeout_s)
     if why:
         waited = time.monotonic() - started
         raise SpecError(
             "storage.tracking_uri",
-            [f"the MLflow server at {server} accepted a connection but {why} within "
-             f"{waited:.1f} s; check that it is an MLflow server and that it is not "
-             "stuck, or leave storage.tracking_uri out for the local sqlite store"],
+            [f"{what} at {server} accepted a connection but {why} within "
+             f"{waited:.1f} s; check that it is {kind} and that it "
+             "is not stuck, or leave storage.tracking_uri out for the local sqlite store"],
         )  # fmt: skip
 
 
@@ -103,9 +115,9 @@ def _public(uri: str) -> str:
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", uri)
 
 
-def _unanswered(host: str, port: int, tls: bool, timeout_s: float) -> str | None:
-    """Why a GET /health to host:port got no reply within timeout_s; None when any reply came
-    (any status, even an error: only silence is refused here)."""
+def _unanswered(host: str, port: int, probe: bytes, tls: bool, timeout_s: float) -> str | None:
+    """Why host:port sent nothing back within timeout_s after the probe (nothing sent for an
+    empty one); None when any reply came (any status, even an error: only silence is refused)."""
     deadline = time.monotonic() + timeout_s
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
@@ -117,8 +129,8 @@ def _unanswered(host: str, port: int, tls: bool, timeout_s: float) -> str | None
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
             sock = context.wrap_socket(sock, server_hostname=host)
-        request = f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-        sock.sendall(request.encode())
+        if probe:
+            sock.sendall(probe)
         sock.settimeout(max(deadline - time.monotonic(), 0.1))
         if not sock.recv(1):
             return "closed it without answering a request"
