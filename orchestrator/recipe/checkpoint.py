@@ -24,9 +24,11 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
-from sla_kernel_glue import SLAConfig
+from orchestrator.models.weights import WeightsError, load_weights_only
+from sla_kernel_glue import SLAConfig, load_sla_state, save_sla_state
 
 from .checkpoint_weights import SHARDED_DIR
+from .lora import LORA_FILE, check_base, load_lora, save_lora
 from .parallel import ShardedState, full_sla_states
 
 TRIAL_FILE = "trial.json"
@@ -82,8 +84,6 @@ def save_checkpoint(
             sla_states = full_sla_states(handle)
     if accelerator.is_main_process:
         if handle is not None:
-            from sla_kernel_glue import save_sla_state
-
             save_sla_state(handle, directory, states=sla_states)
         trial = {
             "step": step,
@@ -94,8 +94,6 @@ def save_checkpoint(
         }
         if frozen is not None:
             if frozen.lora:
-                from .lora import save_lora
-
                 save_lora(frozen.model, directory)
             trial.update(checkpoint=LEAN, base=frozen.identity)
         tmp = directory / (TRIAL_FILE + ".tmp")
@@ -154,8 +152,6 @@ def check_files(directory: Path) -> None:
     reads, torch .bin files that load weights-only (memory-mapped, never unpickling code); a
     ValueError naming the first file that is not."""
     from safetensors import SafetensorError, safe_open
-
-    from orchestrator.models.weights import WeightsError, load_weights_only
 
     for root, dirs, files in os.walk(directory):
         for name in sorted(dirs + files):
@@ -216,8 +212,6 @@ def load_checkpoint(
     if problems:
         raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
     if frozen is not None:
-        from .lora import LORA_FILE, check_base, load_lora
-
         check_base(trial.get("base") or {}, frozen.identity, directory)
         if frozen.lora:
             rank = int(((trial.get("train") or {}).get("lora") or {}).get("rank", 0))
@@ -226,8 +220,6 @@ def load_checkpoint(
     if sharded is not None:
         sharded.load(directory)
     elif handle is not None:
-        from sla_kernel_glue import load_sla_state
-
         load_sla_state(handle, directory)
     return trial
 

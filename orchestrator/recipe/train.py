@@ -33,6 +33,7 @@ from .config import TrainConfig, resolve_mixed_precision
 from .flow_matching import flow_loss, sample_timesteps
 from .topk_schedule import schedule_error
 from .trial_setup import TrialSetup
+from .validation import write_videos
 
 
 class TrialRecipe(TrialSetup):
@@ -152,8 +153,6 @@ class TrialRecipe(TrialSetup):
             sharded=self.sharded,
         )
         if videos is not None and acc.is_main_process:
-            from .validation import write_videos
-
             fps = cfg.data.fps or DEFAULT_VIDEO_FPS
             write_videos(videos, directory / VALIDATION_DIR, fps=fps)
             write_videos(self.base_videos, directory / VALIDATION_DIR, fps=fps, prefix="base_")

@@ -6,6 +6,7 @@ sharding (parallel fsdp), the optimizer, and the checkpoint to resume from. Tria
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from orchestrator.data import StepSampler, build_datasets
+from orchestrator.data.encoded import CaptionTable, EncodedClips, read_manifest
 from orchestrator.models.wan_presets import PRESETS, ModelShape
 
 from . import evaluate as ev
@@ -25,6 +27,8 @@ from .compile import compiled_blocks
 from .flow_matching import class_prompts
 from .lora import add_lora, base_identity, lora_parameters
 from .parallel import ShardedState, is_sharded, prepare_sharded, shard_model
+from .pipeline_data import prepare_encoded
+from .validation import VideoValidation
 
 
 class TrialSetup:
@@ -82,9 +86,6 @@ class TrialSetup:
 
     def _setup_encoded_data(self) -> None:
         """A pipeline's clips and captions, encoded before the trials (here, when run alone)."""
-        from orchestrator.data.encoded import CaptionTable, EncodedClips, read_manifest
-
-        from .pipeline_data import prepare_encoded
 
         if self.encoded is None:
             log = print if self.accelerator.is_main_process else (lambda _msg: None)
@@ -162,7 +163,6 @@ class TrialSetup:
         cfg = self.train_cfg
         if not (cfg.is_pipeline and cfg.validation.prompts):
             return
-        from .validation import VideoValidation
 
         self.videos = VideoValidation(
             cfg.validation, self.manifest, frames=int(cfg.data.frames), size=cfg.data.hw,
@@ -262,6 +262,5 @@ class TrialSetup:
 
 
 def _local_in_channels(path: str) -> int:
-    import json
 
     return int(json.loads((Path(path).expanduser() / "config.json").read_text())["in_channels"])
