@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import full_shape
@@ -26,6 +27,7 @@ def test_full_shape_is_wan21_t2v_1_3b_at_480x832_81_frames():
     assert 5.6e9 < sum(p.numel() for p in encoder.parameters()) < 5.7e9  # UMT5-XXL's encoder
 
 
+@pytest.mark.slow
 def test_checkpoint_phase_writes_the_recipes_three_checkpoints(tmp_path):
     assert main(["--tiny", "--out", str(tmp_path), "--phases", "checkpoint"]) == 0
     result = json.loads((tmp_path / "checkpoint.json").read_text())
@@ -51,6 +53,7 @@ def test_a_failing_phase_is_written_down_and_the_next_one_runs(tmp_path, monkeyp
     assert "phase_s" in json.loads((tmp_path / "infer.json").read_text())
 
 
+@pytest.mark.slow
 def test_train_phase_times_dense_and_sla_for_full_and_lora(tmp_path):
     assert main(["--tiny", "--out", str(tmp_path), "--phases", "train", "--steps", "1"]) == 0
     rows = json.loads((tmp_path / "train.json").read_text())["rows"]

@@ -10,6 +10,7 @@ import pytest
 from benchmarks.train_step import main
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["training", "inference"])
 def test_bench_step_times_dense_and_sla(mode, tmp_path, capsys):
     out = tmp_path / "step.json"

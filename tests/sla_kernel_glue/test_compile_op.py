@@ -56,10 +56,12 @@ def result():
     return run_json_script("-c", _SCRIPT)
 
 
+@pytest.mark.slow
 def test_compiled_graphs_hold_the_custom_ops(result):
     assert "sla_kernel_glue.sla_fwd.default" in result["forward_ops"]
     assert "sla_kernel_glue.sla_bwd.default" in result["backward_ops"]
 
 
+@pytest.mark.slow
 def test_compiled_output_and_gradients_equal_eager(result):
     assert result["equal"] == [True, True, True, True]  # output, dq, dk, dv

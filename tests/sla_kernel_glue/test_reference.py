@@ -77,6 +77,7 @@ def test_topk_one_with_zero_proj_l_equals_dense_sdpa(n):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
 
 
+@pytest.mark.slow
 def test_gradcheck_q_k_v_and_proj_l():
     q, k, v = (t.requires_grad_() for t in _qkv((1, 2, 24, 4), seed=3))
     sla = SparseLinearAttention(4, SLAConfig(topk=0.34, blkq=8, blkk=8, backend="torch"))

@@ -45,6 +45,7 @@ def test_all_critical_gives_zero_linear_branch(interp_results):
     assert r["scale"] == 0.0 and r["kernel"] == 0.0
 
 
+@pytest.mark.slow
 def test_interpreter_refuses_bf16_compute():
     code = (
         "import os; os.environ['TRITON_INTERPRET'] = '1'\n"
@@ -71,6 +72,7 @@ def test_paired_tiles_phik_buffer_and_one_pass_dkdv_match_the_single_block_loop(
             assert r[variant] <= 2**-9 * r["scale"], (case, variant, r)
 
 
+@pytest.mark.slow
 def test_wide_score_rows_are_selected_like_router_route():
     # Past TRITON_TOPK_MAX_BLOCKS key blocks the selection is torch.topk's: the same blocks.
     code = (

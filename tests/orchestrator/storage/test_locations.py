@@ -127,6 +127,7 @@ def test_a_uri_without_a_sweep_is_one_line(s3, command, capsys):  # noqa: F811
     assert len(err.splitlines()) == 1 and target in err, err
 
 
+@pytest.mark.slow
 def test_base_model_is_pretrained_once_and_fetched_by_another_node(s3, tmp_path):  # noqa: F811
     """Two caches stand for two nodes: the first pre-trains and uploads, the second fetches."""
     import dataclasses
