@@ -190,10 +190,6 @@ def wan_config_layout(dst: str | Path, release: str) -> Path:
             "model_type": "umt5",
             "d_model": 4096,
         },
-        "text_encoder/model.safetensors.index.json": {
-            "metadata": {},
-            "weight_map": {f"layer{i}.weight": shard for i, shard in enumerate(shards)},
-        },
         "tokenizer/tokenizer_config.json": {"model_max_length": 1000000000000000019884624838656},
         "scheduler/scheduler_config.json": {
             "_class_name": "UniPCMultistepScheduler",
@@ -212,8 +208,20 @@ def wan_config_layout(dst: str | Path, release: str) -> Path:
             state = cls.from_config(config).state_dict()
         shapes = {name: tuple(t.shape) for name, t in state.items()}
         write_header_only(root / part / "diffusion_pytorch_model.safetensors", shapes)
-    for i, shard in enumerate(shards):
-        write_header_only(root / "text_encoder" / shard, {f"layer{i}.weight": (4096, 4096)})
+    # the encoder's tensors as UMT5EncoderModel has them (shared.weight once: the tied
+    # encoder.embed_tokens.weight is not saved), spread over the shards the index names
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = json.loads((root / "text_encoder" / "config.json").read_text())
+    with torch.device("meta"):
+        state = UMT5EncoderModel(UMT5Config(**config)).state_dict()
+    names = [n for n in state if n != "encoder.embed_tokens.weight"]
+    weight_map = {name: shards[i % len(shards)] for i, name in enumerate(names)}
+    for shard in shards:
+        held = {n: tuple(state[n].shape) for n, s in weight_map.items() if s == shard}
+        write_header_only(root / "text_encoder" / shard, held)
+    index = {"metadata": {}, "weight_map": weight_map}
+    (root / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps(index))
     return root
 
 

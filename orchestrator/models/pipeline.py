@@ -39,7 +39,12 @@ from orchestrator.models.pipeline_fields import (
     transformer_fields,
     vae_fields,
 )
-from orchestrator.models.weights import diffusers_problems, folder_shapes, transformer_problems
+from orchestrator.models.weights import (
+    diffusers_problems,
+    folder_shapes,
+    text_encoder_problems,
+    transformer_problems,
+)
 
 _NEEDS = {  # subfolder -> what a Wan pipeline needs there
     "transformer": "the WanTransformer3DModel to fine-tune (config.json and its weights)",
@@ -176,7 +181,8 @@ def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) 
     problems.extend(cross_problems(fields, root))
     configs_sound = not problems  # tensors are compared with configs only once those are sound
     for part, cls, config in (("transformer", WanTransformer3DModel, transformer),
-                              ("vae", AutoencoderKLWan, vae), ("text_encoder", None, None)):  # fmt: skip
+                              ("vae", AutoencoderKLWan, vae),
+                              ("text_encoder", TEXT_ENCODER, text_encoder)):  # fmt: skip
         if part in weights and (root / part).is_dir():
             problems.extend(weight_problems(root / part, cls, config if configs_sound else None))
     if problems:
@@ -240,9 +246,13 @@ def _weight_problems(folder: Path, need: str) -> list[str]:
     return problems
 
 
-def weight_problems(folder: Path, cls: type | None, config: dict[str, Any] | None) -> list[str]:
+TEXT_ENCODER = "UMT5EncoderModel"  # a transformers model: checked by text_encoder_problems
+
+
+def weight_problems(folder: Path, cls: Any, config: dict[str, Any] | None) -> list[str]:
     """A model folder's weight files: each complete (safetensors) or weights-only (.bin), and,
-    for a diffusers `cls` with its `config`, every name and shape from_pretrained would load.
+    for a diffusers `cls` (or TEXT_ENCODER) with its `config`, every name and shape
+    from_pretrained would load.
     Only headers are read (orchestrator.models.weights)."""
     shapes, problems = folder_shapes(folder)
     if problems or cls is None or config is None:
@@ -253,10 +263,12 @@ def weight_problems(folder: Path, cls: type | None, config: dict[str, Any] | Non
         tuple(sorted(shapes.items())),
     )
     if key not in _CHECKED:  # read_pipeline runs in every trial: the model is built once
-        config = {**init_defaults(cls), **config}
+        config = config if cls is TEXT_ENCODER else {**init_defaults(cls), **config}
         where = folder / "config.json"
         if cls is WanTransformer3DModel:  # its depth and size first: no 40,000-block build
             _CHECKED[key] = transformer_problems(config, shapes, where)
+        elif cls is TEXT_ENCODER:
+            _CHECKED[key] = text_encoder_problems(config, shapes, where)
         else:
             _CHECKED[key] = diffusers_problems(cls, config, shapes, where)
     return list(_CHECKED[key])

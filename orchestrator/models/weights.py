@@ -238,6 +238,43 @@ def _against_model(cls: type, config: dict[str, Any], shapes: Shapes, path: Path
     return problems
 
 
+def text_encoder_problems(config: dict[str, Any], shapes: Shapes, path: Path) -> list[str]:
+    """A UMT5EncoderModel config against its weights: every tensor the model loads is there with
+    its shape (tied weights, such as shared.weight and encoder.embed_tokens.weight, count once:
+    any one of their names). Extra tensors are not a problem (transformers drops them)."""
+    # heavy: transformers, only to build the encoder's skeleton on the meta device
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    try:
+        with torch.device("meta"):
+            model = UMT5EncoderModel(UMT5Config(**config))
+    except Exception as exc:  # noqa: BLE001 - any constructor error is the config's problem
+        return [f"{path}: UMT5EncoderModel cannot be built from this config ({exc})"]
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    missing, wrong = [], []
+    for names in groups.values():
+        held = [n for n in names if n in shapes]
+        expected = tuple(model.get_parameter(names[0]).shape)
+        if not held:
+            missing.append(names[0])
+        elif shapes[held[0]] != expected:
+            wrong.append(f"{held[0]} {shapes[held[0]]} (config: {expected})")
+    problems = []
+    if missing:
+        problems.append(
+            f"{path}: the weights lack {len(missing)} tensors the config describes"
+            f" ({_few(sorted(missing))}), which from_pretrained would initialise randomly"
+        )
+    if wrong:
+        problems.append(
+            f"{path}: {len(wrong)} tensors have other shapes than the config gives: "
+            + ", ".join(sorted(wrong)[:2])
+        )
+    return problems
+
+
 def _few(names: list[str], limit: int = 3) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more

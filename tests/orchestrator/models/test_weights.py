@@ -40,3 +40,27 @@ def test_a_vae_config_that_is_not_its_weights(tiny_pipeline_dir, tmp_path):
     with pytest.raises(PipelineError) as caught:
         read_pipeline(root)
     assert any("other shapes" in p and "vae" in p for p in caught.value.problems)
+
+
+def test_a_text_encoder_whose_weights_lack_a_tensor_or_differ_in_shape(tiny_pipeline_dir, tmp_path):
+    """The UMT5 encoder's tensors are compared with its config by name and shape (headers only):
+    a tensor left out, which from_pretrained would initialise randomly, or a wider one, is named;
+    the untouched encoder (its tied shared/embed_tokens weights saved once) passes."""
+    from safetensors.torch import load_file, save_file
+
+    root = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "p"))
+    read_pipeline(root)
+    weights = root / "text_encoder" / "model.safetensors"
+    tensors = load_file(str(weights))
+    norm = next(k for k in sorted(tensors) if k.endswith("layer_norm.weight"))
+    save_file({k: v for k, v in tensors.items() if k != norm}, str(weights))
+    with pytest.raises(PipelineError) as caught:
+        read_pipeline(root)
+    (problem,) = caught.value.problems
+    assert "text_encoder" in problem and "lack 1 tensors" in problem and norm in problem
+    tensors[norm] = tensors[norm].repeat(2)
+    save_file(tensors, str(weights))
+    with pytest.raises(PipelineError) as caught:
+        read_pipeline(root)
+    (problem,) = caught.value.problems
+    assert "other shapes" in problem and norm in problem
