@@ -84,6 +84,9 @@ class ResourcesSpec:
     # Ray custom resources each Train worker asks for besides CPUs and GPUs ({"trial_node": 1}):
     # a trial's workers go only to nodes started with them (ray start --resources).
     custom_per_worker: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # Each GPU's memory for the memory plan when the driver cannot see the trials' GPUs (none
+    # here, or a joined cluster's); None: torch.cuda's first GPU, when there is one.
+    gpu_memory_gib: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,7 +104,13 @@ def parse_scheduler(value: Any, metric: str, mode: str, errors: list[str]) -> Sc
 def parse_resources(sec: Mapping, errors: list[str], gpus_available: int | None) -> ResourcesSpec:
     errors += unknown_keys(
         sec,
-        ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "custom_per_worker"),
+        (
+            "workers_per_trial",
+            "cpus_per_worker",
+            "gpus_per_worker",
+            "custom_per_worker",
+            "gpu_memory_gib",
+        ),
         "resources.",
     )
     workers = integer(sec, "resources.workers_per_trial", "workers_per_trial", 1, 1, errors)
@@ -118,15 +124,21 @@ def parse_resources(sec: Mapping, errors: list[str], gpus_available: int | None)
             f"resources.gpus_per_worker ({shown(gpus)}) must be 0, a fraction in (0, 1] or a whole number"
         )
         gpus = 0
-    if gpus > 0:
+    memory = sec.get("gpu_memory_gib")
+    if memory is not None and (not is_num(memory) or memory <= 0):
+        errors.append(f"resources.gpu_memory_gib ({shown(memory)}) must be a number > 0 (GiB)")
+        memory = None
+    if gpus > 0 and memory is None:  # given: the trials' GPUs are a cluster's, not this machine's
         have = _gpu_count() if gpus_available is None else gpus_available
         if have == 0:
             errors.append(
                 f"resources.gpus_per_worker ({gpus}) asks for GPUs but this machine has none; "
-                "set resources.gpus_per_worker=0 or run with --address on a GPU cluster"
+                "set resources.gpus_per_worker=0 or run with --address on a GPU cluster "
+                "(with resources.gpu_memory_gib)"
             )
     custom = _custom_resources(sec.get("custom_per_worker", {}), errors)
-    return ResourcesSpec(workers, float(cpus), float(gpus), custom)
+    gib = None if memory is None else float(memory)
+    return ResourcesSpec(workers, float(cpus), float(gpus), custom, gib)
 
 
 RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")

@@ -32,6 +32,7 @@ class Shape:
     channels: int
     text_dim: int
     patch: tuple[int, int, int] = (1, 2, 2)
+    heads: int = 1
 
     @property
     def params(self) -> int:
@@ -52,7 +53,7 @@ def step_errors(train: TrainConfig) -> list[str]:
 def memory_errors(train: TrainConfig, *, gpu: bool) -> list[str]:
     """One line when the estimate exceeds what one worker's device has (GPU: this machine's
     first GPU, when the driver has one; CPU: this machine's memory)."""
-    shape, tokens, pixels = _shape(train)
+    shape, tokens, pixels = trial_shape(train)
     if shape is None or tokens <= 0:
         return []
     where, have = _capacity(gpu)
@@ -81,12 +82,12 @@ def memory_errors(train: TrainConfig, *, gpu: bool) -> list[str]:
     ]
 
 
-def _shape(train: TrainConfig) -> tuple[Shape | None, int, int]:
+def trial_shape(train: TrainConfig) -> tuple[Shape | None, int, int]:
     """(model shape, tokens per clip, values per clip) of a trial, (None, 0, 0) when unknown."""
     preset = PRESETS.get(train.model)
     if preset is not None:
         shape = Shape(preset.heads * preset.head_dim, preset.layers, preset.ffn_dim,
-                      preset.in_channels, preset.text_dim)  # fmt: skip
+                      preset.in_channels, preset.text_dim, heads=preset.heads)  # fmt: skip
         frames, size = train.clip_shape
         pixels = preset.in_channels * frames * size * size
         return shape, frames * (size // 2) * (size // 2), pixels
@@ -114,6 +115,7 @@ def _local_shape(path: Path) -> Shape | None:
                 int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
                 int(c["num_layers"]), int(c["ffn_dim"]), int(c["in_channels"]),
                 int(c.get("text_dim", 0)), tuple(int(p) for p in c.get("patch_size", (1, 2, 2))),
+                int(c["num_attention_heads"]),
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -23,6 +23,7 @@ import yaml
 from ray import tune
 
 from orchestrator.spec import ExperimentSpec, SpecError
+from orchestrator.spec.memory_plan import check_plan
 from orchestrator.spec.recipe import build_train_config
 from orchestrator.spec.sizes import memory_errors
 from orchestrator.storage import StorageError, check_reachable, open_location
@@ -117,7 +118,12 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
     directory the sweep writes that cannot be written; a cluster address or tracking server
     nothing answers at, or a server that accepts a connection and never answers; when Ray would
     start here, a trial bigger than this machine (CPUs, GPUs, the memory estimate of
-    orchestrator.spec.sizes). A joined cluster's CPUs and GPUs are checked once joined."""
+    orchestrator.spec.sizes). A joined cluster's CPUs and GPUs are checked once joined. A trial
+    that asks for GPUs has its memory plan printed, and refused when it does not fit the GPU
+    (orchestrator.spec.memory_plan), before the rest."""
+    plan = check_plan(spec, local=address is None)
+    if plan:
+        print(plan, flush=True)
     check_writable(spec, tracking_uri)
     check_ray_address(address)
     check_tracking_answers(tracking_uri)  # its port first; then a server silent after connecting
@@ -131,7 +137,8 @@ def preflight(spec: ExperimentSpec, address: str | None, tracking_uri: str) -> N
         check_local_auth_mode()
         check_fits(spec, local_resources(), "this machine")
         train = build_train_config(spec.train)
-        problems = memory_errors(train, gpu=spec.resources.gpus_per_worker > 0)
+        gpu = spec.resources.gpus_per_worker > 0
+        problems = [] if gpu else memory_errors(train, gpu=False)  # a GPU's: the plan above
         if problems:
             raise SpecError(spec.name, problems)
 
