@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import sla_kernel_glue
 from orchestrator.infer.model import load_checkpoint_model
 from orchestrator.recipe import RecordingCallback, TrainConfig, run_trial
+from orchestrator.recipe import checkpoint as checkpoint_module
 from orchestrator.recipe.checkpoint import latest_checkpoint
 from sla_kernel_glue import SLAConfig, read_sla_state
 
@@ -93,7 +93,7 @@ def test_real_full_tmpfs_keeps_the_previous_checkpoint(small_tmpfs, base_cache):
 def test_enospc_while_writing_sla_attention_keeps_the_previous_checkpoint(
     base_cache, tmp_path, monkeypatch
 ):
-    real_save_state, real_torch_save = sla_kernel_glue.save_sla_state, torch.save
+    real_save_state, real_torch_save = checkpoint_module.save_sla_state, torch.save
 
     def disk_fills_half_way(obj, f, *args, **kwargs):
         import io
@@ -103,14 +103,15 @@ def test_enospc_while_writing_sla_attention_keeps_the_previous_checkpoint(
         f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def save_sla_state(handle, directory):
+    def save_sla_state(handle, directory, **kwargs):
         if Path(directory).name != "checkpoint_000002":
-            return real_save_state(handle, directory)
+            return real_save_state(handle, directory, **kwargs)
         with monkeypatch.context() as m:
             m.setattr(torch, "save", disk_fills_half_way)
-            return real_save_state(handle, directory)
+            return real_save_state(handle, directory, **kwargs)
 
-    monkeypatch.setattr(sla_kernel_glue, "save_sla_state", save_sla_state)
+    # where save_checkpoint looks it up (imported into orchestrator.recipe.checkpoint)
+    monkeypatch.setattr(checkpoint_module, "save_sla_state", save_sla_state)
     recorder = FirstCheckpointDigest()
     with pytest.raises(OSError) as info:
         run_trial(config(base_cache), SLA, tmp_path / "trial", callback=recorder)
