@@ -88,3 +88,13 @@ def no_cluster(monkeypatch):
         raise AssertionError("the command reached Ray: bad input must stop before it")
 
     monkeypatch.setattr(run, "connect", refuse)
+
+
+@pytest.fixture
+def clips(tmp_path) -> Path:
+    """A folder of four captioned 9-frame 32x32 clips of this test's own (it may damage them)."""
+    from tests.media import write_caption_folder
+
+    root = tmp_path / "clips"
+    write_caption_folder(root, n=4, frames=9, size=(32, 32))
+    return root

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from orchestrator.cli import main
-from tests.media import truncate_file, write_caption_folder
+from tests.bad_specs import run_bad_spec
+from tests.media import truncate_file
 from tests.pipelines import break_pipeline
 
 
@@ -21,47 +20,17 @@ def _stops_before_ray(no_cluster):
     """Every case here must fail before the sweep joins or starts Ray."""
 
 
-def _run(tmp: Path, pipeline: Path, clips: Path, capsys, **data) -> tuple[int, list[str]]:
-    cache = tmp / "cache"
-    doc = {
-        "name": "bad",
-        "model": {"path": str(pipeline)},
-        "data": {"source": str(clips), "frames": 9, "size": 32, "num_val": 1, "cache_dir": str(cache), **data},
-        "train": {"steps": 1, "batch_size": 1},
-        "sla": {"topk": {"grid": [0.5]}, "blkq": 16, "blkk": 16},
-    }  # fmt: skip
-    cwd = tmp / "cwd"
-    cwd.mkdir()
-    (tmp / "bad.yaml").write_text(yaml.safe_dump(doc))
-    capsys.readouterr()
-    status = main(
-        ["run", str(tmp / "bad.yaml"), "--set", f"storage.results_dir={cwd / 'sla_runs'}"]
-    )
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert list(cwd.iterdir()) == [], "nothing written where the sweep would go"
-    entries = [p for p in cache.rglob("*.safetensors")] if cache.exists() else []
-    assert entries == [], "no cache entry written"
-    return status, lines
-
-
-@pytest.fixture
-def clips(tmp_path) -> Path:
-    root = tmp_path / "clips"
-    write_caption_folder(root, n=4, frames=9, size=(32, 32))
-    return root
-
-
 @pytest.mark.parametrize("part", ["vae", "text_encoder"])
 def test_a_pipeline_without_a_component(part, tiny_pipeline_dir, clips, tmp_path, capsys):
     broken = break_pipeline(tiny_pipeline_dir, tmp_path / "broken", f"no-{part}")
-    status, lines = _run(tmp_path, broken, clips, capsys)
+    status, lines = run_bad_spec(tmp_path, broken, clips, capsys)
     assert status == 2
     assert lines[0].startswith("sla-sweep: error:")
     assert any(str(broken / part) in ln for ln in lines), lines
 
 
 def test_a_size_the_vae_and_patch_cannot_divide(tiny_pipeline_dir, clips, tmp_path, capsys):
-    status, lines = _run(tmp_path, tiny_pipeline_dir, clips, capsys, size=36, frames=8)
+    status, lines = run_bad_spec(tmp_path, tiny_pipeline_dir, clips, capsys, size=36, frames=8)
     assert status == 2 and len(lines) == 1
     assert "data.size (36)" in lines[0] and "16" in lines[0]
     assert "data.frames (8)" in lines[0]
@@ -94,7 +63,7 @@ def test_a_config_deeper_than_its_weights(layers, tiny_pipeline_dir, clips, tmp_
     root = _damaged(tiny_pipeline_dir, tmp_path)
     config = _edit_transformer(root, num_layers=layers)
     t0 = time.monotonic()
-    status, lines = _run(tmp_path, root, clips, capsys)
+    status, lines = run_bad_spec(tmp_path, root, clips, capsys)
     assert status == 2 and time.monotonic() - t0 < 60
     hits = [ln for ln in lines if str(config) in ln]
     assert len(hits) == 1 and f"num_layers is {layers:,}" in hits[0] and "2 blocks" in hits[0], (
@@ -105,7 +74,7 @@ def test_a_config_deeper_than_its_weights(layers, tiny_pipeline_dir, clips, tmp_
 def test_a_config_wider_than_its_weights(tiny_pipeline_dir, clips, tmp_path, capsys):
     root = _damaged(tiny_pipeline_dir, tmp_path)
     config = _edit_transformer(root, ffn_dim=96)  # the weights' FFN is 128 wide
-    status, lines = _run(tmp_path, root, clips, capsys)
+    status, lines = run_bad_spec(tmp_path, root, clips, capsys)
     assert status == 2
     hit = [ln for ln in lines if str(config) in ln and "other shapes" in ln]
     assert hit and "ffn.net.0.proj" in hit[0], lines
@@ -114,7 +83,7 @@ def test_a_config_wider_than_its_weights(tiny_pipeline_dir, clips, tmp_path, cap
 def test_a_truncated_shard(tiny_pipeline_dir, clips, tmp_path, capsys):
     root = _damaged(tiny_pipeline_dir, tmp_path)
     shard = truncate_file(root / "vae" / "diffusion_pytorch_model.safetensors", 0.9)
-    status, lines = _run(tmp_path, root, clips, capsys)
+    status, lines = run_bad_spec(tmp_path, root, clips, capsys)
     assert status == 2
     hit = [ln for ln in lines if str(shard) in ln]
     assert len(hit) == 1 and "truncated" in hit[0], lines
@@ -131,7 +100,7 @@ def test_pickled_weights_are_one_line(tiny_pipeline_dir, clips, tmp_path, capsys
     weights.unlink()
     pickled = root / "transformer" / "diffusion_pytorch_model.bin"
     torch.save({**state, "extra": _NotATensor()}, pickled)
-    status, lines = _run(tmp_path, root, clips, capsys)
+    status, lines = run_bad_spec(tmp_path, root, clips, capsys)
     assert status == 2
     hit = [ln for ln in lines if str(pickled) in ln]
     assert len(hit) == 1 and "safetensors" in hit[0], lines
@@ -155,22 +124,12 @@ def test_weights_only_bin_is_accepted(tiny_pipeline_dir, tmp_path):
 def test_lora_targets_and_ranks_refused_up_front(tiny_pipeline_dir, clips, tmp_path, capsys):
     """A target matching no linear, and every rank of the grid above the adapted layers' 64
     (the control's 128 and 256 both), each on its own line before Ray starts."""
-    cache = tmp_path / "cache"
-    doc = {
-        "name": "bad", "model": {"path": str(tiny_pipeline_dir)},
-        "data": {"source": str(clips), "frames": 9, "size": 32, "num_val": 1, "cache_dir": str(cache)},
-        "train": {"steps": 1, "batch_size": 1, "train_base": False,
-                  "lora": {"rank": {"grid": [128, 8, 256]},
-                           "target_modules": ["attn1.to_q", "attn9.to_q"]}},
-        "sla": {"topk": {"grid": [0.5]}, "blkq": 16, "blkk": 16},
-    }  # fmt: skip
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
-    capsys.readouterr()
-    status = main(["run", str(tmp_path / "bad.yaml"), "--set", f"storage.results_dir={cwd}/runs"])
-    text = capsys.readouterr().err
-    assert status == 2 and list(cwd.iterdir()) == [], text
+    lora = {"rank": {"grid": [128, 8, 256]}, "target_modules": ["attn1.to_q", "attn9.to_q"]}
+    status, lines = run_bad_spec(
+        tmp_path, tiny_pipeline_dir, clips, capsys, train={"train_base": False, "lora": lora}
+    )
+    text = "\n".join(lines)
+    assert status == 2, text
     assert "'attn9.to_q' matches no linear layer" in text, text
     for rank in (128, 256):
         assert f"lora.rank ({rank}) is larger than the layers it adapts" in text, text
