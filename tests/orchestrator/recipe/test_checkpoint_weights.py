@@ -56,14 +56,15 @@ def test_no_weights_named_in_one_line(tmp_path):
     )
 
 
-class Planted:
-    def __reduce__(self):
-        return (print, ("planted code ran",))
+# A pickle that calls builtins.print when loaded, written out by hand: pickling the print
+# object itself would name whatever replaced builtins.print in this process (Ray's tqdm
+# patches it to ray.experimental.tqdm_ray.safe_print once a test has run a Ray job here).
+PLANTED = b"cbuiltins\nprint\n(S'planted code ran'\ntR."
 
 
 def test_index_with_foreign_code_is_refused_unrun(tmp_path, capsys):
     write_sharded(tmp_path, model_tensors())
-    (tmp_path / "sharded" / ".metadata").write_bytes(pickle.dumps(Planted()))
+    (tmp_path / "sharded" / ".metadata").write_bytes(PLANTED)
     with pytest.raises(
         CheckpointWeightsError, match=r"builtins\.print is not part of a checkpoint index"
     ):
