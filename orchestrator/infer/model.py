@@ -30,6 +30,7 @@ from orchestrator.data.folder import clip_shape
 from orchestrator.infer.errors import InferenceError
 from orchestrator.infer.export_info import INFERENCE_FILE
 from orchestrator.infer.samples import GenerationSettings
+from orchestrator.models.experts import sla_targets
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
 from orchestrator.recipe.base_model import load_base_model
 from orchestrator.recipe.checkpoint import LEAN, SLA_FILE, read_trial
@@ -138,7 +139,10 @@ def rebuild_checkpoint_model(
             if train.model in PRESETS
             else load_local(train.model)
         )
-    handle = apply_sla(model, running_config(sla, device)) if sla is not None else None
+    handle = None
+    if sla is not None:  # the layers the trial gave SLA (a two-expert trial's: its experts')
+        targets = sla_targets(model, train.experts)
+        handle = apply_sla(model, running_config(sla, device), targets=targets)
     state = {} if lean else _accelerate_model_state(directory)
     missing, unexpected = ([], []) if lean else model.load_state_dict(state, strict=False)
     if missing or unexpected:

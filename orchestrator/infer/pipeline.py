@@ -41,8 +41,9 @@ from orchestrator.infer.model import (
     rebuild_checkpoint_model,
     running_config,
 )
+from orchestrator.models.experts import ExpertPair, pipeline_parts, sla_targets
 from orchestrator.models.pipeline import PipelineInfo, is_pipeline_dir, read_pipeline
-from orchestrator.models.wan_presets import PRESETS
+from orchestrator.models.wan_presets import PRESETS, load_local
 from orchestrator.recipe.checkpoint import SLA_FILE, read_trial
 from orchestrator.recipe.config import TrainConfig
 from orchestrator.recipe.lora import load_exported_lora
@@ -127,19 +128,21 @@ class VideoSettings:
 
 @dataclasses.dataclass
 class PipelineTrial:
-    """A pipeline trial's fine-tuned transformer (SLA injected unless dense) and its pipeline."""
+    """A pipeline trial's fine-tuned transformer (SLA injected unless dense) and its pipeline;
+    a two-expert trial's `transformer` is the ExpertPair of both."""
 
-    transformer: WanTransformer3DModel
+    transformer: WanTransformer3DModel | ExpertPair
     handle: SLAHandle | None  # None when running dense
     sla: SLAConfig | None  # the trial's SLA settings (None: the full-attention control)
     defaults: VideoSettings
     info: PipelineInfo  # of the directory the other components come from
     source: dict[str, Any]  # provenance: checkpoint or export, step, pipeline, metrics
+    experts: str = "both"  # a two-expert trial's train.experts: which experts have SLA
 
     def pipeline(self, device: torch.device) -> WanPipeline:
         """Stock WanPipeline from the pipeline directory, this transformer in place (float32)."""
         pipe = WanPipeline.from_pretrained(
-            self.info.root, transformer=self.transformer, dtype=torch.float32,
+            self.info.root, **pipeline_parts(self.transformer), dtype=torch.float32,
             local_files_only=True,
         )  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
@@ -233,13 +236,12 @@ def load_pipeline_trial(
                 f"{root} has no {SLA_FILE} (its SLA layers' weights): re-export the trial, or "
                 "pass --attention dense to run these weights without SLA"
             )
-        transformer = WanTransformer3DModel.from_pretrained(
-            root / "transformer", local_files_only=True
-        )
+        transformer = load_local(root)  # transformer/ (and transformer_2/: an ExpertPair)
         load_exported_lora(transformer, root)  # an unmerged LoRA export's adapter
         handle = None
         if attention == "sla":
-            handle = apply_sla(transformer, running_config(sla, device))
+            targets = sla_targets(transformer, str(meta.get("experts", "both")))
+            handle = apply_sla(transformer, running_config(sla, device), targets=targets)
             try:
                 load_sla_state(handle, root)
             except BaseException:
@@ -247,11 +249,14 @@ def load_pipeline_trial(
                 raise
         source = {**meta.get("source", {}), "kind": "export", "export": str(root)}
         defaults = VideoSettings.from_dict(meta["generation"])
-        return PipelineTrial(transformer.to(device), handle, sla, defaults, info, source)
+        experts = meta.get("experts", "both")
+        return PipelineTrial(transformer.to(device), handle, sla, defaults, info, source, experts)
     loaded = rebuild_checkpoint_model(resolved.directory, attention=attention, device=device)
     source = {**loaded.source, "pipeline": str(root)}
     defaults = VideoSettings.of_trial(loaded.train)
-    return PipelineTrial(loaded.model, loaded.handle, loaded.sla, defaults, info, source)
+    return PipelineTrial(
+        loaded.model, loaded.handle, loaded.sla, defaults, info, source, loaded.train.experts
+    )
 
 
 def _export_info(root: Path) -> dict[str, Any]:

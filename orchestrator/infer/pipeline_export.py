@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from orchestrator.infer.export_info import card_metrics, lora_info
 from orchestrator.infer.model import INFERENCE_FILE, InferenceError
 from orchestrator.infer.pipeline import PIPELINE_KIND, PipelineTrial
+from orchestrator.models.experts import EXPERT_NAMES, ExpertPair
 from orchestrator.recipe.checkpoint import SLA_FILE
 from orchestrator.recipe.lora import detach_lora, has_lora
 from sla_kernel_glue import export_base_model
@@ -51,15 +52,14 @@ import json
 
 import torch
 from diffusers import WanPipeline
-from sla_kernel_glue import SLAConfig, apply_sla, load_sla_state
+from sla_kernel_glue import SLAConfig, apply_sla, load_sla_state{imports}
 
 out = {out_py}
 pipe = WanPipeline.from_pretrained(out, dtype=torch.float32, local_files_only=True)
 sla = SLAConfig.from_dict(json.loads(open(f"{{out}}/sla_config.json").read()))
 if not torch.cuda.is_available() and sla.backend == "triton":
     sla = sla.replace(backend="auto")  # the PyTorch reference off CUDA
-handle = apply_sla(pipe.transformer, sla)  # every self-attention layer, as in training
-load_sla_state(handle, out)  # each layer's proj_l from sla_attention.pt
+{apply}load_sla_state(handle, out)  # each layer's proj_l from sla_attention.pt
 frames = pipe(
     {prompt_py}, negative_prompt={negative!r}, num_frames={frames}, height={height},
     width={width}, num_inference_steps={steps}, guidance_scale={guidance},
@@ -83,15 +83,19 @@ def export_pipeline(
     lora = lora_info(trial.transformer, merge)
     if has_lora(trial.transformer):
         detach_lora(trial.transformer, staging, merge=merge)
-    export_base_model(trial.handle, staging / "transformer")
-    os.replace(staging / "transformer" / SLA_FILE, staging / SLA_FILE)
+    if isinstance(trial.transformer, ExpertPair):  # transformer/ and transformer_2/
+        export_base_model(trial.handle, staging)
+    else:
+        export_base_model(trial.handle, staging / "transformer")
+        os.replace(staging / "transformer" / SLA_FILE, staging / SLA_FILE)
     sla = trial.sla.to_dict()
     known = {"trial": resolved.trial_id, "mlflow_run_id": resolved.run_id,
              "tracking_uri": resolved.tracking_uri}  # fmt: skip
     source = {**trial.source, **{k: v for k, v in known.items() if v is not None}}
     (staging / "sla_config.json").write_text(json.dumps(sla, indent=2, sort_keys=True) + "\n")
     meta = {"kind": PIPELINE_KIND, "sla": sla, "generation": trial.defaults.to_dict(),
-            "max_text_len": trial.info.max_text_len, "source": source, "lora": lora}  # fmt: skip
+            "max_text_len": trial.info.max_text_len, "source": source, "lora": lora,
+            "experts": trial.experts}  # fmt: skip
     (staging / INFERENCE_FILE).write_text(
         json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
     )
@@ -106,18 +110,35 @@ def export_pipeline(
         out_py=repr(str(out)), prompt_sh=shlex.quote(prompt), prompt_py=repr(prompt),
         negative=d.negative_prompt, frames=d.frames, height=d.height, width=d.width, steps=d.steps,
         guidance=d.guidance_scale, max_text_len=trial.info.max_text_len,
+        **card_sla_lines(trial.transformer),
     )  # fmt: skip
     (staging / "README.md").write_text(card)
     return counts
 
 
+ONE_APPLY = "handle = apply_sla(pipe.transformer, sla)  # every self-attention layer, as in training\n"
+PAIR_APPLY = """\
+# both experts as sla-sweep trained them: SLA's layer paths start transformer. / transformer_2.
+experts = torch.nn.ModuleDict({"transformer": pipe.transformer, "transformer_2": pipe.transformer_2})
+layers = list(read_sla_state(f"{out}/sla_attention.pt")["layers"])  # the trained experts' layers
+handle = apply_sla(experts, sla, targets=layers)
+"""
+
+
+def card_sla_lines(model) -> dict[str, str]:
+    """The model card's lines that put SLA in: one transformer, or a Wan2.2 A14B pair."""
+    if isinstance(model, ExpertPair):
+        return {"apply": PAIR_APPLY, "imports": ", read_sla_state"}
+    return {"apply": ONE_APPLY, "imports": ""}
+
+
 def link_components(root: Path, dst: Path) -> dict[str, int]:
-    """model_index.json and every component folder it names but transformer/, into `dst`:
+    """model_index.json and every component folder it names but the transformers, into `dst`:
     files hard-linked where `dst` is on the same filesystem, else copied (never symlinked)."""
     index = json.loads((root / "model_index.json").read_text())
     folders = [
         name for name, value in index.items()
-        if not name.startswith("_") and name != "transformer" and isinstance(value, list)
+        if not name.startswith("_") and name not in EXPERT_NAMES and isinstance(value, list)
         and value and value[0] is not None and (root / name).is_dir()
     ]  # fmt: skip
     counts = {"linked": 0, "copied": 0}

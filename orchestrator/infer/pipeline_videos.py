@@ -33,6 +33,7 @@ from orchestrator.infer.results import (
     log_to_mlflow_run,
     warn_dense,
 )
+from orchestrator.models.experts import expert_modules
 from orchestrator.models.pipeline import read_pipeline
 from orchestrator.recipe.compile import compiled_blocks
 
@@ -132,10 +133,11 @@ def run_pipeline_infer(
         trial.handle.reset_counts()
     seconds: list[float] = []
     compute = resolve_precision(precision, device)
-    with (
-        compiled_blocks(trial.transformer) if compile else contextlib.nullcontext(),
-        autocast_forward(trial.transformer, device, compute),
-    ):
+    with contextlib.ExitStack() as scope:
+        if compile:
+            scope.enter_context(compiled_blocks(trial.transformer))
+        for expert in expert_modules(trial.transformer):  # WanPipeline calls each expert itself
+            scope.enter_context(autocast_forward(expert, device, compute))
         videos = generate_videos(
             pipe, settings, seed=seed, max_text_len=info.max_text_len, seconds=seconds
         )

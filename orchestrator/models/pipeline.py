@@ -31,6 +31,8 @@ from orchestrator.models.pipeline_fields import PIPELINE_CLASS as PIPELINE_CLASS
 from orchestrator.models.pipeline_fields import WAN_TEXT_LEN as WAN_TEXT_LEN
 from orchestrator.models.pipeline_fields import (
     cross_problems,
+    expert_problems,
+    experts_of,
     index_fields,
     init_defaults,
     scheduler_fields,
@@ -48,6 +50,7 @@ from orchestrator.models.weights import (
 
 _NEEDS = {  # subfolder -> what a Wan pipeline needs there
     "transformer": "the WanTransformer3DModel to fine-tune (config.json and its weights)",
+    "transformer_2": "the low-noise expert, a WanTransformer3DModel (config.json and its weights)",
     "vae": "an AutoencoderKLWan (config.json and its weights)",
     "text_encoder": "a UMT5EncoderModel (config.json and its weights)",
     "tokenizer": "the text encoder's tokenizer (tokenizer.json or spiece.model)",
@@ -87,6 +90,13 @@ class PipelineInfo:
     latents_mean: tuple[float, ...]  # z_dim entries
     latents_std: tuple[float, ...]  # z_dim entries
     expand_timesteps: bool  # model_index.json's flag (Wan2.2 TI2V: per-token timesteps)
+    experts: tuple[str, ...] = ("transformer",)  # Wan2.2 A14B: ("transformer", "transformer_2")
+    boundary_ratio: float | None = None  # where the experts switch (timestep / 1000)
+
+    @property
+    def two_experts(self) -> bool:
+        """Whether the pipeline has a high-noise and a low-noise expert (Wan2.2 A14B)."""
+        return len(self.experts) == 2
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(z_dim, F', H', W') of a clip of `frames` x `height` x `width` pixels."""
@@ -141,6 +151,17 @@ def is_pipeline_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / "model_index.json").is_file()
 
 
+def pipeline_experts(path: str | Path) -> tuple[str, ...]:
+    """The transformers a pipeline directory's model_index.json names: ("transformer",) or, for a
+    Wan2.2 A14B pipeline, ("transformer", "transformer_2"). Unreadable: ("transformer",), and
+    read_pipeline says why."""
+    try:
+        index = json.loads((Path(path).expanduser() / "model_index.json").read_text())
+        return experts_of(index)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ("transformer",)
+
+
 WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
 
 
@@ -166,6 +187,10 @@ def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) 
     text_encoder = _model_config(root / "text_encoder", _NEEDS["text_encoder"], problems)
     tokenizer = _tokenizer_config(root / "tokenizer", problems)
     scheduler = _scheduler_config(root / "scheduler", problems)
+    experts = (index_part or {}).get("experts", ("transformer",))
+    second = None
+    if "transformer_2" in experts:
+        second = _model_config(root / "transformer_2", _NEEDS["transformer_2"], problems)
 
     parts = [
         index_part,
@@ -179,11 +204,19 @@ def read_pipeline(path: str | Path, *, weights: tuple[str, ...] = WEIGHT_PARTS) 
     for part in parts:
         fields.update(part or {})
     problems.extend(cross_problems(fields, root))
+    if second is not None:
+        path = root / "transformer_2" / "config.json"
+        problems.extend(expert_problems(parts[2], transformer_fields(second, path, problems), path))
     configs_sound = not problems  # tensors are compared with configs only once those are sound
     for part, cls, config in (("transformer", WanTransformer3DModel, transformer),
+                              ("transformer_2", WanTransformer3DModel, second),
                               ("vae", AutoencoderKLWan, vae),
                               ("text_encoder", TEXT_ENCODER, text_encoder)):  # fmt: skip
-        if part in weights and (root / part).is_dir():
+        if part == "transformer_2" and part not in experts:
+            continue
+        if (part in weights or (part == "transformer_2" and "transformer" in weights)) and (
+            root / part
+        ).is_dir():
             problems.extend(weight_problems(root / part, cls, config if configs_sound else None))
     if problems:
         raise PipelineError(root, problems)

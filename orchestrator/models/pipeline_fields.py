@@ -19,7 +19,11 @@ WAN_TEXT_LEN = 512  # WanPipeline's default max_sequence_length
 def index_fields(
     index: dict[str, Any] | None, path: Path, problems: list[str]
 ) -> dict[str, Any] | None:
-    """pipeline_class and expand_timesteps from model_index.json."""
+    """pipeline_class, expand_timesteps, the experts and boundary_ratio from model_index.json.
+
+    A Wan2.2 A14B pipeline names a second transformer (`transformer_2`, the low-noise expert)
+    and the `boundary_ratio` between them: `transformer` serves timesteps at or above
+    boundary_ratio * 1000, `transformer_2` those below (as WanPipeline switches)."""
     if index is None:
         return None
     name = index.get("_class_name")
@@ -27,13 +31,46 @@ def index_fields(
         problems.append(
             f"{path}: _class_name is {name!r}; sla-sweep fine-tunes text-to-video {PIPELINE_CLASS}s"
         )
+    experts = experts_of(index)
+    ratio = index.get("boundary_ratio")
+    if len(experts) == 2:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+            problems.append(
+                f"{path}: boundary_ratio ({ratio!r}) must be a number between 0 and 1 when the"
+                " pipeline has a transformer_2 (the timestep fraction where its experts switch)"
+            )
+            ratio = None
+    else:
+        ratio = None  # one transformer serves every timestep (WanPipeline ignores the ratio)
+    return {
+        "pipeline_class": name,
+        "expand_timesteps": bool(index.get("expand_timesteps", False)),
+        "experts": experts,
+        "boundary_ratio": None if ratio is None else float(ratio),
+    }
+
+
+def experts_of(index: dict[str, Any]) -> tuple[str, ...]:
+    """The transformers a model_index.json names: ("transformer",) or, with a non-null
+    transformer_2 (Wan2.2 A14B), ("transformer", "transformer_2")."""
     second = index.get("transformer_2")
     if isinstance(second, list) and any(second):
-        problems.append(
-            f"{path}: has a transformer_2 (a two-expert Wan2.2 A14B pipeline); sla-sweep"
-            " fine-tunes one transformer"
-        )
-    return {"pipeline_class": name, "expand_timesteps": bool(index.get("expand_timesteps", False))}
+        return ("transformer", "transformer_2")
+    return ("transformer",)
+
+
+def expert_problems(
+    first: dict[str, Any] | None, second: dict[str, Any] | None, path: Path
+) -> list[str]:
+    """transformer_2's shapes that must equal transformer's (both see the same latents and text)."""
+    if first is None or second is None:
+        return []
+    return [
+        f"{path}: {key} ({second[key]!r}) must equal transformer's ({first[key]!r}): both experts"
+        " denoise the same latents from the same prompt embeddings"
+        for key in ("patch", "in_channels", "out_channels", "text_dim")
+        if first[key] != second[key]
+    ]
 
 
 def init_defaults(cls: type) -> dict[str, Any]:

@@ -14,11 +14,13 @@ it and generates video:
   in/out channels = z_dim and text_dim = D_MODEL;
 - scheduler/: UniPCMultistepScheduler on the flow-matching schedule (use_flow_sigmas,
   flow_prediction) with flow_shift 3.0 (wan2.1) or 5.0 (wan2.2): the scheduler and config keys
-  the Wan-AI Diffusers repositories ship, so code reading a real pipeline reads this one alike.
+  the Wan-AI Diffusers repositories ship, so code reading a real pipeline reads this one alike;
+- "wan2.2-a14b": also transformer_2/ (a second tiny transformer, its own random weights) and
+  model_index.json's boundary_ratio 0.875, as Wan2.2 A14B's two experts are laid out.
 
 The same seed gives the same files. `out` appears by an atomic rename of a finished build.
 
-    python -m orchestrator.models.tiny_pipeline OUT [--variant wan2.1|wan2.2] [--seed N]
+    python -m orchestrator.models.tiny_pipeline OUT [--variant wan2.1|wan2.2|wan2.2-a14b] [--seed N]
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class TinyVariant:
     flow_shift: float
     expand_timesteps: bool
     note: str
+    boundary_ratio: float | None = None  # two experts (transformer_2) switching here; None: one
 
 
 def _latent_stats(z_dim: int) -> dict[str, list[float]]:
@@ -105,6 +108,14 @@ VARIANTS: dict[str, TinyVariant] = {
         flow_shift=5.0,
         expand_timesteps=True,
         note="Wan2.2 TI2V's VAE layout: z_dim 8, 4x16x16 compression",
+    ),
+    "wan2.2-a14b": TinyVariant(
+        vae={"base_dim": 8, "z_dim": 4, "num_res_blocks": 1, **_latent_stats(4)},
+        flow_shift=3.0,
+        expand_timesteps=False,
+        note="Wan2.2 A14B's layout: two experts (transformer for high noise, transformer_2 for"
+        " low) switching at boundary_ratio 0.875, Wan2.1's VAE layout",
+        boundary_ratio=0.875,
     ),
 }
 
@@ -162,6 +173,7 @@ def _pipeline(variant: TinyVariant) -> WanPipeline:
         "text_dim": D_MODEL,
     }
     transformer = WanTransformer3DModel(**transformer_config)
+    second = None if variant.boundary_ratio is None else WanTransformer3DModel(**transformer_config)
     scheduler = UniPCMultistepScheduler(
         num_train_timesteps=1000,
         prediction_type="flow_prediction",
@@ -174,6 +186,8 @@ def _pipeline(variant: TinyVariant) -> WanPipeline:
         vae=vae,
         scheduler=scheduler,
         transformer=transformer,
+        transformer_2=second,
+        boundary_ratio=variant.boundary_ratio,
         expand_timesteps=variant.expand_timesteps,
     )
 

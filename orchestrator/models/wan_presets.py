@@ -220,14 +220,27 @@ def build_preset(name: str, *, seed: int) -> WanTransformer3DModel:
 
 def load_local(path: str | Path) -> WanTransformer3DModel:
     """Load a local WanTransformer3DModel directory, or a pipeline's transformer/ (never a hub
-    download)."""
+    download); a two-expert pipeline's (Wan2.2 A14B) transformer/ and transformer_2/ as one
+    ExpertPair (orchestrator.models.experts)."""
     error = model_source_error(str(path), transformer_only=True)
     if error is not None:
         raise ValueError(error)
     from diffusers import WanTransformer3DModel  # heavy (see the module docstring)
 
-    from orchestrator.models.pipeline import is_pipeline_dir  # heavy: diffusers
+    from orchestrator.models import pipeline as p  # heavy: diffusers
 
     path = Path(path).expanduser()
-    subfolder = "transformer" if is_pipeline_dir(path) else None
-    return WanTransformer3DModel.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+    if not p.is_pipeline_dir(path):
+        return WanTransformer3DModel.from_pretrained(path, local_files_only=True)
+    if len(p.pipeline_experts(path)) == 1:
+        return WanTransformer3DModel.from_pretrained(
+            path, subfolder="transformer", local_files_only=True
+        )
+    from orchestrator.models.experts import ExpertPair
+
+    info = p.read_pipeline(path, weights=("transformer",))  # both experts' configs and weights
+    experts = [
+        WanTransformer3DModel.from_pretrained(path, subfolder=name, local_files_only=True)
+        for name in info.experts
+    ]
+    return ExpertPair(*experts, boundary_ratio=info.boundary_ratio)

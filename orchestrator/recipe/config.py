@@ -37,6 +37,7 @@ __all__ = [
     "LORA_TARGETS",
     "LR_SCHEDULES",
     "MIXED_PRECISION",
+    "EXPERTS",
     "PARALLEL",
     "SHORT_CLIPS",
     "TIMESTEP_SAMPLING",
@@ -52,10 +53,12 @@ LrSchedule = Literal["constant", "cosine"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 TimestepSampling = Literal["logit_normal", "uniform"]
 Parallel = Literal["ddp", "fsdp"]
+Experts = Literal["both", "high_noise", "low_noise"]
 LR_SCHEDULES = typing.get_args(LrSchedule)
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
 PARALLEL = typing.get_args(Parallel)
+EXPERTS = typing.get_args(Experts)
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 
@@ -103,6 +106,14 @@ class TrainConfig:
         one_of(PARALLEL),
         "how a trial's processes hold the model: ddp (each a whole copy) or fsdp (sharded with "
         "FSDP2, per transformer block; with one process the same as ddp)",
+    )
+    experts: Experts = knob(
+        "both",
+        one_of(EXPERTS),
+        "a two-expert pipeline's (Wan2.2 A14B) experts that the trial fine-tunes and gives SLA, "
+        "each on its own timesteps: both, high_noise (transformer) or low_noise (transformer_2); "
+        "an expert not trained keeps its base weights and dense attention",
+        searchable=True,
     )
     seed: int = knob(
         0,
@@ -322,7 +333,7 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
-    errors += _parallel_errors(c)
+    errors += _parallel_errors(c) + _expert_errors(c)
     if not isinstance(c.lora, LoraConfig):
         return errors  # None, or the field's own check says what it must be
     model_ok = isinstance(c.model, str) and model_source_error(c.model) is None
@@ -354,6 +365,29 @@ def _parallel_errors(c: TrainConfig) -> list[str]:
         for what, given in unsupported.items()
         if given
     ]
+
+
+def _expert_errors(c: TrainConfig) -> list[str]:
+    """train.experts needs a two-expert pipeline; LoRA on two experts is not supported yet."""
+    if not (isinstance(c.model, str) and c.is_pipeline):
+        two = False
+    else:
+        from orchestrator.models.pipeline import pipeline_experts  # imports torch: see flow_shift
+
+        two = len(pipeline_experts(c.model)) == 2
+    if not two:
+        if c.experts != "both":
+            return [
+                f"experts ({c.experts!r}) chooses between a Wan2.2 A14B pipeline's two experts;"
+                f" model {c.model!r} has one transformer: drop experts"
+            ]
+        return []
+    if c.lora is not None:
+        return [
+            "lora on a two-expert pipeline (transformer and transformer_2) is not supported yet;"
+            " fine-tune the experts fully (train_base true) or pick a one-transformer pipeline"
+        ]
+    return []
 
 
 def _shape_errors(c: TrainConfig) -> list[str]:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from orchestrator.data.cache import FileDigests, tensor_digest
+from orchestrator.models.experts import ExpertPair
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.models.weights import weight_files
 from orchestrator.storage.local import default_cache_root
@@ -142,6 +143,10 @@ def base_fingerprint(directory: Path | None, model: nn.Module) -> str:
     if directory is None:
         return "tensors:" + tensor_digest(model.state_dict())
     digests = FileDigests(default_cache_root() / "digests.json")
+    if isinstance(model, ExpertPair):  # a Wan2.2 A14B pipeline: both experts' files
+        second = directory.parent / "transformer_2"
+        files = [*base_files(directory), *base_files(second)]
+        return "loaded:" + digests.of_files(directory.parent, files)
     return "loaded:" + digests.of_files(directory, base_files(directory))
 
 

@@ -34,6 +34,8 @@ from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 
+from orchestrator.models.experts import ExpertPair
+
 from .checkpoint_weights import SHARDED_DIR, SafeLoadPlanner, ShardReader
 
 
@@ -58,23 +60,31 @@ def mixed_precision_policy(mixed_precision: str):
 
 
 def shard_model(model: nn.Module, *, mixed_precision: str) -> int:
-    """fully_shard each of model.blocks, then the model itself, in place (the parameters become
-    DTensors: build the optimizer after this). Returns the number of sharded blocks."""
+    """fully_shard each transformer block, then each transformer (both experts of an ExpertPair,
+    then the pair), in place (the parameters become DTensors: build the optimizer after this).
+    Returns the number of sharded blocks."""
     from torch.distributed.fsdp import fully_shard
 
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or not len(blocks):
-        raise ValueError(
-            f"{type(model).__name__} has no transformer blocks (model.blocks) to shard"
-        )
+    experts = list(model.experts().values()) if isinstance(model, ExpertPair) else [model]
+    for expert in experts:
+        blocks = getattr(expert, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList) or not len(blocks):
+            raise ValueError(
+                f"{type(expert).__name__} has no transformer blocks (model.blocks) to shard"
+            )
     policy = mixed_precision_policy(mixed_precision)
     for p in model.parameters():  # float32 master weights whatever the base was stored in
         if p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
-    for block in blocks:
-        fully_shard(block, mp_policy=policy)
+    count = 0
+    for expert in experts:
+        for block in expert.blocks:
+            fully_shard(block, mp_policy=policy)
+            count += 1
+        if expert is not model:
+            fully_shard(expert, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    return len(blocks)
+    return count
 
 
 def prepare_sharded(

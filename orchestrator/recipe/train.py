@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, resolve_mixed_precision
-from .flow_matching import flow_loss, sample_timesteps
+from .flow_matching import flow_loss
 from .topk_schedule import schedule_error
 from .trial_setup import TrialSetup
 from .validation import write_videos
@@ -197,12 +197,7 @@ class TrialRecipe(TrialSetup):
         seed = np.random.SeedSequence(stream).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(clips.shape, generator=generator)
-        t = sample_timesteps(
-            clips.shape[0],
-            generator=generator,
-            sampling=cfg.timestep_sampling,
-            shift=self.shift,
-        )
+        t = self.timesteps.draw(clips.shape[0], generator, step, micro)
         device = acc.device
         return (
             clips.to(device),

@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 
 from orchestrator.data import StepSampler, build_datasets
 from orchestrator.data.encoded import CaptionTable, EncodedClips, read_manifest
+from orchestrator.models.experts import ExpertPair, freeze_untrained, sla_targets
 from orchestrator.models.wan_presets import PRESETS, ModelShape
 
 from . import evaluate as ev
@@ -28,6 +29,7 @@ from .flow_matching import class_prompts
 from .lora import add_lora, base_identity, lora_parameters
 from .parallel import ShardedState, is_sharded, prepare_sharded, shard_model
 from .pipeline_data import prepare_encoded
+from .timesteps import TimestepPlan, ddp_kwargs
 from .validation import VideoValidation
 
 
@@ -64,6 +66,7 @@ class TrialSetup:
             cpu=not torch.cuda.is_available(),
             mixed_precision=self.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum,
+            kwargs_handlers=ddp_kwargs(cfg),
         )
         set_seed(cfg.seed)
         if self.callback is None:
@@ -128,7 +131,12 @@ class TrialSetup:
         self.tokens = self.shape.tokens(f, h, w)
         if not cfg.is_pipeline:  # one fixed random "prompt" per digit class
             self.train_prompts = self.val_prompts = class_prompts(cfg.text_len, self.shape.text_dim)
-        self.n_params = sum(p.numel() for p in model.parameters())
+        # FLOPs per sample: one expert runs it (ExpertPair), with every parameter it has
+        one = model.transformer if isinstance(model, ExpertPair) else model
+        self.n_params = sum(p.numel() for p in one.parameters())
+        self.timesteps = TimestepPlan.of(
+            model, cfg.experts, sampling=cfg.timestep_sampling, shift=self.shift, seed=cfg.seed
+        )
         if cfg.frozen_base:  # checkpoints name this base instead of copying it
             identity = base_identity(cfg, self.base_id, model, mixed_precision=self.mixed_precision)
             self.frozen = FrozenBase(self.model, identity, lora=cfg.lora is not None)
@@ -203,7 +211,8 @@ class TrialSetup:
         if self.sla is not None:  # before prepare: DDP and the optimizer must see every proj_l
             from sla_kernel_glue import apply_sla
 
-            self.handle = apply_sla(self.model, self.sla)
+            targets = sla_targets(self.model, self.train_cfg.experts)
+            self.handle = apply_sla(self.model, self.sla, targets=targets)
         if self.train_cfg.frozen_base:
             # SLA's own trainable weights (proj_l; frozen for sparse-only, linear_scope "none")
             # and the adapter's: nothing else trains.
@@ -213,6 +222,7 @@ class TrialSetup:
                 trainable |= {id(p) for p in lora_parameters(self.model)}
             for p in self.model.parameters():
                 p.requires_grad_(id(p) in trainable)
+        freeze_untrained(self.model, self.train_cfg.experts)  # a two-expert trial of one expert
 
     def _setup_compile(self) -> None:
         """torch.compile every transformer block (after SLA injection, before DDP wraps the model),
