@@ -23,6 +23,9 @@ dense, 116.8 with SLA, whose saved tensors are not counted here). The full fine-
 checkpointing then comes to 26.4 GiB against 26.5 (eager) and 25.3 (compiled) measured. The
 estimate is of memory allocated; the CUDA context and the allocator's cache come on top. There
 is no teacher model in a trial, so none is counted.
+
+A Wan2.2 A14B pipeline's trial holds both experts (P twice in the weights) and trains those
+train.experts names (T for each); a step runs one expert, so the activations are one's.
 """
 
 from __future__ import annotations
@@ -92,12 +95,14 @@ def estimate(train: TrainConfig, shape: Shape, tokens: int, *, workers: int, lab
     """The plan of one trial setting (the formula in the module's docstring)."""
     n = workers if train.parallel == "fsdp" else 1
     w = 2 if train.mixed_precision != "no" else 4
-    base, sla = model_params(shape), proj_l_params(shape)
+    held, trained = expert_counts(train)
+    base, sla = model_params(shape), trained * proj_l_params(shape)
     adapter = lora_params(shape, train.lora.rank) if train.lora is not None else 0
     if train.lora is not None:
         trainable = adapter + sla
     else:
-        trainable = base + sla if train.train_base else sla
+        trainable = trained * base + sla if train.train_base else sla
+    base *= held
     d, f = shape.hidden, shape.ffn
     per_block = 14 * d + 2 * f + ((7 * d + f) if train.lora is not None else 0)
     if train.gradient_checkpointing:
@@ -113,6 +118,18 @@ def estimate(train: TrainConfig, shape: Shape, tokens: int, *, workers: int, lab
         activations=act,
         tokens=tokens,
     )
+
+
+def expert_counts(train: TrainConfig) -> tuple[int, int]:
+    """(transformers held, transformers trained): (2, 2 or 1) for a Wan2.2 A14B pipeline's two
+    experts by train.experts, else (1, 1). A step runs one expert, so activations are one's."""
+    if not train.is_pipeline:
+        return 1, 1
+    from orchestrator.models.pipeline import pipeline_experts  # imports diffusers: heavy
+
+    if len(pipeline_experts(train.model)) == 1:
+        return 1, 1
+    return 2, (2 if train.experts == "both" else 1)
 
 
 def trial_settings(spec: ExperimentSpec) -> Iterator[tuple[str, TrainConfig]]:
