@@ -3,14 +3,16 @@
     python -m torch.distributed.run --nproc-per-node 2 -m tests.orchestrator.recipe.parallel_trial \
         OUT CACHE PARALLEL [RESUME_FROM]
 
-Runs the real recipe (TrialRecipe: setup, train, cleanup) on random base weights (base_steps 0)
-and writes OUT/rank_<r>.json: the train/loss series, this rank's parameter elements after
+Runs the real recipe (TrialRecipe: setup, train, cleanup) on random base weights (base_steps 0),
+or, with $PARALLEL_TRIAL_PIPELINE set, on that tiny pipeline directory (a two-expert one trains
+both experts), and writes OUT/rank_<r>.json: the train/loss series, this rank's parameter elements after
 setup (its shards under fsdp) and the model's total.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +26,14 @@ STEPS = 4
 
 
 def config(cache: str, parallel: str) -> TrainConfig:
+    pipeline = os.environ.get("PARALLEL_TRIAL_PIPELINE")
+    if pipeline:  # its clips encoded into CACHE by the first rank, the other waits
+        data = {"source": "digits", "frames": 9, "size": 32, "num_train": 4, "num_val": 2,
+                "cache_dir": cache}  # fmt: skip
+        return TrainConfig(
+            model=pipeline, steps=STEPS, checkpoint_every=2, log_every=1, sample_steps=2,
+            warmup_steps=1, max_grad_norm=0.5, batch_size=2, data=data, parallel=parallel,
+        )  # fmt: skip
     return TrainConfig(
         steps=STEPS,
         checkpoint_every=2,

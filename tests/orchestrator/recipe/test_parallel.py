@@ -25,14 +25,15 @@ WEIGHT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
 
 
-def torchrun(out, cache, parallel, resume_from=None):
-    """The trial in 2 processes; {rank: its record} (parallel_trial.py writes them)."""
+def torchrun(out, cache, parallel, resume_from=None, pipeline=None):
+    """The trial in 2 processes; {rank: its record} (parallel_trial.py writes them); on the
+    tiny `pipeline` directory when given."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "-m", "tests.orchestrator.recipe.parallel_trial", str(out), str(cache), parallel,
         *([str(resume_from)] if resume_from else []),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARALLEL_TRIAL_PIPELINE": str(pipeline or "")}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return {r: json.loads((out / f"rank_{r}.json").read_text()) for r in (0, 1)}
@@ -65,6 +66,26 @@ def whole_model(directory, tmp_path):
 def max_abs_diff(a, b):
     assert a.keys() == b.keys()
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.slow
+def test_a_two_expert_fsdp_trial_matches_its_ddp_trial(tmp_path):
+    """Both experts of a Wan2.2 A14B-style pipeline, sharded and replicated: every step runs the
+    same expert on both ranks (no collective left waiting), DDP lets the other expert sit out."""
+    from tests.pipelines import tiny_pipeline
+
+    pipeline = tiny_pipeline(tmp_path / "pipelines", "wan2.2-a14b")
+    cache = tmp_path / "cache"
+    ddp = torchrun(tmp_path / "ddp", cache, "ddp", pipeline=pipeline)
+    fsdp = torchrun(tmp_path / "fsdp", cache, "fsdp", pipeline=pipeline)
+    assert [v for _, v in fsdp[0]["losses"]] == pytest.approx(
+        [v for _, v in ddp[0]["losses"]], rel=LOSS_RTOL
+    )
+    a = whole_model(tmp_path / "ddp" / "checkpoint_000004", tmp_path)
+    b = whole_model(tmp_path / "fsdp" / "checkpoint_000004", tmp_path)
+    assert any(k.startswith("transformer_2.blocks.0.attn1.sla.") for k in a)
+    assert max_abs_diff(a, b) <= WEIGHT_ATOL
+    assert fsdp[0]["local_numel"] < 0.6 * ddp[0]["local_numel"]  # each rank holds about half
 
 
 @pytest.mark.slow
