@@ -17,11 +17,14 @@ Which experts a trial fine-tunes (`train.experts`): `both`, `high_noise` (transf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from sla_kernel_glue.diffusers_processors import is_diffusers_attention
 
 EXPERT_NAMES = ("transformer", "transformer_2")
 EXPERT_CHOICES = {  # train.experts -> the experts it fine-tunes
@@ -108,6 +111,25 @@ def _rows(value: Any, mask: torch.Tensor) -> Any:
     return value
 
 
+def experts_of(index: dict[str, Any]) -> tuple[str, ...]:
+    """The transformers a model_index.json names: ("transformer",) or, with a non-null
+    transformer_2 (Wan2.2 A14B), both."""
+    second = index.get("transformer_2")
+    if isinstance(second, list) and any(second):
+        return EXPERT_NAMES
+    return ("transformer",)
+
+
+def pipeline_experts(path: str | Path) -> tuple[str, ...]:
+    """The transformers a pipeline directory's model_index.json names (unreadable:
+    ("transformer",), and read_pipeline says why)."""
+    try:
+        index = json.loads((Path(path).expanduser() / "model_index.json").read_text())
+        return experts_of(index)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ("transformer",)
+
+
 def trained_experts(choice: str) -> tuple[str, ...]:
     """The experts `train.experts` fine-tunes; ValueError for an unknown choice."""
     if choice not in EXPERT_CHOICES:
@@ -120,8 +142,6 @@ def sla_targets(model: nn.Module, choice: str) -> Any:
     pair, the default layers of the experts `choice` trains (a predicate on the layer path)."""
     if not isinstance(model, ExpertPair):
         return None
-    from sla_kernel_glue.diffusers_processors import is_diffusers_attention
-
     prefixes = tuple(f"{name}." for name in trained_experts(choice))
     return lambda path, module: (
         path.startswith(prefixes)
@@ -142,3 +162,21 @@ def freeze_untrained(model: nn.Module, choice: str) -> int:
                 p.requires_grad_(False)
                 frozen += p.numel()
     return frozen
+
+
+def expert_errors(model: str, *, is_pipeline: bool, experts: str, lora: bool) -> list[str]:
+    """train.experts needs a two-expert pipeline; LoRA on two experts is not supported yet."""
+    two = False
+    if is_pipeline:
+        two = len(pipeline_experts(model)) == 2
+    if not two and experts != "both":
+        return [
+            f"experts ({experts!r}) chooses between a Wan2.2 A14B pipeline's two experts;"
+            f" model {model!r} has one transformer: drop experts"
+        ]
+    if two and lora:
+        return [
+            "lora on a two-expert pipeline (transformer and transformer_2) is not supported yet;"
+            " fine-tune the experts fully (train_base true) or pick a one-transformer pipeline"
+        ]
+    return []

@@ -27,12 +27,12 @@ from typing import Any
 
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from orchestrator.models.experts import pipeline_experts as pipeline_experts
 from orchestrator.models.pipeline_fields import PIPELINE_CLASS as PIPELINE_CLASS
 from orchestrator.models.pipeline_fields import WAN_TEXT_LEN as WAN_TEXT_LEN
 from orchestrator.models.pipeline_fields import (
     cross_problems,
     expert_problems,
-    experts_of,
     index_fields,
     init_defaults,
     scheduler_fields,
@@ -149,17 +149,6 @@ class PipelineInfo:
 def is_pipeline_dir(path: str | Path) -> bool:
     """Whether `path` looks like a diffusers pipeline directory (it has model_index.json)."""
     return (Path(path).expanduser() / "model_index.json").is_file()
-
-
-def pipeline_experts(path: str | Path) -> tuple[str, ...]:
-    """The transformers a pipeline directory's model_index.json names: ("transformer",) or, for a
-    Wan2.2 A14B pipeline, ("transformer", "transformer_2"). Unreadable: ("transformer",), and
-    read_pipeline says why."""
-    try:
-        index = json.loads((Path(path).expanduser() / "model_index.json").read_text())
-        return experts_of(index)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return ("transformer",)
 
 
 WEIGHT_PARTS = ("transformer", "vae", "text_encoder")

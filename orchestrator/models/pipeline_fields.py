@@ -12,6 +12,8 @@ from typing import Any
 import diffusers
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from orchestrator.models.experts import experts_of
+
 PIPELINE_CLASS = "WanPipeline"
 WAN_TEXT_LEN = 512  # WanPipeline's default max_sequence_length
 
@@ -48,15 +50,6 @@ def index_fields(
         "experts": experts,
         "boundary_ratio": None if ratio is None else float(ratio),
     }
-
-
-def experts_of(index: dict[str, Any]) -> tuple[str, ...]:
-    """The transformers a model_index.json names: ("transformer",) or, with a non-null
-    transformer_2 (Wan2.2 A14B), ("transformer", "transformer_2")."""
-    second = index.get("transformer_2")
-    if isinstance(second, list) and any(second):
-        return ("transformer", "transformer_2")
-    return ("transformer",)
 
 
 def expert_problems(

@@ -236,7 +236,7 @@ def load_local(path: str | Path) -> WanTransformer3DModel:
         return WanTransformer3DModel.from_pretrained(
             path, subfolder="transformer", local_files_only=True
         )
-    from orchestrator.models.experts import ExpertPair
+    from orchestrator.models.experts import ExpertPair  # imports torch: heavy
 
     info = p.read_pipeline(path, weights=("transformer",))  # both experts' configs and weights
     experts = [

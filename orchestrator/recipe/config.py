@@ -333,7 +333,13 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
-    errors += _parallel_errors(c) + _expert_errors(c)
+    errors += _parallel_errors(c)
+    if isinstance(c.model, str) and c.experts in EXPERTS:
+        from orchestrator.models.experts import expert_errors  # imports torch: see flow_shift
+
+        errors += expert_errors(
+            c.model, is_pipeline=c.is_pipeline, experts=c.experts, lora=c.lora is not None
+        )
     if not isinstance(c.lora, LoraConfig):
         return errors  # None, or the field's own check says what it must be
     model_ok = isinstance(c.model, str) and model_source_error(c.model) is None
@@ -365,29 +371,6 @@ def _parallel_errors(c: TrainConfig) -> list[str]:
         for what, given in unsupported.items()
         if given
     ]
-
-
-def _expert_errors(c: TrainConfig) -> list[str]:
-    """train.experts needs a two-expert pipeline; LoRA on two experts is not supported yet."""
-    if not (isinstance(c.model, str) and c.is_pipeline):
-        two = False
-    else:
-        from orchestrator.models.pipeline import pipeline_experts  # imports torch: see flow_shift
-
-        two = len(pipeline_experts(c.model)) == 2
-    if not two:
-        if c.experts != "both":
-            return [
-                f"experts ({c.experts!r}) chooses between a Wan2.2 A14B pipeline's two experts;"
-                f" model {c.model!r} has one transformer: drop experts"
-            ]
-        return []
-    if c.lora is not None:
-        return [
-            "lora on a two-expert pipeline (transformer and transformer_2) is not supported yet;"
-            " fine-tune the experts fully (train_base true) or pick a one-transformer pipeline"
-        ]
-    return []
 
 
 def _shape_errors(c: TrainConfig) -> list[str]:

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.models.experts import ExpertPair, trained_experts
-from orchestrator.models.pipeline import pipeline_experts
+from orchestrator.models.experts import ExpertPair, pipeline_experts, trained_experts
 
 from .flow_matching import sample_timesteps, shift_timesteps
 

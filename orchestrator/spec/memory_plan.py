@@ -125,7 +125,7 @@ def expert_counts(train: TrainConfig) -> tuple[int, int]:
     experts by train.experts, else (1, 1). A step runs one expert, so activations are one's."""
     if not train.is_pipeline:
         return 1, 1
-    from orchestrator.models.pipeline import pipeline_experts  # imports diffusers: heavy
+    from orchestrator.models.experts import pipeline_experts  # imports torch: heavy
 
     if len(pipeline_experts(train.model)) == 1:
         return 1, 1
