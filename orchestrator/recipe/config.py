@@ -363,8 +363,6 @@ def _parallel_errors(c: TrainConfig) -> list[str]:
         "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
         "a frozen base (lora or train_base false)": c.lora is not None or c.train_base is False,
         "compile": c.compile is True,
-        "validation.prompts": isinstance(c.validation, ValidationConfig)
-        and bool(c.validation.prompts),  # videos are made on the main process alone
     }
     return [
         f"parallel (fsdp) does not support {what} yet; use parallel ddp or drop it"

@@ -168,14 +168,19 @@ class TrialRecipe(TrialSetup):
 
     def _validate_videos(self, metrics: dict[str, float]):
         """The trial's validation videos (main process), their scores against the base's in
-        `metrics`; None on the other processes."""
-        if not self.accelerator.is_main_process:
+        `metrics`; None on the other processes. A sharded model generates on every process
+        (each forward gathers its blocks from all of them); only the main one decodes."""
+        main = self.accelerator.is_main_process
+        if not (main or self.sharded is not None):
             return None
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         started = self._now()
         generated = self.videos.generate(model)
         generate_s = self._now() - started
+        if not main:
+            model.train()
+            return None
         videos, cost = self.videos.decode(generated)
         model.train()
         cost = {**cost, "perf/validation_generate_s": generate_s}

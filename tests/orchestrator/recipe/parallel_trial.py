@@ -33,6 +33,7 @@ def config(cache: str, parallel: str) -> TrainConfig:
         return TrainConfig(
             model=pipeline, steps=STEPS, checkpoint_every=2, log_every=1, sample_steps=2,
             warmup_steps=1, max_grad_norm=0.5, batch_size=2, data=data, parallel=parallel,
+            validation={"prompts": ["a digit"], "steps": 2},
         )  # fmt: skip
     return TrainConfig(
         steps=STEPS,
@@ -61,7 +62,7 @@ def main(out: str, cache: str, parallel: str, resume_from: str | None = None) ->
     try:
         recipe.setup()
         local = local_numel(recipe.model)
-        recipe.train()
+        final = recipe.train()
         rank = recipe.accelerator.process_index
     finally:
         recipe.cleanup()
@@ -69,6 +70,7 @@ def main(out: str, cache: str, parallel: str, resume_from: str | None = None) ->
         "local_numel": local,
         "n_params": recipe.n_params,
         "losses": [[step, loss] for step, loss in recorder.series("train/loss")],
+        "final": {k: v for k, v in final.items() if k.startswith("val/")},
     }
     (Path(out) / f"rank_{rank}.json").write_text(json.dumps(record))
 

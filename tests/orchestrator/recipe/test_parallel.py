@@ -71,7 +71,8 @@ def max_abs_diff(a, b):
 @pytest.mark.slow
 def test_a_two_expert_fsdp_trial_matches_its_ddp_trial(tmp_path):
     """Both experts of a Wan2.2 A14B-style pipeline, sharded and replicated: every step runs the
-    same expert on both ranks (no collective left waiting), DDP lets the other expert sit out."""
+    same expert on both ranks (no collective left waiting), DDP lets the other expert sit out;
+    the validation videos of the sharded trial score as the replicated trial's."""
     from tests.pipelines import tiny_pipeline
 
     pipeline = tiny_pipeline(tmp_path / "pipelines", "wan2.2-a14b")
@@ -86,6 +87,11 @@ def test_a_two_expert_fsdp_trial_matches_its_ddp_trial(tmp_path):
     assert any(k.startswith("transformer_2.blocks.0.attn1.sla.") for k in a)
     assert max_abs_diff(a, b) <= WEIGHT_ATOL
     assert fsdp[0]["local_numel"] < 0.6 * ddp[0]["local_numel"]  # each rank holds about half
+    # validation videos under fsdp: every rank generates (collectively), the main one scores
+    assert fsdp[0]["final"]["val/video_psnr"] == pytest.approx(
+        ddp[0]["final"]["val/video_psnr"], abs=0.05
+    )
+    assert len(list((tmp_path / "fsdp" / "checkpoint_000004" / "validation").glob("*.mp4"))) == 2
 
 
 @pytest.mark.slow
