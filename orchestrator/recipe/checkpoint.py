@@ -28,8 +28,8 @@ from orchestrator.models.weights import WeightsError, load_weights_only
 from sla_kernel_glue import SLAConfig, load_sla_state, save_sla_state
 
 from .checkpoint_weights import SHARDED_DIR
-from .lora import LORA_FILE, check_base, load_lora, save_lora
-from .parallel import ShardedState, full_sla_states
+from .lora import LORA_FILE, check_base, load_lora, lora_state, save_lora
+from .parallel import ShardedState, full_sla_states, full_states
 
 TRIAL_FILE = "trial.json"
 VALIDATION_DIR = "validation"  # a step's validation videos and frame grids (pipelines)
@@ -77,11 +77,13 @@ def save_checkpoint(
         shutil.rmtree(directory)  # a stale one from an interrupted earlier run of this trial
     accelerator.wait_for_everyone()
     accelerator.save_state(str(directory))
-    sla_states = None
+    sla_states = lora_states = None
     if sharded is not None:
         sharded.save(directory)
         if handle is not None:  # collective: every rank gathers proj_l whole
             sla_states = full_sla_states(handle)
+        if frozen is not None and frozen.lora:  # and the adapter
+            lora_states = full_states(lora_state(frozen.model))
     if accelerator.is_main_process:
         if handle is not None:
             save_sla_state(handle, directory, states=sla_states)
@@ -94,7 +96,7 @@ def save_checkpoint(
         }
         if frozen is not None:
             if frozen.lora:
-                save_lora(frozen.model, directory)
+                save_lora(frozen.model, directory, states=lora_states)
             trial.update(checkpoint=LEAN, base=frozen.identity)
         tmp = directory / (TRIAL_FILE + ".tmp")
         tmp.write_text(json.dumps(trial, indent=2, sort_keys=True, default=str))
@@ -213,7 +215,7 @@ def load_checkpoint(
         raise ValueError(f"cannot resume from {directory}: " + "; ".join(problems))
     if frozen is not None:
         check_base(trial.get("base") or {}, frozen.identity, directory)
-        if frozen.lora:
+        if frozen.lora and sharded is None:  # a sharded run's adapter is in sharded/
             rank = int(((trial.get("train") or {}).get("lora") or {}).get("rank", 0))
             load_lora(frozen.model, directory / LORA_FILE, rank=rank)
     accelerator.load_state(str(directory))

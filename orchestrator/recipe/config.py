@@ -361,7 +361,6 @@ def _parallel_errors(c: TrainConfig) -> list[str]:
         return []
     unsupported = {
         "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
-        "a frozen base (lora or train_base false)": c.lora is not None or c.train_base is False,
         "compile": c.compile is True,
     }
     return [

@@ -56,13 +56,17 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
 
-def save_lora(model: nn.Module, directory: Path) -> Path:
-    """Write directory/pytorch_lora_weights.safetensors (WanPipeline.save_lora_weights)."""
+def save_lora(
+    model: nn.Module, directory: Path, *, states: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write directory/pytorch_lora_weights.safetensors (WanPipeline.save_lora_weights); a
+    sharded model's adapter as `states` (its tensors gathered whole: parallel.full_states)."""
     from diffusers import WanPipeline
 
     config = model.peft_config[ADAPTER].to_dict()
     WanPipeline.save_lora_weights(
-        directory, transformer_lora_layers=lora_state(model), weight_name=LORA_FILE,
+        directory, transformer_lora_layers=lora_state(model) if states is None else states,
+        weight_name=LORA_FILE,
         transformer_lora_adapter_metadata=config,
     )  # fmt: skip
     return Path(directory) / LORA_FILE

@@ -103,33 +103,48 @@ def prepare_sharded(
 @dataclasses.dataclass
 class ShardedState:
     """A sharded trial's model and optimizer: what its checkpoints write through
-    torch.distributed.checkpoint instead of accelerate's save_state."""
+    torch.distributed.checkpoint instead of accelerate's save_state. `frozen`: a frozen base
+    (LoRA, train_base false), whose checkpoints hold only what trains (adapter, proj_l)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer | None  # None until the optimizer over the shards is made
+    frozen: bool = False
 
     def save(self, directory: Path) -> None:
-        save_sharded(self.model, self.optimizer, directory)
+        save_sharded(self.model, self.optimizer, directory, frozen=self.frozen)
 
     def load(self, directory: Path) -> None:
-        load_sharded(self.model, self.optimizer, directory)
+        load_sharded(self.model, self.optimizer, directory, frozen=self.frozen)
 
 
-def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _options(frozen: bool):
+    """Leave a frozen base's parameters out; loading then sets only what is there (the base's
+    own come from its files)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
+
+
+def _states(model: nn.Module, optimizer: torch.optim.Optimizer, frozen: bool) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(model, _inner(optimizer))
+    model_state, optim_state = get_state_dict(model, _inner(optimizer), options=_options(frozen))
     return {"model": model_state, "optim": optim_state}
 
 
-def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    """Every rank writes its shards of the model and optimizer state to directory/sharded."""
+def save_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path, *, frozen: bool = False
+) -> None:
+    """Every rank writes its shards of the model and optimizer state to directory/sharded (a
+    frozen base's parameters left out when `frozen`: the base is named, not copied)."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_states(model, optimizer), checkpoint_id=str(Path(directory) / SHARDED_DIR))
+    dcp.save(_states(model, optimizer, frozen), checkpoint_id=str(Path(directory) / SHARDED_DIR))
 
 
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+def load_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path, *, frozen: bool = False
+) -> None:
     """Every rank reads its shards of directory/sharded into the sharded model and optimizer."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
@@ -140,28 +155,32 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: 
             f"cannot resume from {directory}: no {SHARDED_DIR}/ (a sharded trial's model and "
             "optimizer state); it was written by a parallel ddp trial"
         )
-    states = _states(model, optimizer)
+    states = _states(model, optimizer, frozen)
     dcp.load(states, storage_reader=ShardReader(str(path)), planner=SafeLoadPlanner())
     set_state_dict(
         model,
         _inner(optimizer),
         model_state_dict=states["model"],
         optim_state_dict=states["optim"],
+        options=_options(frozen),
     )
+
+
+def full_states(states: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict whole, on the CPU, gathered from their shards (every rank must
+    call it; each gets the whole tensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return {
+        name: (v.full_tensor() if isinstance(v, DTensor) else v).detach().to("cpu", copy=True)
+        for name, v in states.items()
+    }
 
 
 def full_sla_states(handle: Any) -> dict[str, dict[str, torch.Tensor]]:
     """{layer path: {name: whole tensor}} of the SLA layers, gathered from their shards (every
-    rank must call it; each gets the whole tensors, on the CPU)."""
-    from torch.distributed.tensor import DTensor
-
-    return {
-        path: {
-            name: (v.full_tensor() if isinstance(v, DTensor) else v).detach().to("cpu", copy=True)
-            for name, v in layer.state_dict().items()
-        }
-        for path, layer in handle.layers.items()
-    }
+    rank must call it)."""
+    return {path: full_states(layer.state_dict()) for path, layer in handle.layers.items()}
 
 
 def local_numel(model: nn.Module) -> int:

@@ -240,7 +240,8 @@ class TrialSetup:
         if not is_sharded(self.train_cfg.parallel, self.accelerator):
             return
         blocks = shard_model(self.model, mixed_precision=self.mixed_precision)
-        self.sharded = ShardedState(self.model, None)  # the optimizer joins at prepare
+        # the optimizer joins at prepare; a frozen base stays out of the sharded checkpoints
+        self.sharded = ShardedState(self.model, None, frozen=self.train_cfg.frozen_base)
         if self.accelerator.is_main_process:
             print(f"[recipe] fsdp: {blocks} blocks sharded over {self.accelerator.num_processes}")
 

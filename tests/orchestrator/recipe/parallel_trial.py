@@ -5,7 +5,8 @@
 
 Runs the real recipe (TrialRecipe: setup, train, cleanup) on random base weights (base_steps 0),
 or, with $PARALLEL_TRIAL_PIPELINE set, on that tiny pipeline directory (a two-expert one trains
-both experts), and writes OUT/rank_<r>.json: the train/loss series, this rank's parameter elements after
+both experts), or with $PARALLEL_TRIAL_LORA=RANK a LoRA adapter of that rank over the frozen
+preset, and writes OUT/rank_<r>.json: the train/loss series, this rank's parameter elements after
 setup (its shards under fsdp) and the model's total.
 """
 
@@ -35,7 +36,10 @@ def config(cache: str, parallel: str) -> TrainConfig:
             warmup_steps=1, max_grad_norm=0.5, batch_size=2, data=data, parallel=parallel,
             validation={"prompts": ["a digit"], "steps": 2},
         )  # fmt: skip
+    lora = os.environ.get("PARALLEL_TRIAL_LORA")  # a rank: a LoRA trial over the frozen base
+    frozen = {"lora": {"rank": int(lora)}, "train_base": False} if lora else {}
     return TrainConfig(
+        **frozen,
         steps=STEPS,
         checkpoint_every=2,
         base_steps=0,  # random weights: nothing to pre-train

@@ -25,15 +25,16 @@ WEIGHT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
 
 
-def torchrun(out, cache, parallel, resume_from=None, pipeline=None):
+def torchrun(out, cache, parallel, resume_from=None, pipeline=None, lora=None):
     """The trial in 2 processes; {rank: its record} (parallel_trial.py writes them); on the
-    tiny `pipeline` directory when given."""
+    tiny `pipeline` directory when given, a LoRA adapter of rank `lora` when given."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "-m", "tests.orchestrator.recipe.parallel_trial", str(out), str(cache), parallel,
         *([str(resume_from)] if resume_from else []),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARALLEL_TRIAL_PIPELINE": str(pipeline or "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PARALLEL_TRIAL_PIPELINE": str(pipeline or ""),
+           "PARALLEL_TRIAL_LORA": str(lora or "")}  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return {r: json.loads((out / f"rank_{r}.json").read_text()) for r in (0, 1)}
@@ -92,6 +93,35 @@ def test_a_two_expert_fsdp_trial_matches_its_ddp_trial(tmp_path):
         ddp[0]["final"]["val/video_psnr"], abs=0.05
     )
     assert len(list((tmp_path / "fsdp" / "checkpoint_000004" / "validation").glob("*.mp4"))) == 2
+
+
+@pytest.mark.slow
+def test_a_lora_trial_on_a_sharded_frozen_base(tmp_path):
+    """LoRA over the frozen base, sharded: the losses and the adapter of the ddp trial; the lean
+    checkpoint's sharded/ holds only what trains (adapter, proj_l) and its LoRA file is whole;
+    a resumed sharded LoRA trial continues like the straight one; infer reads the checkpoint."""
+    from safetensors.torch import load_file
+
+    from orchestrator.infer.model import rebuild_checkpoint_model
+    from orchestrator.recipe.lora import LORA_FILE
+
+    cache = tmp_path / "cache"
+    ddp = torchrun(tmp_path / "ddp", cache, "ddp", lora=4)
+    fsdp = torchrun(tmp_path / "fsdp", cache, "fsdp", lora=4)
+    resumed = torchrun(tmp_path / "resumed", cache, "fsdp", lora=4,
+                       resume_from=tmp_path / "fsdp" / "checkpoint_000002")  # fmt: skip
+    losses = {k: [v for _, v in r[0]["losses"]] for k, r in
+              (("ddp", ddp), ("fsdp", fsdp), ("resumed", resumed))}  # fmt: skip
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=LOSS_RTOL)
+    assert losses["resumed"] == pytest.approx(losses["fsdp"][2:], rel=LOSS_RTOL)
+    last = {k: tmp_path / k / "checkpoint_000004" for k in ("ddp", "fsdp", "resumed")}
+    adapters = {k: load_file(str(d / LORA_FILE)) for k, d in last.items()}
+    assert max_abs_diff(adapters["ddp"], adapters["fsdp"]) <= WEIGHT_ATOL
+    assert max_abs_diff(adapters["fsdp"], adapters["resumed"]) <= WEIGHT_ATOL
+    kept = whole_model(last["fsdp"], tmp_path)  # the sharded entries: what trains, nothing frozen
+    assert kept and all(".lora_" in k or ".sla.proj_l." in k for k in kept)
+    loaded = rebuild_checkpoint_model(last["fsdp"], attention="sla", device=torch.device("cpu"))
+    assert loaded.handle is not None and loaded.source["step"] == 4
 
 
 @pytest.mark.slow
@@ -161,7 +191,6 @@ def test_bad_parallel_is_refused_in_one_line():
     "given, what",
     [
         ({"mixed_precision": "fp16"}, "mixed_precision fp16"),
-        ({"train_base": False}, "a frozen base (lora or train_base false)"),
         ({"compile": True}, "compile"),
     ],
 )
