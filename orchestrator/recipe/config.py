@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from orchestrator.models.wan_presets import PRESETS, model_source_error, text_len
-from orchestrator.values import is_positive_int
 
 from .config_fields import (
     BOOL,
@@ -30,6 +29,7 @@ from .config_fields import (
     section,
     sections,
 )
+from .config_checks import objective_errors, parallel_errors, shape_errors
 from .config_sections import LORA_TARGETS, SHORT_CLIPS, DataConfig, LoraConfig, ValidationConfig
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "LORA_TARGETS",
     "LR_SCHEDULES",
     "MIXED_PRECISION",
+    "OBJECTIVES",
     "PARALLEL",
     "SHORT_CLIPS",
     "TIMESTEP_SAMPLING",
@@ -52,10 +53,12 @@ LrSchedule = Literal["constant", "cosine"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 TimestepSampling = Literal["logit_normal", "uniform"]
 Parallel = Literal["ddp", "fsdp"]
+Objective = Literal["flow_matching", "distill"]
 LR_SCHEDULES = typing.get_args(LrSchedule)
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
 PARALLEL = typing.get_args(Parallel)
+OBJECTIVES = typing.get_args(Objective)
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 
@@ -74,6 +77,19 @@ class TrainConfig:
         DataConfig, "a DataConfig or a mapping", "where clips come from and their shape"
     )
     steps: int = knob(30, POSITIVE_INT, "optimizer steps", searchable=True)
+    objective: Objective = knob(
+        "flow_matching",
+        one_of(OBJECTIVES),
+        "flow_matching (the velocity noise - x0 of the data) or distill (the dense base's "
+        "velocity on the same noised latent, timestep and text: the untouched base, frozen)",
+        searchable=True,
+    )
+    flow_weight: float = knob(
+        0.0,
+        NON_NEGATIVE_NUMBER,
+        "distill on clips: add this times the flow-matching loss (0: the teacher's alone)",
+        searchable=True,
+    )
     # Not searchable: a preset's base is pre-trained with it (part of the base's cache key), so
     # each value would fine-tune another base.
     batch_size: int = knob(4, POSITIVE_INT, "clips per process per micro-batch")
@@ -309,7 +325,7 @@ def _model_errors(c: TrainConfig) -> list[str]:
             what = "pipeline" if c.is_pipeline else "local model directory"
             errors.append(f"data.frames and data.size must be given for a {what} ({c.model!r})")
     if data is not None:
-        errors += _shape_errors(c)
+        errors += shape_errors(c)
     return errors
 
 
@@ -322,7 +338,7 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
-    errors += _parallel_errors(c)
+    errors += parallel_errors(c) + objective_errors(c)
     if not isinstance(c.lora, LoraConfig):
         return errors  # None, or the field's own check says what it must be
     model_ok = isinstance(c.model, str) and model_source_error(c.model) is None
@@ -336,40 +352,3 @@ def _cross_errors(c: TrainConfig) -> list[str]:
             "a frozen base; set train_base false, or drop lora for a full fine-tune"
         )
     return errors
-
-
-def _parallel_errors(c: TrainConfig) -> list[str]:
-    """What a sharded (fsdp) trial does not support yet: each refused with the way out."""
-    if c.parallel != "fsdp":
-        return []
-    unsupported = {
-        "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
-        "a frozen base (lora or train_base false)": c.lora is not None or c.train_base is False,
-        "compile": c.compile is True,
-        "validation.prompts": isinstance(c.validation, ValidationConfig)
-        and bool(c.validation.prompts),  # videos are made on the main process alone
-    }
-    return [
-        f"parallel (fsdp) does not support {what} yet; use parallel ddp or drop it"
-        for what, given in unsupported.items()
-        if given
-    ]
-
-
-def _shape_errors(c: TrainConfig) -> list[str]:
-    """A pipeline's clip shape against its VAE and patch; a preset's size is one even int."""
-    pair = isinstance(c.data.size, tuple)
-    if c.model in PRESETS or not c.is_pipeline:
-        return (
-            [f"data.size ({list(c.data.size)}) as [H, W] needs a pipeline model; give one int"]
-            if pair
-            else []
-        )
-    if not (is_positive_int(c.data.frames) and c.data.hw and all(map(is_positive_int, c.data.hw))):
-        return []  # DataConfig reports the values themselves
-    names = ("data.frames", "data.size", "data.size")
-    from orchestrator.models.pipeline import read_pipeline  # imports torch: see flow_shift
-
-    return read_pipeline(c.model, weights=("transformer",)).size_errors(
-        c.data.frames, *c.data.hw, names=names
-    )
