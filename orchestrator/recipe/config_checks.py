@@ -4,7 +4,7 @@ training objective against the data (a prompt file needs distill and a pipeline)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from orchestrator.data.prompts import PromptFileError, is_prompt_file, read_prompts
 from orchestrator.models.wan_presets import PRESETS
@@ -12,11 +12,10 @@ from orchestrator.values import is_positive_int
 
 from .config_sections import ValidationConfig
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+# Each check takes the TrainConfig being validated (typed Any: config.py imports this module).
 
 
-def objective_errors(c: TrainConfig) -> list[str]:
+def objective_errors(c: Any) -> list[str]:
     """A prompt file as data.source: readable prompts, a pipeline (its text encoder encodes them,
     its transformer generates the latents) and objective distill; flow_weight needs distill."""
     errors = []
@@ -52,7 +51,7 @@ def objective_errors(c: TrainConfig) -> list[str]:
     return errors
 
 
-def parallel_errors(c: TrainConfig) -> list[str]:
+def parallel_errors(c: Any) -> list[str]:
     """What a sharded (fsdp) trial does not support yet: each refused with the way out."""
     if c.parallel != "fsdp":
         return []
@@ -71,7 +70,7 @@ def parallel_errors(c: TrainConfig) -> list[str]:
     ]
 
 
-def shape_errors(c: TrainConfig) -> list[str]:
+def shape_errors(c: Any) -> list[str]:
     """A pipeline's clip shape against its VAE and patch; a preset's size is one even int."""
     pair = isinstance(c.data.size, tuple)
     if c.model in PRESETS or not c.is_pipeline:
