@@ -11,10 +11,10 @@ not its weights). Two parts:
   generate_s over the prompts), then one distill trial (LoRA, SLA, 2 steps) on those latents, as
   a sweep runs it, and the generation's share of a sweep of `--trials` such trials:
   generate / (generate + trials x trial).
-- step: one optimizer step (loss, backward, AdamW) of a preset with SLA on the same batch:
-  flow matching, distill with the no-copy teacher (LoRA: the same weights, adapter off and SLA
-  bypassed) and distill with a full fine-tune's frozen copy; the median over --reps after one
-  warm-up. CPU float32 here (no autocast).
+- step: one optimizer step (loss, backward, AdamW) of a preset with SLA on the same batch, for a
+  full fine-tune (distill: its frozen copy teaches) and for LoRA (distill: the same weights,
+  adapter off and SLA bypassed, teach), each with flow matching and with distill; the median
+  over --reps after one warm-up, the modes interleaved. CPU float32 here (no autocast).
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ def generation(pipeline: Path, count: int, steps_list: list[int], trials: int, t
     return out
 
 
+MODES = ("flow_matching", "distill_copy", "flow_matching_lora", "distill_lora")
+
+
 def _step_fn(preset: str, topk: float, mode: str):
-    """One optimizer step of `mode` (flow_matching, distill_lora, distill_copy) as a closure."""
+    """One optimizer step of `mode` (MODES: a full fine-tune, or LoRA rank 16 over the frozen
+    base, each with either objective) as a closure."""
     import torch
 
     from orchestrator.models.wan_presets import PRESETS, build_preset
@@ -86,11 +90,13 @@ def _step_fn(preset: str, topk: float, mode: str):
     teacher = None
     if mode == "distill_copy":  # before SLA goes in, as the recipe makes it
         teacher = Teacher.copy_of(model, torch.float32, contextlib.nullcontext)
-    if mode == "distill_lora":
+    lora = mode.endswith("_lora")
+    if lora:
         add_lora(model, LoraConfig(rank=16))
     handle = apply_sla(model, SLAConfig(topk=topk, blkq=32, blkk=32))
     if mode == "distill_lora":
         teacher = Teacher(own=lambda: model, handle=lambda: handle)
+    if lora:
         for name, param in model.named_parameters():
             param.requires_grad_("lora_" in name or ".sla." in name)
     g = torch.Generator().manual_seed(0)
@@ -111,7 +117,7 @@ def _step_fn(preset: str, topk: float, mode: str):
 def step_times(preset: str, topk: float, reps: int) -> dict[str, float]:
     """Median seconds of one step per mode, the modes interleaved rep by rep (a shared machine's
     load then falls on each alike)."""
-    modes = ("flow_matching", "distill_lora", "distill_copy")
+    modes = MODES
     steps = {mode: _step_fn(preset, topk, mode) for mode in modes}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for mode in modes:
@@ -128,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, default=None)
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--generate-steps", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--generate-steps", type=int, nargs="*", default=[2, 8],
+                        help="none: skip the generation part")
     parser.add_argument("--trials", type=int, default=2, help="trials of the sweep (share)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--topk", type=float, default=0.25)
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        if args.pipeline is None:
+        if args.pipeline is None and args.generate_steps:
             from orchestrator.models.tiny_pipeline import build_tiny_pipeline
 
             args.pipeline = build_tiny_pipeline(tmp / "pipeline")
