@@ -3,6 +3,7 @@
     handle = apply_sla(model, SLAConfig(topk=0.1))  # or: with apply_sla(model, cfg) as handle: ...
     handle.layers        # {"blocks.0.attn1": SparseLinearAttention, ...}
     handle.set_step(s)   # a topk schedule: every layer at config.topk_at(s) (they start at its end)
+    with handle.dense(): model(x)  # every injected layer computes dense attention, uncounted
     handle.remove()      # the model is exactly as before
 
 Each selected layer gets its own SparseLinearAttention registered as the submodule ``sla`` of
@@ -23,6 +24,7 @@ classes, or a predicate ``(path, module) -> bool``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
@@ -40,7 +42,7 @@ from .diffusers_processors import (
     restore_processor,
 )
 from .module import SparseLinearAttention
-from .sdpa_redirect import InjectedLayer, layer_scope
+from .sdpa_redirect import InjectedLayer, dense_attention, layer_scope
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,11 @@ class SLAHandle:
         for sla in self.layers.values():
             sla.set_topk(topk)
         return topk
+
+    def dense(self) -> contextlib.AbstractContextManager[None]:
+        """A block in which this thread's calls of every injected layer are torch's dense SDPA
+        (SLA bypassed, its weights unused, nothing counted): the model as before injection."""
+        return dense_attention()
 
     def fallback_counts(self) -> dict[str, dict[str, int]]:
         """Dense calls per layer path and reason (only layers and reasons that occurred)."""

@@ -19,6 +19,9 @@ can compute it, and to torch's own SDPA otherwise (counted per layer and reason,
   call (a layer's projections, norms, RoPE) compiles with SLA injected as it does without.
 - Scale: SLA computes softmax(q k^T / sqrt(d)). A call with another ``scale`` stays dense
   (reason "scale"); ``scale=None`` or 1/sqrt(d) goes to SLA.
+- Bypass: inside ``dense_attention()`` every call of this context is torch's dense SDPA, not
+  counted as a fallback (the caller asked for it): the model as it was before injection, e.g. a
+  full-attention teacher that shares the student's weights.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class _Frame:
 _active: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar(
     "sla_active_layer", default=None
 )
+_bypass: contextvars.ContextVar[bool] = contextvars.ContextVar("sla_bypass", default=False)
 _lock = threading.Lock()
 _installed = 0  # open scopes, all threads together
 _torch_sdpa = functional.scaled_dot_product_attention  # torch's own function, captured at import
@@ -152,10 +156,22 @@ def close_scope(scope: tuple[_Frame, contextvars.Token], ok: bool) -> None:
         frame.layer.count_fallback("no_sdpa_call")
 
 
+@contextlib.contextmanager
+def dense_attention() -> Iterator[None]:
+    """Within the block (this thread/context), injected layers compute torch's dense SDPA."""
+    token = _bypass.set(True)
+    try:
+        yield
+    finally:
+        _bypass.reset(token)
+
+
 @torch.compiler.disable
 def count_fallback(layer: InjectedLayer, reason: str) -> None:
-    """layer.count_fallback, run eagerly under torch.compile (a counter is not graph material)."""
-    layer.count_fallback(reason)
+    """layer.count_fallback, run eagerly under torch.compile (a counter is not graph material);
+    nothing inside dense_attention(), where dense is what was asked for."""
+    if not _bypass.get():
+        layer.count_fallback(reason)
 
 
 def dense_reason(
@@ -214,6 +230,8 @@ def _sla_or_dense_sdpa(
     if frame is None:  # another thread, or a call outside any injected layer: dense
         return _torch_sdpa(*args, **kwargs)
     frame.sdpa_calls += 1
+    if _bypass.get():  # dense_attention(): asked for, not a fallback
+        return _torch_sdpa(*args, **kwargs)
     layer = frame.layer
     reason = dense_reason(layer, query, key, value, attn_mask, dropout_p, is_causal, scale)
     if reason is not None:

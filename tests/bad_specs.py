@@ -13,15 +13,17 @@ from orchestrator.cli import main
 
 
 def run_bad_spec(
-    tmp: Path, pipeline: Path, clips: Path, capsys, *, train: dict[str, Any] | None = None, **data
+    tmp: Path, pipeline: Path, clips: Path, capsys, *, train: dict[str, Any] | None = None,
+    model: dict[str, str] | None = None, **data,
 ) -> tuple[int, list[str]]:
     """(exit status, non-empty stderr lines) of `sla-sweep run` on a 9-frame 32x32 spec of
-    `pipeline` and `clips` (data and train entries overridden by `data`, `train`); asserts that
-    no sweep directory and no cache entry were written."""
+    `pipeline` (or `model`, e.g. {"preset": "tiny"}) and `clips` (data and train entries
+    overridden by `data`, `train`); asserts that no sweep directory and no cache entry were
+    written."""
     cache = tmp / "cache"
     doc = {
         "name": "bad",
-        "model": {"path": str(pipeline)},
+        "model": model or {"path": str(pipeline)},
         "data": {"source": str(clips), "frames": 9, "size": 32, "num_val": 1, "cache_dir": str(cache), **data},
         "train": {"steps": 1, "batch_size": 1, **(train or {})},
         "sla": {"topk": {"grid": [0.5]}, "blkq": 16, "blkk": 16},

@@ -327,6 +327,8 @@ class EncodedClips(Dataset):
 
     def draw(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         entry = self._entry(index)
+        if "std" not in entry:  # a generated latent (a prompt file's): drawn as it is
+            return entry["mean"].float(), index
         mean, std = entry["mean"].float(), entry["std"].float()
         return mean + std * torch.randn(mean.shape, generator=generator), index
 

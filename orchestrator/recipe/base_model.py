@@ -142,7 +142,10 @@ def _publish(store: str, base_id: str, final: Path, log: Callable[[str], None]) 
 
 
 def folder_fingerprint(root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime in ns) of every file under a data folder, sorted."""
+    """(relative path, size, mtime in ns) of every file under a data folder, sorted (a file,
+    e.g. a prompt file: itself)."""
+    if root.is_file():
+        return [(root.name, root.stat().st_size, root.stat().st_mtime_ns)]
     return sorted(
         (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in root.rglob("*")

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from orchestrator.models.wan_presets import PRESETS, model_source_error, text_len
-from orchestrator.values import is_positive_int
 
+from .config_checks import objective_errors, parallel_errors, shape_errors
 from .config_fields import (
     BOOL,
     NON_NEGATIVE_INT,
@@ -38,6 +38,7 @@ __all__ = [
     "LR_SCHEDULES",
     "MIXED_PRECISION",
     "EXPERTS",
+    "OBJECTIVES",
     "PARALLEL",
     "SHORT_CLIPS",
     "TIMESTEP_SAMPLING",
@@ -54,11 +55,13 @@ MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 TimestepSampling = Literal["logit_normal", "uniform"]
 Parallel = Literal["ddp", "fsdp"]
 Experts = Literal["both", "high_noise", "low_noise"]
+Objective = Literal["flow_matching", "distill"]
 LR_SCHEDULES = typing.get_args(LrSchedule)
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
 PARALLEL = typing.get_args(Parallel)
 EXPERTS = typing.get_args(Experts)
+OBJECTIVES = typing.get_args(Objective)
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 
@@ -77,6 +80,19 @@ class TrainConfig:
         DataConfig, "a DataConfig or a mapping", "where clips come from and their shape"
     )
     steps: int = knob(30, POSITIVE_INT, "optimizer steps", searchable=True)
+    objective: Objective = knob(
+        "flow_matching",
+        one_of(OBJECTIVES),
+        "flow_matching (the velocity noise - x0 of the data) or distill (the dense base's "
+        "velocity on the same noised latent, timestep and text: the untouched base, frozen)",
+        searchable=True,
+    )
+    flow_weight: float = knob(
+        0.0,
+        NON_NEGATIVE_NUMBER,
+        "distill on clips: add this times the flow-matching loss (0: the teacher's alone)",
+        searchable=True,
+    )
     # Not searchable: a preset's base is pre-trained with it (part of the base's cache key), so
     # each value would fine-tune another base.
     batch_size: int = knob(4, POSITIVE_INT, "clips per process per micro-batch")
@@ -320,7 +336,7 @@ def _model_errors(c: TrainConfig) -> list[str]:
             what = "pipeline" if c.is_pipeline else "local model directory"
             errors.append(f"data.frames and data.size must be given for a {what} ({c.model!r})")
     if data is not None:
-        errors += _shape_errors(c)
+        errors += shape_errors(c)
     return errors
 
 
@@ -333,7 +349,7 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 "validation.prompts need a pipeline model (a directory with model_index.json, "
                 f"its VAE and text encoder); model is {c.model!r}"
             )
-    errors += _parallel_errors(c)
+    errors += parallel_errors(c) + objective_errors(c)
     if isinstance(c.model, str) and c.experts in EXPERTS:
         from orchestrator.models.experts import expert_errors  # imports torch: see flow_shift
 
@@ -353,37 +369,3 @@ def _cross_errors(c: TrainConfig) -> list[str]:
             "a frozen base; set train_base false, or drop lora for a full fine-tune"
         )
     return errors
-
-
-def _parallel_errors(c: TrainConfig) -> list[str]:
-    """What a sharded (fsdp) trial does not support yet: each refused with the way out."""
-    if c.parallel != "fsdp":
-        return []
-    unsupported = {
-        "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
-        "compile": c.compile is True,
-    }
-    return [
-        f"parallel (fsdp) does not support {what} yet; use parallel ddp or drop it"
-        for what, given in unsupported.items()
-        if given
-    ]
-
-
-def _shape_errors(c: TrainConfig) -> list[str]:
-    """A pipeline's clip shape against its VAE and patch; a preset's size is one even int."""
-    pair = isinstance(c.data.size, tuple)
-    if c.model in PRESETS or not c.is_pipeline:
-        return (
-            [f"data.size ({list(c.data.size)}) as [H, W] needs a pipeline model; give one int"]
-            if pair
-            else []
-        )
-    if not (is_positive_int(c.data.frames) and c.data.hw and all(map(is_positive_int, c.data.hw))):
-        return []  # DataConfig reports the values themselves
-    names = ("data.frames", "data.size", "data.size")
-    from orchestrator.models.pipeline import read_pipeline  # imports torch: see flow_shift
-
-    return read_pipeline(c.model, weights=("transformer",)).size_errors(
-        c.data.frames, *c.data.hw, names=names
-    )

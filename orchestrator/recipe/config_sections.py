@@ -25,9 +25,12 @@ SHORT_CLIPS = ("error", "skip")
 
 def _source_check(key: str, value: Any) -> str | None:
     if not isinstance(value, str) or not value:
-        return f"{key} ({value!r}) must be 'digits' or a folder path"
-    if value != "digits" and not Path(value).expanduser().is_dir():
-        return f"{key} ({value!r}) must be 'digits' or an existing folder of clips"
+        return f"{key} ({value!r}) must be 'digits', a folder path or a prompt file"
+    if value != "digits" and not Path(value).expanduser().exists():
+        return (
+            f"{key} ({value!r}) must be 'digits', an existing folder of clips or an existing "
+            "prompt file"
+        )
     return None
 
 
@@ -52,7 +55,9 @@ class DataConfig:
     source: str = knob(
         "digits",
         _source_check,
-        "'digits' (moving handwritten digits, built in) or a folder of the user's clips",
+        "'digits' (moving handwritten digits, built in), a folder of the user's clips, or a prompt "
+    "file (one prompt a line, or a YAML list; a pipeline's distill study: the dense base "
+    "generates the latents)",
     )
     frames: int | None = knob(
         None,
@@ -82,6 +87,17 @@ class DataConfig:
         one_of(SHORT_CLIPS),
         "a pipeline's video folder: clips shorter than `frames` are an 'error' (listed with "
         "every other problem before anything starts) or are 'skip'ped (and said so)",
+    )
+    generate_steps: int = knob(
+        8,
+        POSITIVE_INT,
+        "a prompt file: Euler steps of the dense base's sampler that make each prompt's latent",
+    )
+    generate_guidance: float = knob(
+        5.0,
+        Check(lambda v: is_num(v) and v >= 1, "a number >= 1"),
+        "a prompt file: classifier-free guidance of those generations (validation's negative "
+        "prompt)",
     )
     cache_dir: str | None = knob(
         None,

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from orchestrator.models.wan_presets import ModelShape
 from sla_kernel_glue import SLAConfig, attention_flops
 
-from .flow_matching import euler_sample, flow_loss
+from .flow_matching import euler_sample, flow_loss, noisy_input, predict_velocity
 
 _VAL_NOISE_OFFSET = 7919  # val noise seed = trial seed + this (never the training stream's)
 PSNR_CAP_DB = 100.0  # identical samples would be +inf dB; reported as this cap
@@ -78,6 +78,39 @@ def val_loss(model: nn.Module, val: ValBatch, *, batch_size: int, autocast: Auto
         total += float(loss) * clips.shape[0]
         count += clips.shape[0]
     return total / count
+
+
+@torch.no_grad()
+def val_velocities(
+    model: nn.Module, val: ValBatch, *, batch_size: int, autocast: Autocast
+) -> torch.Tensor:
+    """The model's velocity (float32) at every val clip's fixed noise and timestep: the base's is
+    what val/distill_loss compares a trial's with."""
+    out = []
+    for clips, context, noise, t, _ in val.chunks(batch_size):
+        with autocast():
+            out.append(predict_velocity(model, noisy_input(clips, noise, t), t, context))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def val_losses(
+    model: nn.Module, val: ValBatch, targets: torch.Tensor, *, batch_size: int, autocast: Autocast
+) -> tuple[float, float]:
+    """(val_loss, the distillation loss: the MSE to `targets`, the base's val_velocities), both
+    from one forward per chunk and means over clips; the first is val_loss's computation."""
+    total, distilled, count = 0.0, 0.0, 0
+    for start, (clips, context, noise, t, _) in zip(
+        range(0, len(val.clips), batch_size), val.chunks(batch_size), strict=True
+    ):
+        with autocast():
+            prediction = predict_velocity(model, noisy_input(clips, noise, t), t, context)
+            loss = F.mse_loss(prediction, (noise - clips).float())
+        target = targets[start : start + clips.shape[0]]
+        total += float(loss) * clips.shape[0]
+        distilled += float(F.mse_loss(prediction, target)) * clips.shape[0]
+        count += clips.shape[0]
+    return total / count, distilled / count
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from orchestrator.data.encoded import EncodeSettings, cache_dir, encode_dataset
+from orchestrator.data.prompts import is_prompt_file
 from orchestrator.recipe.config import TrainConfig
 
 DIGITS_FPS = 8.0
@@ -60,11 +61,18 @@ def data_folder(train: TrainConfig, root: Path) -> Path:
 def prepare_encoded(
     train: TrainConfig, *, device: torch.device | None = None, log: Callable[[str], None] = print
 ) -> Path:
-    """Encode the trial's clips and captions (what is not cached yet); the manifest's path."""
+    """Encode the trial's clips and captions, or generate a prompt file's latents (what is not
+    cached yet); the manifest's path."""
     if not train.is_pipeline:
         raise ValueError(f"model ({train.model!r}) is not a pipeline directory: nothing to encode")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = cache_dir(train.data.cache_dir)
+    if is_prompt_file(train.data.source):  # prompts alone: the dense base generates the latents
+        from .prompt_data import generate_prompt_latents  # the diffusers sampler's imports
+
+        return generate_prompt_latents(
+            train, encode_settings(train), cache_root=root, device=device, log=log
+        )
     return encode_dataset(
         Path(train.model),
         data_folder(train, root),

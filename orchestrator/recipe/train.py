@@ -30,7 +30,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, resolve_mixed_precision
-from .flow_matching import flow_loss
+from .distill import objective_loss
 from .topk_schedule import schedule_error
 from .trial_setup import TrialSetup
 from .validation import write_videos
@@ -101,7 +101,10 @@ class TrialRecipe(TrialSetup):
             for micro in range(cfg.grad_accum):
                 with acc.accumulate(self.model):
                     clips, context, noise, t = self._micro_batch(step, micro)
-                    loss = flow_loss(self.model, clips, noise, t, context)
+                    loss = objective_loss(
+                        self.model, clips, noise, t, context,
+                        teacher=self.teacher, flow_weight=cfg.flow_weight,
+                    )  # fmt: skip
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.max_grad_norm > 0:
                         acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -264,7 +267,7 @@ class TrialRecipe(TrialSetup):
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         common = {"batch_size": cfg.batch_size, "autocast": self.accelerator.autocast}
-        loss = ev.val_loss(model, self.val, **common)
+        loss, distill = ev.val_losses(model, self.val, self.val_teacher, **common)
         layers = self.handle.layers if self.handle is not None else {}
         rel_err = ev.attention_rel_err(model, layers, self.val, **common)
         samples = ev.samples(model, self.val, steps=cfg.sample_steps, shift=self.shift, **common)
@@ -276,6 +279,7 @@ class TrialRecipe(TrialSetup):
         return {
             "val/loss": loss,
             "val/loss_gap": loss - self.base_val_loss,
+            "val/distill_loss": distill,  # to the dense base's velocity, fixed noise and t
             "val/attn_rel_err": rel_err,
             "val/sample_psnr": ev.psnr(samples, self.base_samples),
             "sla/fallback_calls": carried.get("sla/fallback_calls", 0.0)

@@ -25,6 +25,8 @@ from .base_outputs import base_reference
 from .callbacks import PrintCallback
 from .checkpoint import FrozenBase, load_checkpoint
 from .compile import compiled_blocks
+from .config import autocast_dtype
+from .distill import Teacher
 from .flow_matching import class_prompts
 from .lora import add_lora, base_identity, lora_parameters
 from .parallel import ShardedState, is_sharded, prepare_sharded, shard_model
@@ -42,6 +44,7 @@ class TrialSetup:
         self._setup_data()
         self._setup_model()
         self._setup_reference()
+        self._setup_teacher()
         self._setup_validation()
         self._setup_lora()
         self._setup_sla()
@@ -163,6 +166,30 @@ class TrialSetup:
         self.base_val_loss = reference.val_loss
         self.base_samples = reference.samples.to(self.accelerator.device)
         self.reference_cached = reference.cached
+
+    def _setup_teacher(self) -> None:
+        """The base's velocities on the val batch (val/distill_loss of every trial, so the two
+        objectives are scored alike) and, for distill, the teacher (distill.py): the trial's own
+        model with the adapter off and SLA bypassed where the base stays frozen, else one frozen
+        copy in the autocast dtype."""
+        cfg, acc = self.train_cfg, self.accelerator
+        self.model.eval()
+        self.val_teacher = ev.val_velocities(
+            self.model, self.val, batch_size=cfg.batch_size, autocast=acc.autocast
+        )
+        self.model.train()
+        self.teacher = None
+        if cfg.objective != "distill":
+            return
+        if cfg.frozen_base:
+            self.teacher = Teacher(
+                own=lambda: acc.unwrap_model(self.model),
+                handle=lambda: self.handle,
+                autocast=acc.autocast,
+            )
+        else:
+            dtype = autocast_dtype(self.mixed_precision) or torch.float32
+            self.teacher = Teacher.copy_of(self.model, dtype, acc.autocast)
 
     def _setup_validation(self) -> None:
         """A pipeline's validation videos: the fixed prompts and noise, and the base's videos

@@ -163,6 +163,13 @@ def judge(groups: Sequence[ConfigGroup], spec: VerdictSpec) -> Verdict:
     return Verdict(text, best.label, bars, comparisons)
 
 
+def name_objective(verdict: Verdict, objective: str, *, searched: bool) -> Verdict:
+    """The verdict with the training objective named: the study's, or (searched: each SLA
+    config's label names its own) the control's."""
+    said = f"the control trained with objective {objective}" if searched else f"objective {objective}"
+    return dataclasses.replace(verdict, text=f"{verdict.text} [{said}]")
+
+
 def compare(group: ConfigGroup, control: ConfigGroup, spec: VerdictSpec) -> Comparison:
     """One config against the control: how much worse, the test's p-value, whether it holds."""
     from scipy import stats  # heavy: the CLI imports this module without it

@@ -26,11 +26,12 @@ from pathlib import Path
 import yaml
 
 from orchestrator.report.figures import pyplot, save_figure
-from orchestrator.report.findings import ConfigGroup, Verdict, group_rows, judge
+from orchestrator.report.findings import ConfigGroup, Verdict, group_rows, judge, name_objective
 from orchestrator.report.pareto import config_points, write_pareto_png
 from orchestrator.report.samples import config_strips
 from orchestrator.report.table import TABLE_METRICS
 from orchestrator.spec.schema import ExperimentSpec
+from orchestrator.spec.search import control_value
 from orchestrator.storage.records import TrialRow, read_json
 from orchestrator.values import is_num
 
@@ -50,7 +51,8 @@ def write_report(spec: ExperimentSpec, sweep_dir: Path, rows: Sequence[TrialRow]
     out = Path(sweep_dir) / REPORT_DIR
     out.mkdir(exist_ok=True)
     groups = group_rows(rows)
-    verdict = judge(groups, spec.verdict)
+    objective, searched = training_objective(spec)
+    verdict = name_objective(judge(groups, spec.verdict), objective, searched=searched)
     files = [
         write_summary_csv(groups, out / "summary.csv", spec.verdict.confidence),
         _write_json(out / "verdict.json", verdict.to_json()),
@@ -124,6 +126,7 @@ def report_markdown(
         f"# SLA sweep `{spec.name}`", "",
         f"{len(groups)} configs x {spec.repeats} repeat(s) = {n_trials} trials; quality is "
         f"`{v.metric}` ({'lower' if v.mode == 'min' else 'higher'} is better).", "",
+        _objective_line(spec), "",
         "## Verdict", "", verdict.text, "",
         "## Every config (mean ± std over repeats; 95 % intervals in summary.csv)", "",
         "| config | n | " + " | ".join(f"`{m}`" for m in TABLE_METRICS) + " |",
@@ -138,6 +141,30 @@ def report_markdown(
         lines += ["## Samples (same prompt and noise)", "", "![samples](samples.png)", ""]
     lines += ["## Settings", "", "```yaml", _yaml(spec.source), "```", ""]
     return "\n".join(lines)
+
+
+def training_objective(spec: ExperimentSpec) -> tuple[str, bool]:
+    """(the objective the control trained with, whether the search varies it): the study's own
+    objective when it is not searched."""
+    for p in spec.train_space:
+        if p.field == "train.objective":
+            return str(control_value(p)), True
+    return str(spec.train.get("objective", "flow_matching")), False
+
+
+def _objective_line(spec: ExperimentSpec) -> str:
+    objective, searched = training_objective(spec)
+    what = OBJECTIVE_TEXT.get(objective, objective)
+    if searched:
+        return (f"Training objective: searched (each config's label names it); the control "
+                f"trained with `{objective}` ({what}).")  # fmt: skip
+    return f"Training objective: `{objective}` ({what})."
+
+
+OBJECTIVE_TEXT = {
+    "flow_matching": "the flow-matching loss on the data",
+    "distill": "the dense base's velocity, as a frozen teacher",
+}
 
 
 def plot_loss_curves(groups: Sequence[ConfigGroup], sweep_dir: Path, path: Path) -> Path:

@@ -16,6 +16,7 @@ from orchestrator.values import is_num
 TABLE_METRICS = (
     "val/loss",
     "val/loss_gap",
+    "val/distill_loss",
     "val/attn_rel_err",
     "val/sample_psnr",
     "flops/attention_ratio",

@@ -12,6 +12,9 @@ block keeps per token for its backward.
     weights      4 P / N   float32 master weights (+ two blocks gathered at w bytes under fsdp)
     gradients    4 T / N   float32 (+ one gathered block's under fsdp)
     optimizer    8 T / N   AdamW's two float32 moments
+    teacher      w P       objective distill with a full fine-tune: one frozen copy of the base
+                           in the autocast dtype (bf16: 2.6 GiB at Wan2.1-1.3B, 26.6 GiB at 14B);
+                           0 for LoRA and train_base false (the trial's own weights teach)
     activations  w B S (L d + a)   with gradient checkpointing: every block's input kept, one
                                    block's tensors while it runs backward
                  w B S L a         without
@@ -21,11 +24,13 @@ each adapted linear's input again, so its backward keeps a second copy) put Wan2
 step at 480x832x81 without checkpointing at 113.9 GiB, as measured (docs/benchmarks.md: 113.9
 dense, 116.8 with SLA, whose saved tensors are not counted here). The full fine-tune with
 checkpointing then comes to 26.4 GiB against 26.5 (eager) and 25.3 (compiled) measured. The
-estimate is of memory allocated; the CUDA context and the allocator's cache come on top. There
-is no teacher model in a trial, so none is counted.
+estimate is of memory allocated; the CUDA context and the allocator's cache come on top. The
+teacher's forward runs under no_grad before the model's, so its activations are freed before the
+model's are made and are not counted.
 
-A Wan2.2 A14B pipeline's trial holds both experts (P twice in the weights) and trains those
-train.experts names (T for each); a step runs one expert, so the activations are one's.
+A Wan2.2 A14B pipeline's trial holds both experts (P twice in the weights, and in a distill
+teacher's copy) and trains those train.experts names (T for each); a step runs one expert, so
+the activations are one's.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from orchestrator.spec.sizes import GIB, Shape, trial_shape
 
 FREQ_DIM = 256  # Wan's sinusoidal timestep width
 MAX_SETTINGS = 256  # searched combinations looked at
-COLUMNS = ("weights", "gradients", "optimizer", "activations", "total", "GPU has")
+COLUMNS = ("weights", "gradients", "optimizer", "teacher", "activations", "total", "GPU has")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +61,11 @@ class Plan:
     optimizer: int
     activations: int
     tokens: int
+    teacher: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.teacher + self.activations
 
 
 def block_params(s: Shape) -> int:
@@ -117,6 +123,7 @@ def estimate(train: TrainConfig, shape: Shape, tokens: int, *, workers: int, lab
         optimizer=8 * trainable // n,
         activations=act,
         tokens=tokens,
+        teacher=teacher_bytes(train, shape) * held,
     )
 
 
@@ -130,6 +137,13 @@ def expert_counts(train: TrainConfig) -> tuple[int, int]:
     if len(pipeline_experts(train.model)) == 1:
         return 1, 1
     return 2, (2 if train.experts == "both" else 1)
+
+
+def teacher_bytes(train: TrainConfig, shape: Shape) -> int:
+    """The distill teacher's own copy: a full fine-tune's frozen base in the autocast dtype."""
+    if train.objective != "distill" or train.frozen_base:
+        return 0
+    return (2 if train.mixed_precision != "no" else 4) * model_params(shape)
 
 
 def trial_settings(spec: ExperimentSpec) -> Iterator[tuple[str, TrainConfig]]:
@@ -160,7 +174,7 @@ def plans(spec: ExperimentSpec) -> list[Plan]:
         if shape is None or tokens <= 0:
             continue
         p = estimate(train, shape, tokens, workers=spec.resources.workers_per_trial, label=label)
-        out.setdefault((p.weights, p.gradients, p.optimizer, p.activations), p)
+        out.setdefault((p.weights, p.gradients, p.optimizer, p.teacher, p.activations), p)
     return list(out.values())
 
 
@@ -169,7 +183,7 @@ def table(found: list[Plan], have: int | None, *, parallel: str, workers: int) -
     head = f"memory plan per GPU (GiB), {parallel} over {workers} worker(s):"
     rows = [("setting", "tokens", *COLUMNS)]
     for p in found:
-        nums = (p.weights, p.gradients, p.optimizer, p.activations, p.total)
+        nums = (p.weights, p.gradients, p.optimizer, p.teacher, p.activations, p.total)
         rows.append((p.label, f"{p.tokens:,}", *(f"{x / GIB:,.1f}" for x in nums),
                      "?" if have is None else f"{have / GIB:,.1f}"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -188,7 +202,7 @@ def refusal(found: list[Plan], have: int, *, fraction: float, gpu: str) -> list[
     return [
         f"a trial ({p.label}) needs about {p.total / GIB:,.1f} GiB per GPU (weights "
         f"{p.weights / GIB:,.1f}, gradients {p.gradients / GIB:,.1f}, optimizer "
-        f"{p.optimizer / GIB:,.1f}, activations {p.activations / GIB:,.1f} at {p.tokens:,} "
+        f"{p.optimizer / GIB:,.1f}, teacher {p.teacher / GIB:,.1f}, activations {p.activations / GIB:,.1f} at {p.tokens:,} "
         f"tokens) but gets {have / GIB:,.1f} GiB ({fraction:g} of {gpu}); use train.parallel "
         "fsdp over more workers, gradient_checkpointing, LoRA, a smaller batch or clip"
     ]

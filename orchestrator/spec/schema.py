@@ -12,6 +12,7 @@ METRIC_NAMES = (
     "train/loss",
     "val/loss",
     "val/loss_gap",
+    "val/distill_loss",
     "val/attn_rel_err",
     "val/sample_psnr",
     "val/video_psnr",

@@ -79,6 +79,7 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     import torch
 
     from orchestrator.data.encoded import EncodeError
+    from orchestrator.data.prompts import PromptFileError
     from orchestrator.data.videos import VideoDataError
     from orchestrator.models.pipeline import PipelineError
     from orchestrator.recipe.pipeline_data import prepare_encoded
@@ -90,7 +91,7 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
     try:
         manifest = prepare_encoded(train, device=device, log=say)
-    except (VideoDataError, PipelineError, EncodeError) as exc:
+    except (VideoDataError, PipelineError, EncodeError, PromptFileError) as exc:
         raise SpecError(spec.name, [str(exc)]) from None
     stats = json.loads(manifest.read_text())["stats"]
     say(f"encoded data: {manifest} ({stats['seconds']:.1f} s)")

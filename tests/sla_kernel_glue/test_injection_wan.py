@@ -186,3 +186,20 @@ def test_diffusers_attention_class_with_its_sdpa_processor_is_redirected_too():
         model[0](x, encoder_hidden_states=torch.randn(1, 5, 32))
         assert handle.fallback_counts() == {"0": {"cross_attention": 1}}
     torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_handle_dense_bypasses_sla_exactly_and_counts_nothing():
+    model, inputs = tiny_wan(), wan_inputs()
+    before = run(model, inputs)
+    with apply_sla(model, SPARSE) as handle:
+        randomize_proj_l(handle)  # SLA's output is far from dense attention's
+        sparse = run(model, inputs)
+        handle.reset_counts()
+        with handle.dense():
+            dense = run(model, inputs)
+        assert handle.sla_calls() == 0 and handle.total_fallbacks() == 0
+        again = run(model, inputs)  # SLA again once the block ends
+        assert handle.sla_calls() == len(SELF_LAYERS)
+    assert torch.equal(dense, before)  # torch's SDPA with the same arguments: bit for bit
+    assert not torch.allclose(sparse, before, atol=1e-3)
+    assert torch.equal(again, sparse)

@@ -92,3 +92,22 @@ def test_two_experts_hold_both_and_train_what_experts_names(a14b):
     assert both.activations == low.activations == one.activations  # a step runs one expert
     # 74.4 GiB at 480x832x81 over 8: the A14B full fine-tune of both experts fits 80 GB, barely
     assert both.total < 80e9 < plan(parallel="ddp").total
+
+
+def test_a_distill_teacher_is_counted_only_where_it_is_a_copy():
+    """A full fine-tune's teacher is one frozen copy in the autocast dtype (bf16: 2 bytes a
+    parameter, 2.6 GiB at 1.3B, 26.6 GiB at 14B); LoRA's and train_base false's is the trial's
+    own weights, so nothing more."""
+    for shape, expect in ((WAN_1_3B, 2.64), (WAN_14B, 26.61)):
+        plain = estimate(config(), shape, TOKENS_480, workers=1, label="fm")
+        taught = estimate(config(objective="distill"), shape, TOKENS_480, workers=1, label="d")
+        assert taught.teacher == 2 * model_params(shape)
+        assert round(taught.teacher / GIB, 2) == expect
+        assert taught.total - plain.total == taught.teacher and plain.teacher == 0
+    for kw in ({"lora": {"rank": 16}}, {"train_base": False}):
+        taught = estimate(config(objective="distill", **kw), WAN_1_3B, TOKENS_480, workers=1,
+                          label="d")  # fmt: skip
+        assert taught.teacher == 0
+    fp32 = estimate(config(objective="distill", mixed_precision="no"), WAN_1_3B, TOKENS_480,
+                    workers=1, label="d")  # fmt: skip
+    assert fp32.teacher == 4 * model_params(WAN_1_3B)
