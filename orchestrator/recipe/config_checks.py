@@ -55,7 +55,6 @@ def parallel_errors(c: Any) -> list[str]:
         return []
     unsupported = {
         "mixed_precision fp16": c.mixed_precision == "fp16",  # FSDP2 needs a sharded scaler
-        "compile": c.compile is True,
         "objective distill": c.objective == "distill",  # the teacher's copy is not sharded
     }
     return [

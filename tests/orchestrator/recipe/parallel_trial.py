@@ -38,6 +38,8 @@ def config(cache: str, parallel: str) -> TrainConfig:
         )  # fmt: skip
     lora = os.environ.get("PARALLEL_TRIAL_LORA")  # a rank: a LoRA trial over the frozen base
     frozen = {"lora": {"rank": int(lora)}, "train_base": False} if lora else {}
+    if os.environ.get("PARALLEL_TRIAL_COMPILE"):
+        frozen["compile"] = True  # torch.compile each block (before sharding)
     return TrainConfig(
         **frozen,
         steps=STEPS,
