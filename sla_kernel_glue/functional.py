@@ -67,28 +67,39 @@ def sla_attention(
     outs, backend = sla_branches(
         q, k, v, config=config, use_bf16=use_bf16, router_weights=router_weights
     )
-    dtype = q.dtype
-    if config.linear_scope == "none":
-        # Sparse-only: o_linear is 0 and there is no projection to apply; skipping it saves two
-        # passes over (B, H, N, d) each way.
-        out = outs.o_sparse.to(dtype)
-    else:
-        # proj_l computes in the inputs' dtype from its float32 weights, as autocast runs every
-        # other linear layer (the matmul accumulates in float32; the weight gradient arrives in
-        # float32). Under bf16 that avoids float32 copies of o_s and o_l, one each way.
-        assert proj_l_weight is not None  # _check_inputs: required unless linear_scope "none"
-        weight = proj_l_weight.to(dtype)
-        bias = None if proj_l_bias is None else proj_l_bias.to(dtype)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            linear = F.linear(outs.o_linear.to(dtype), weight, bias)
-            if alpha is None:
-                out = outs.o_sparse.to(dtype) + linear
-            else:  # alpha 1 (its init) with proj_l 0 (its init) gives o_sparse, as "add" does
-                a = alpha.to(dtype)
-                out = a * outs.o_sparse.to(dtype) + (1 - a) * linear
+    out = combine_branches(outs, config, proj_l_weight, proj_l_bias, alpha, q.dtype)
     if return_info:
         return out, SLACallInfo(backend=backend, density=outs.density)
     return out
+
+
+def combine_branches(
+    outs: SLAOutputs,
+    config: SLAConfig,
+    proj_l_weight: torch.Tensor | None,
+    proj_l_bias: torch.Tensor | None,
+    alpha: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """SLA's output in `dtype` from its two branches: o_sparse + proj_l(o_linear), or with alpha
+    alpha * o_sparse + (1 - alpha) * proj_l(o_linear); o_sparse alone for linear_scope "none"."""
+    if config.linear_scope == "none":
+        # Sparse-only: o_linear is 0 and there is no projection to apply; skipping it saves two
+        # passes over (B, H, N, d) each way.
+        return outs.o_sparse.to(dtype)
+    # proj_l computes in the inputs' dtype from its float32 weights, as autocast runs every
+    # other linear layer (the matmul accumulates in float32; the weight gradient arrives in
+    # float32). Under bf16 that avoids float32 copies of o_s and o_l, one each way.
+    assert proj_l_weight is not None  # _check_inputs: required unless linear_scope "none"
+    weight = proj_l_weight.to(dtype)
+    bias = None if proj_l_bias is None else proj_l_bias.to(dtype)
+    with torch.autocast(device_type=outs.o_sparse.device.type, enabled=False):
+        linear = F.linear(outs.o_linear.to(dtype), weight, bias)
+        if alpha is None:
+            return outs.o_sparse.to(dtype) + linear
+        # alpha 1 (its init) with proj_l 0 (its init) gives o_sparse, as "add" does
+        a = alpha.to(dtype)
+        return a * outs.o_sparse.to(dtype) + (1 - a) * linear
 
 
 def _check_inputs(
