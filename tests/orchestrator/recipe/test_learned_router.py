@@ -7,6 +7,7 @@ import torch
 
 from orchestrator.infer.model import load_checkpoint_model
 from orchestrator.recipe import RecordingCallback, TrainConfig, run_trial
+from orchestrator.recipe.train import TrialRecipe
 from sla_kernel_glue import SLAConfig, attention_flops, read_sla_state
 
 # 256 tokens in 8 key blocks of 32: topk 0.5 keeps 4 (the soft top-k's gradient needs more than
@@ -15,16 +16,19 @@ SLA = SLAConfig(topk=0.5, blkq=32, blkk=32, router="learned", mix="alpha")
 STEPS = 3
 
 
+def tiny(cache, **kw):
+    return TrainConfig(
+        **{"steps": STEPS, "batch_size": 2, "base_steps": 20, "base_cache_dir": str(cache),
+           "log_every": 1, "checkpoint_every": STEPS, "sample_steps": 2, "warmup_steps": 1,
+           "lr": 1e-2, "data": {"num_train": 32, "num_val": 2}, **kw}
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(base_cache, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("learned_router")
     recorder = RecordingCallback()
-    train = TrainConfig(
-        **{"steps": STEPS, "batch_size": 2, "base_steps": 20, "base_cache_dir": str(base_cache),
-           "log_every": 1, "checkpoint_every": STEPS, "sample_steps": 2, "warmup_steps": 1,
-           "lr": 1e-2, "data": {"num_train": 32, "num_val": 2}}
-    )  # fmt: skip
-    run_trial(train, SLA, workdir, callback=recorder)
+    run_trial(tiny(base_cache), SLA, workdir, callback=recorder)
     return recorder, workdir / f"checkpoint_{STEPS:06d}"
 
 
@@ -63,3 +67,26 @@ def test_inference_loads_the_learned_parts_and_runs_the_hard_top_k(trained):
     for path, sla in loaded.handle.layers.items():
         assert torch.equal(sla.router_q.weight, saved[path]["state"]["router_q.weight"])
         assert torch.equal(sla.alpha, saved[path]["state"]["alpha"])
+
+
+@pytest.mark.slow
+def test_learned_parts_take_their_own_learning_rate(base_cache, tmp_path):
+    recipe = TrialRecipe(tiny(base_cache, steps=1, learned_lr_scale=10.0), SLA, tmp_path)
+    try:
+        recipe.setup()
+        groups = recipe.optimizer.param_groups
+        learned = {id(p) for s in recipe.handle.layers.values()
+                   for n, p in s.named_parameters() if not n.startswith("proj_l.")}  # fmt: skip
+        assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+        assert {id(p) for p in groups[1]["params"]} == learned and len(learned) == 2 * 3
+        recipe.train()
+        assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"], rel=1e-12) and groups[0]["lr"] > 0
+    finally:
+        recipe.cleanup()
+    # the default keeps today's one group
+    plain = TrialRecipe(tiny(base_cache, steps=1), SLA, tmp_path / "plain")
+    try:
+        plain.setup()
+        assert len(plain.optimizer.param_groups) == 1
+    finally:
+        plain.cleanup()
