@@ -145,12 +145,19 @@ def _check_learned(
             f"router_weights must be {'given' if learned else 'None'} for router {config.router!r}"
         )
     if (config.mix == "alpha") != (alpha is not None):
-        raise ValueError(f"alpha must be {'given' if alpha is None else 'None'} for mix {config.mix!r}")
-    for name, w in zip(("Wq", "Wk"), router_weights or ()):
-        if tuple(w.shape) != (d, d):
-            raise ValueError(f"router {name} {tuple(w.shape)} must be (d, d) = ({d}, {d})")
-    if alpha is not None and tuple(alpha.shape) != (d,):
-        raise ValueError(f"alpha {tuple(alpha.shape)} must be (d,) = ({d},)")
+        raise ValueError(
+            f"alpha must be {'given' if alpha is None else 'None'} for mix {config.mix!r}"
+        )
+    shapes = {}
+    if router_weights is not None:
+        wq, wk = router_weights
+        shapes = {"router q": tuple(wq.shape), "router k": tuple(wk.shape)}
+    if alpha is not None:
+        shapes["alpha"] = tuple(alpha.shape)
+    for name, shape in shapes.items():
+        expected = (d,) if name == "alpha" else (d, d)
+        if shape != expected:
+            raise ValueError(f"{name} weight {shape} must be {expected} for head dim {d}")
 
 
 def triton_unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:

@@ -65,9 +65,7 @@ def soft_topk(scores: torch.Tensor, kc: int) -> torch.Tensor:
     t_n = scores.shape[-1]
     detached = scores.detach()
     ranked = detached.sort(dim=-1, descending=True).values
-    temperature = detached.std(dim=-1, keepdim=True, correction=0).clamp_min(
-        SOFT_TEMPERATURE_FLOOR
-    )
+    temperature = detached.std(dim=-1, keepdim=True, correction=0).clamp_min(SOFT_TEMPERATURE_FLOOR)
     kth = ranked[..., kc - 1 : kc]
     below = ranked[..., kc : kc + 1] if kc < t_n else kth - temperature
     tau = (kth + below) / 2

@@ -232,7 +232,8 @@ def _check_learned(path: Path, saved: SLAConfig, running: SLAConfig) -> None:
     missing = [
         f"{name} {getattr(running, name)!r}"
         for name in ("router", "mix")
-        if getattr(running, name) != getattr(saved, name) and getattr(saved, name) in ("fixed", "add")
+        if getattr(running, name) != getattr(saved, name)
+        and getattr(saved, name) in ("fixed", "add")
     ]
     if missing:
         raise SLAStateError(

@@ -42,7 +42,6 @@ def outputs_and_grads(cfg, q, k, v, g, parts, dtype, routing=None):
     """[out, dq, dk, dv, dalpha, dproj_l] of SLA in `dtype`, mixed by functional.combine_branches:
     the branches from the kernels (sla_triton with the learned router's weights, no routing
     given) or from the reference on `routing`."""
-    import torch
 
     from sla_kernel_glue import sla_reference
     from sla_kernel_glue.functional import combine_branches

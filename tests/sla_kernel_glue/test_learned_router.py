@@ -109,7 +109,13 @@ def oracle_learned(q, k, v, m, config):
 @pytest.mark.parametrize("scope", ["all", "marginal"])
 def test_reference_forward_and_gradients_match_the_dense_oracle(scope):
     config = SLAConfig(
-        topk=0.5, blkq=16, blkk=16, linear_scope=scope, backend="torch", router="learned", mix="alpha"
+        topk=0.5,
+        blkq=16,
+        blkk=16,
+        linear_scope=scope,
+        backend="torch",
+        router="learned",
+        mix="alpha",
     )
     m = layer(config)
     g = torch.Generator().manual_seed(3)
@@ -151,3 +157,21 @@ def test_router_trains_only_through_the_reference_and_selects_like_the_fixed_rou
         hard = learned_route(q, k, config, m.router_q.weight, m.router_k.weight)
     assert hard.gate is None and torch.equal(hard.indices, routing.indices)
     assert ROUTER_GRADIENT_REASON.startswith("the learned router trains")
+
+
+def test_sla_attention_refuses_missing_or_misshapen_learned_parts():
+    q, k, v = inputs()
+    w = torch.zeros(16, 16)
+    learned = SLAConfig(topk=0.3, blkq=16, blkk=16, router="learned", mix="alpha")
+    cases = (
+        (learned, None, torch.ones(16), "router_weights must be given for router 'learned'"),
+        (learned, (w, w), None, "alpha must be given for mix 'alpha'"),
+        (SLAConfig(), (w, w), None, "router_weights must be None for router 'fixed'"),
+        (learned, (w, torch.zeros(8, 8)), torch.ones(16), r"router k weight \(8, 8\) must be"),
+        (learned, (w, w), torch.ones(8), r"alpha weight \(8,\) must be \(16,\) for head dim 16"),
+    )
+    for config, weights, alpha, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sla_attention(
+                q, k, v, config=config, proj_l_weight=w, router_weights=weights, alpha=alpha
+            )

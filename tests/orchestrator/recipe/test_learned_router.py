@@ -80,7 +80,10 @@ def test_learned_parts_take_their_own_learning_rate(base_cache, tmp_path):
         assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
         assert {id(p) for p in groups[1]["params"]} == learned and len(learned) == 2 * 3
         recipe.train()
-        assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"], rel=1e-12) and groups[0]["lr"] > 0
+        assert (
+            groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"], rel=1e-12)
+            and groups[0]["lr"] > 0
+        )
     finally:
         recipe.cleanup()
     # the default keeps today's one group
