@@ -7,8 +7,17 @@ import shlex
 
 import pytest
 import torch
+from diffusers import WanTransformer3DModel
 
-from sla_kernel_glue import SLAStateError, apply_sla, load_sla_state, read_sla_state, save_sla_state
+from sla_kernel_glue import (
+    SLAStateError,
+    apply_sla,
+    export_base_model,
+    load_exported,
+    load_sla_state,
+    read_sla_state,
+    save_sla_state,
+)
 
 from .test_injection_wan import SPARSE, randomize_proj_l, run, tiny_wan, wan_inputs
 from .test_state import assert_one_line_naming
@@ -121,3 +130,18 @@ def test_pickled_code_in_a_learned_file_is_refused_and_never_runs(tmp_path):
         load_sla_state(handle, tmp_path)
     assert_one_line_naming(exc_info, path)
     assert not marker.exists()
+
+
+def test_an_export_carries_the_learned_parts_and_runs_the_hard_top_k(tmp_path):
+    model, handle = injected(LEARNED)
+    randomize_proj_l(handle)
+    randomize_learned(handle)
+    inputs = wan_inputs()
+    expected = run(model, inputs)
+    export_base_model(model, tmp_path)
+    loaded, loaded_handle = load_exported(tmp_path, WanTransformer3DModel)
+    assert loaded_handle.config == LEARNED
+    for p, sla in loaded_handle.layers.items():
+        assert torch.equal(sla.alpha, handle.layers[p].alpha)
+        assert torch.equal(sla.router_k.weight, handle.layers[p].router_k.weight)
+    assert torch.equal(run(loaded, inputs), expected)
