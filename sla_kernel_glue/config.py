@@ -13,11 +13,15 @@ FEATURE_MAPS = ("softmax", "elu", "relu")
 LINEAR_SCOPES = ("marginal", "all", "none")
 BACKENDS = ("auto", "torch", "triton")
 TOPK_SHAPES = ("linear", "cosine")
+ROUTERS = ("fixed", "learned")
+MIXES = ("add", "alpha")
 
 FeatureMap = Literal["softmax", "elu", "relu"]
 LinearScope = Literal["marginal", "all", "none"]
 Backend = Literal["auto", "torch", "triton"]
 TopkShape = Literal["linear", "cosine"]
+Router = Literal["fixed", "learned"]
+Mix = Literal["add", "alpha"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,12 @@ class SLAConfig:
         topk during fine-tuning. `topk` is then the schedule's end, the value inference runs at:
         from_dict fills it in when it is left out, and any other value is an error.
         ``topk_at(step)`` is the value at a step; an SLA layer runs at ``at_step(step)``.
+    router: "fixed" (the top-k of pooled q.k block scores) or "learned" (SLA2: the pooled q and k
+        pass through learnable d x d projections first, identity at init; a soft top-k while
+        training, the hard top-k otherwise; learned_router.py).
+    mix: "add" (o_sparse + proj_l(o_linear)) or "alpha" (alpha * o_sparse + (1 - alpha) *
+        proj_l(o_linear), alpha learnable per head-dim channel, 1 at init); "alpha" needs a
+        linear branch (linear_scope "all" or "marginal").
     """
 
     topk: float = 0.2
@@ -111,6 +121,8 @@ class SLAConfig:
     linear_scope: LinearScope = "all"
     backend: Backend = "auto"
     topk_schedule: TopkSchedule | None = None
+    router: Router = "fixed"
+    mix: Mix = "add"
 
     def __post_init__(self) -> None:
         errors = []
@@ -195,12 +207,19 @@ class SLAConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values; the schedule as a nested dict, left out when there is none (so a fixed
-        topk's dict, and every file written from it, is the same as without schedules)."""
+        """Plain values; the schedule as a nested dict, left out when there is none, and router
+        and mix left out at their defaults (so a config without them, and every file written
+        from it, is the same as before they existed)."""
         values = dataclasses.asdict(self)
-        if values["topk_schedule"] is None:
-            del values["topk_schedule"]
+        for key, default in OMITTED_DEFAULTS.items():
+            if values[key] == default:
+                del values[key]
         return values
+
+    @property
+    def learned(self) -> bool:
+        """Whether the layers hold learned parts besides proj_l (a learned router or alpha)."""
+        return self.router == "learned" or self.mix == "alpha"
 
     def replace(self, **changes: Any) -> SLAConfig:
         return dataclasses.replace(self, **changes)
@@ -224,6 +243,10 @@ class SLAConfig:
         """Negligible key blocks per row: floor(kl * T_n), never eating into the critical ones."""
         k = self.critical_blocks(n_key_blocks)
         return min(n_key_blocks - k, math.floor(self.kl * n_key_blocks + 1e-9))
+
+
+# to_dict leaves these keys out at these values
+OMITTED_DEFAULTS: dict[str, Any] = {"topk_schedule": None, "router": "fixed", "mix": "add"}
 
 
 def require_config(value: Any, name: str = "config") -> SLAConfig:
@@ -306,6 +329,15 @@ def _validate(c: SLAConfig) -> list[str]:
         )
     if c.backend not in BACKENDS:
         errors.append(f"backend ({c.backend!r}) must be one of {', '.join(BACKENDS)}")
+    if c.router not in ROUTERS:
+        errors.append(f"router ({c.router!r}) must be one of {', '.join(ROUTERS)}")
+    if c.mix not in MIXES:
+        errors.append(f"mix ({c.mix!r}) must be one of {', '.join(MIXES)}")
+    elif c.mix == "alpha" and c.linear_scope == "none":
+        errors.append(
+            "mix 'alpha' mixes the sparse and linear branches; linear_scope 'none' has no linear "
+            "branch (use mix 'add', or linear_scope 'all' or 'marginal')"
+        )
     return errors
 
 

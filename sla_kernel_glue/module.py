@@ -22,6 +22,11 @@ class SparseLinearAttention(nn.Module):
     schedule itself stays with the caller, SLAHandle.set_step). proj_l is a d -> d linear layer,
     zero-initialised, kept in float32 whatever the model is cast to; it computes in the dtype of
     q, k, v (float32 weights cast on the fly, like autocast's linear layers).
+
+    With router "learned" it also holds router_q and router_k (d -> d, no bias, identity at
+    init: the selection starts as the fixed router's); with mix "alpha", alpha (d,), one per
+    head-dim channel, shared by the heads and the blocks, 1 at init: with proj_l 0 the output
+    starts as mix "add"'s (learned_router.py, functional.sla_attention). All float32, like proj_l.
     """
 
     def __init__(self, head_dim: int, config: SLAConfig, *, use_bf16: bool = True) -> None:
@@ -40,6 +45,11 @@ class SparseLinearAttention(nn.Module):
             # Sparse-only: no linear branch, so proj_l stays exactly 0 (its bias would otherwise
             # train into a constant offset). Frozen parameters are also what DDP expects.
             self.proj_l.requires_grad_(False)
+        if config.router == "learned":
+            self.router_q = _identity(head_dim)
+            self.router_k = _identity(head_dim)
+        if config.mix == "alpha":
+            self.alpha = nn.Parameter(torch.ones(head_dim, dtype=torch.float32))
         # Calls per backend ("triton", "torch"); the injection layer adds its own counters.
         self.backend_calls: collections.Counter[str] = collections.Counter()
         self._warned_cast = False
@@ -73,6 +83,12 @@ class SparseLinearAttention(nn.Module):
             proj_l_bias=self.proj_l.bias,
             use_bf16=self.use_bf16,
             return_info=True,
+            router_weights=(
+                (self.router_q.weight, self.router_k.weight)
+                if self.config.router == "learned"
+                else None
+            ),
+            alpha=self.alpha if self.config.mix == "alpha" else None,
         )
         self.backend_calls[info.backend] += 1
         if return_sparsity:
@@ -80,11 +96,12 @@ class SparseLinearAttention(nn.Module):
         return out
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
-        # model.to(torch.bfloat16) must not cast proj_l: keep its exact float32 values.
-        saved = {name: p.detach() for name, p in self.proj_l.named_parameters()}
+        # model.to(torch.bfloat16) must not cast proj_l (nor the learned parts): keep their exact
+        # float32 values.
+        saved = {name: p.detach() for name, p in self.named_parameters()}
         result = super()._apply(fn, recurse)
         restored = False
-        for name, p in self.proj_l.named_parameters():
+        for name, p in self.named_parameters():
             if p.dtype != torch.float32:
                 p.data = saved[name].to(device=p.device)
                 if p.grad is not None:
@@ -94,3 +111,10 @@ class SparseLinearAttention(nn.Module):
             self._warned_cast = True
             log.warning("SLA keeps proj_l in float32; the dtype cast was applied to the rest only")
         return result
+
+
+def _identity(head_dim: int) -> nn.Linear:
+    layer = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(head_dim, dtype=torch.float32))
+    return layer

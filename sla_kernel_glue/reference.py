@@ -71,11 +71,14 @@ def _chunk(
     indices: torch.Tensor,
     marginal: torch.Tensor,
     scale: float,
+    gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One chunk of c query blocks.
 
     q, phi_q: (B, H, c, blkq, d); k_blocks, v_blocks: (B, H, T_n, blkk, d); key_valid: (T_n, blkk);
-    h: (B, H, T_n, d, d); z: (B, H, T_n, d); indices: (B, H, c, k); marginal: (B, H, c, T_n).
+    h: (B, H, T_n, d, d); z: (B, H, T_n, d); indices: (B, H, c, k); marginal: (B, H, c, T_n)
+    float (a learned router's gate already in it); gate: None or a learned router's (B, H, c,
+    T_n) zeros, added to each critical block's logits (learned_router.py).
     Returns o_sparse, o_linear, each (B, H, c, blkq, d).
     """
     b, hh, c, bq, d = q.shape
@@ -89,6 +92,9 @@ def _chunk(
     vg = vg.reshape(b, hh, c, kc * bk, d)
     valid = key_valid[indices].reshape(b, hh, c, 1, kc * bk)  # keys past N are padding
     scores = (q @ kg.transpose(-1, -2)) * scale  # (B, H, c, blkq, k*blkk)
+    if gate is not None:  # 0 in value: the logits stay bit for bit; d loss / d gate per block
+        g = torch.gather(gate, 3, indices).to(scores.dtype)  # (B, H, c, k)
+        scores = scores + g.repeat_interleave(bk, dim=-1)[:, :, :, None, :]
     scores = scores.masked_fill(~valid, float("-inf"))
     o_sparse = torch.softmax(scores, dim=-1) @ vg  # (B, H, c, blkq, d)
     # Linear branch: sum the per-block states over each row's marginal blocks.
@@ -119,12 +125,18 @@ def sla_reference(
     if routing is None:
         routing = route(q, k, config)
     blocked = _blocked_inputs(q, k, v, config)
-    marginal = routing.marginal(config.linear_scope)
+    marginal = routing.marginal(config.linear_scope).to(blocked.h.dtype)
+    gate = routing.gate
+    if gate is not None and config.linear_scope == "marginal":
+        # a marginal block's weight is 1 - its gate (0 in value): the gradient of leaving it out
+        marginal = marginal - gate.to(marginal.dtype) * (~routing.negligible).to(marginal.dtype)
     t_m = blocked.q.shape[2]
     if chunk_blocks is None:
         chunk_blocks = _default_chunk_blocks(b * h, config, routing)
     use_ckpt = (
-        torch.is_grad_enabled() and chunk_blocks < t_m and any(t.requires_grad for t in (q, k, v))
+        torch.is_grad_enabled()
+        and chunk_blocks < t_m
+        and any(t is not None and t.requires_grad for t in (q, k, v, gate))
     )
     outs_s, outs_l = [], []
     for i0 in range(0, t_m, chunk_blocks):
@@ -140,6 +152,7 @@ def sla_reference(
             routing.indices[:, :, i0:i1],
             marginal[:, :, i0:i1],
             d**-0.5,
+            None if gate is None else gate[:, :, i0:i1],
         )
         if use_ckpt:
             o_s, o_l = checkpoint(_chunk, *args, use_reentrant=False)

@@ -1,4 +1,5 @@
-"""The SLA router: which key blocks each query block attends to exactly. Not differentiable."""
+"""The SLA router: which key blocks each query block attends to exactly. Not differentiable
+(the learned router, learned_router.py, carries its gradient beside the selection)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ class Routing:
     indices: (B, H, T_m, k) int64, the critical key blocks of each query-block row, ascending.
     critical: (B, H, T_m, T_n) bool.
     negligible: (B, H, T_m, T_n) bool (all False when kl == 0).
+    gate: None, or (B, H, T_m, T_n) zeros that carry a learned router's soft top-k gradient
+        (learned_router.py; only the reference applies it).
     """
 
     indices: torch.Tensor
     critical: torch.Tensor
     negligible: torch.Tensor
+    gate: torch.Tensor | None = None
 
     @property
     def n_critical(self) -> int:

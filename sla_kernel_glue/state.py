@@ -1,8 +1,8 @@
 """Read and write sla_attention.pt: the SLA weights that travel with every checkpoint.
 
-Version 2 (written here):
+Version 3 (written here):
 
-    {"format": "sla_attention", "version": 2,
+    {"format": "sla_attention", "version": 3,
      "settings": SLAConfig.to_dict(),
      "topk": 0.1,
      "layers": {"<module path>": {"head_dim": 128, "dtype": "bf16",
@@ -11,6 +11,11 @@ Version 2 (written here):
 "topk" is the value the layers ran at when the file was written: with a topk schedule
 (settings["topk_schedule"]), the step's, which is not settings["topk"] (the schedule's end, what
 a loader runs at) before the schedule ends. Files without it are read as well.
+
+A layer's "state" holds proj_l and, in version 3, the learned parts its settings call for:
+"router_q.weight" and "router_k.weight" (d, d) with router "learned", "alpha" (d,) with mix
+"alpha" (learned_router.py), no more and no fewer. A config that needs learned parts refuses a
+file without them (version 1 and 2 files never hold them). Version 2 is version 3 without them.
 
 Version 1 (read only): {"version": 1, "settings": {...}, "state": {"<head_dim>:<dtype>":
 {"proj_l.weight", "proj_l.bias"}}}; an entry applies to every layer of that head dim. When a
@@ -40,15 +45,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SLAConfig
+from .config import OMITTED_DEFAULTS, SLAConfig
 from .injection import SLAHandle, get_handle
 
 log = logging.getLogger(__name__)
 
 FILENAME = "sla_attention.pt"
 FORMAT = "sla_attention"
-VERSION = 2
+VERSION = 3
+VERSIONS = (1, 2, 3)
 STATE_KEYS = ("proj_l.weight", "proj_l.bias")
+ROUTER_KEYS = ("router_q.weight", "router_k.weight")  # router "learned"
+ALPHA_KEYS = ("alpha",)  # mix "alpha"
 DTYPE_NAMES = {
     torch.bfloat16: "bf16",
     torch.float16: "fp16",
@@ -69,7 +77,7 @@ def save_sla_state(
     *,
     states: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write ``directory/sla_attention.pt`` (version 2) atomically; returns its path.
+    """Write ``directory/sla_attention.pt`` (version 3) atomically; returns its path.
 
     states: {layer path: {name: tensor}} to write instead of the layers' own state_dict (a
     sharded model's proj_l, gathered whole by the caller)."""
@@ -107,7 +115,7 @@ def save_sla_state(
 
 
 def read_sla_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate one sla_attention.pt (version 1 or 2); tensors on the CPU."""
+    """Load and validate one sla_attention.pt (version 1, 2 or 3); tensors on the CPU."""
     path = Path(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -143,10 +151,14 @@ def load_sla_state(
         return False
     data = read_sla_state(path)
     _check_settings(path, data["settings"], handle.config, allow_settings_mismatch)
+    _check_learned(path, SLAConfig.from_dict(data["settings"]), handle.config)
     if data["version"] == 1:
         tensors = _v1_tensors(path, data, handle)
     else:
         tensors = _v2_tensors(path, data, handle)
+    wanted = set(STATE_KEYS) | set(learned_keys(handle.config))
+    # learned parts the running config has no place for (settings mismatch allowed) stay unread
+    tensors = {p: {k: v for k, v in st.items() if k in wanted} for p, st in tensors.items()}
     layers = handle.layers
     for layer_path, state in tensors.items():  # check every shape before changing anything
         for key, value in state.items():
@@ -208,12 +220,35 @@ def _v1_tensors(path: Path, data: dict, handle: SLAHandle) -> dict[str, dict[str
     return out
 
 
+def learned_keys(config: SLAConfig) -> tuple[str, ...]:
+    """The state keys of the learned parts a layer of this config holds besides proj_l."""
+    return (ROUTER_KEYS if config.router == "learned" else ()) + (
+        ALPHA_KEYS if config.mix == "alpha" else ()
+    )
+
+
+def _check_learned(path: Path, saved: SLAConfig, running: SLAConfig) -> None:
+    """A config with learned parts refuses a file written without them (one line)."""
+    missing = [
+        f"{name} {getattr(running, name)!r}"
+        for name in ("router", "mix")
+        if getattr(running, name) != getattr(saved, name)
+        and getattr(saved, name) in ("fixed", "add")
+    ]
+    if missing:
+        raise SLAStateError(
+            f"{path}: the running config has {' and '.join(missing)}, but the file holds no "
+            f"learned {'/'.join(n.split()[0] for n in missing)} weights (written with "
+            f"router {saved.router!r}, mix {saved.mix!r}); train with that setting first"
+        )
+
+
 def _check_settings(
     path: Path, settings: Mapping[str, Any], config: SLAConfig, allow: bool
 ) -> None:
-    # a file without a schedule ran at a fixed topk (to_dict leaves a missing schedule out)
-    running = {"topk_schedule": None, **config.to_dict()}
-    settings = {"topk_schedule": None, **settings}
+    # to_dict leaves a missing schedule, router fixed and mix add out of the file
+    running = {**OMITTED_DEFAULTS, **config.to_dict()}
+    settings = {**OMITTED_DEFAULTS, **settings}
     differing = sorted(
         k for k, v in settings.items() if k not in _NOT_COMPARED and running.get(k) != v
     )
@@ -235,18 +270,23 @@ def _validate(path: Path, data: Any) -> None:
     if not isinstance(data, dict):
         raise fail(f"top level is {type(data).__name__}, expected a dict")
     version = data.get("version")
-    if "format" in data or version == VERSION:
+    if "format" in data or version in VERSIONS[1:]:
         if data.get("format") != FORMAT:
             raise fail(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-    if version not in (1, VERSION):
-        raise fail(f"version is {version!r}, expected 1 or {VERSION}")
+    if version not in VERSIONS:
+        raise fail(f"version is {version!r}, expected one of {', '.join(map(str, VERSIONS))}")
     settings = data.get("settings")
     if not isinstance(settings, dict):
         raise fail(f"settings is {type(settings).__name__}, expected a dict of SLA settings")
     try:
-        SLAConfig.from_dict(settings)
+        config = SLAConfig.from_dict(settings)
     except ValueError as exc:
         raise fail(f"settings are invalid: {exc}") from None
+    if version != VERSION and config.learned:
+        raise fail(
+            f"settings say router {config.router!r}, mix {config.mix!r}, but a version {version} "
+            "file holds no learned parts"
+        )
     if "topk" in data:  # the layers' topk when written (a schedule's step)
         try:
             SLAConfig(topk=data["topk"])
@@ -262,7 +302,7 @@ def _validate(path: Path, data: Any) -> None:
                 raise fail(
                     f"version 1 state key {key!r} is not '<head_dim>:<dtype>', e.g. '128:bf16'"
                 )
-            _validate_tensors(fail, f"state[{key!r}]", state, int(dim))
+            _validate_tensors(fail, f"state[{key!r}]", state, int(dim), ())
         return
     layers = data.get("layers")
     if not isinstance(layers, dict) or not layers:
@@ -275,14 +315,19 @@ def _validate(path: Path, data: Any) -> None:
             raise fail(f"layer {layer_path!r} head_dim ({dim!r}) must be a positive integer")
         if not isinstance(entry["dtype"], str):
             raise fail(f"layer {layer_path!r} dtype ({entry['dtype']!r}) must be a string")
-        _validate_tensors(fail, f"layer {layer_path!r}", entry["state"], dim)
+        extra = learned_keys(config) if version == 3 else ()
+        _validate_tensors(fail, f"layer {layer_path!r}", entry["state"], dim, extra)
 
 
-def _validate_tensors(fail, where: str, state: Any, head_dim: int) -> None:
-    if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
-        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise fail(f"{where} state must hold exactly {', '.join(STATE_KEYS)}, got {keys}")
-    shapes = {"proj_l.weight": (head_dim, head_dim), "proj_l.bias": (head_dim,)}
+def _validate_tensors(fail, where: str, state: Any, head_dim: int, extra: tuple[str, ...]) -> None:
+    """Exactly proj_l's tensors and the `extra` learned ones, each floating point, each in shape."""
+    expected = (*STATE_KEYS, *extra)
+    if not isinstance(state, dict) or set(state) != set(expected):
+        keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise fail(f"{where} state must hold exactly {', '.join(expected)}, got {keys}")
+    square, vector = (head_dim, head_dim), (head_dim,)
+    shapes = {"proj_l.weight": square, "proj_l.bias": vector, "alpha": vector}
+    shapes.update(dict.fromkeys(ROUTER_KEYS, square))
     for key, value in state.items():
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise fail(f"{where} {key} must be a floating-point tensor")

@@ -97,8 +97,11 @@ def sla_triton(
     *,
     config: SLAConfig,
     use_bf16: bool = True,
+    router_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SLAOutputs:
-    """SLA's two branches (before proj_l) by the fused Triton kernels; differentiable in q, k, v."""
+    """SLA's two branches (before proj_l) by the fused Triton kernels; differentiable in q, k, v.
+
+    router_weights: a learned router's (Wq, Wk): its hard selection (no gradient) goes in."""
     reason = unsupported_reason(q, config)
     if reason is not None:
         raise ValueError(f"SLA Triton kernels cannot run this call: {reason}")
@@ -115,7 +118,9 @@ def sla_triton(
             "bfloat16 matmuls are wrong under TRITON_INTERPRET=1; use float16 inputs or use_bf16=False"
         )
     b, h, n, d = q.shape
-    routing, indices = route_for_kernels(q, k, config)  # indices: (B*H, T_m, k) int32
+    routing, indices = route_for_kernels(
+        q, k, config, router_weights
+    )  # indices: (B*H, T_m, k) int32
     t_m, kc = indices.shape[-2:]
     mode = linear_mode(config, kc, n_blocks(n, config.blkk))
     if mode == LINEAR_MARGINAL and config.negligible_blocks(n_blocks(n, config.blkk)) > 0:

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .config import SLAConfig
+from .learned_router import projected_scores
 from .router import Routing, classify_blocks, n_blocks
 
 
@@ -144,14 +145,23 @@ def select_topk(
 
 
 @torch.compiler.disable  # eager under torch.compile: one graph break, the fused op stays in the graph
-def route_triton(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> Routing:
-    """router.route for (B, H, N, D) q and k (any float dtype; D a power of two)."""
-    return route_for_kernels(q, k, config)[0]
+def route_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: SLAConfig,
+    router_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Routing:
+    """router.route for (B, H, N, D) q and k (any float dtype; D a power of two); with
+    router_weights, the learned router's hard selection (learned_router.learned_route's)."""
+    return route_for_kernels(q, k, config, router_weights)[0]
 
 
 @torch.compiler.disable
 def route_for_kernels(
-    q: torch.Tensor, k: torch.Tensor, config: SLAConfig
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: SLAConfig,
+    router_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Routing, torch.Tensor]:
     """route_triton's Routing and the same critical blocks as the kernels take them:
     (B*H, T_m, k) int32, contiguous."""
@@ -160,7 +170,10 @@ def route_for_kernels(
         q3 = q.detach().reshape(b * h, n, d).contiguous()
         k3 = k.detach().reshape(b * h, n, d).contiguous()
         pq, pk = pool_blocks(q3, k3, config.blkq, config.blkk)
-        scores = torch.bmm(pq, pk.transpose(1, 2))  # (B*H, T_m, T_n)
+        if router_weights is None:
+            scores = torch.bmm(pq, pk.transpose(1, 2))  # (B*H, T_m, T_n)
+        else:  # the learned router: the pooled rows through its projections first
+            scores = projected_scores(pq, pk, *router_weights)
         t_m, t_n = scores.shape[1:]
         if config.negligible_blocks(t_n) > 0 or t_n > TRITON_TOPK_MAX_BLOCKS:
             routing = classify_blocks(scores.view(b, h, t_m, t_n), config)

@@ -106,6 +106,13 @@ class TrainConfig:
         searchable=True,
     )
     weight_decay: float = knob(0.0, NON_NEGATIVE_NUMBER, "AdamW's", searchable=True)
+    learned_lr_scale: float = knob(
+        1.0,
+        POSITIVE_NUMBER,
+        "the learning rate of SLA's learned parts (sla.router learned: its projections; sla.mix "
+        "alpha: alpha) as a multiple of lr, warmup and schedule included",
+        searchable=True,
+    )
     max_grad_norm: float = knob(1.0, NON_NEGATIVE_NUMBER, "gradient clipping (0 disables it)")
     train_base: bool = knob(
         True,

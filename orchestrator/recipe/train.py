@@ -94,8 +94,8 @@ class TrialRecipe(TrialSetup):
         losses: list[torch.Tensor] = []
         window_start, window_steps = self._now(), 0
         for step in range(self.start_step, cfg.steps):
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr(step)
+            for group in self.optimizer.param_groups:  # lr_scale: SLA's learned parts
+                group["lr"] = self._lr(step) * group.get("lr_scale", 1.0)
             self._set_step(step + 1)  # a topk schedule's value once this step is done
             step_losses = []
             for micro in range(cfg.grad_accum):

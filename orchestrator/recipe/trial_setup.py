@@ -280,7 +280,27 @@ class TrialSetup:
                 "nothing to train: train_base is false, there is no lora and SLA has no "
                 "trainable weights (linear_scope 'none' freezes proj_l); set train_base true"
             )
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(params), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+
+    def _param_groups(self, params: list) -> list:
+        """The parameters as one group (as before issue 36); with learned_lr_scale != 1 and SLA
+        learned parts (router projections, alpha), those in a group of their own whose
+        "lr_scale" the training loop multiplies the step's lr by."""
+        scale = self.train_cfg.learned_lr_scale
+        layers = self.handle.layers.values() if self.handle is not None else ()
+        learned = {
+            id(p) for layer in layers for name, p in layer.named_parameters()
+            if not name.startswith("proj_l.")
+        }  # fmt: skip
+        if scale == 1.0 or not learned & {id(p) for p in params}:
+            return params
+        groups = [
+            {"params": [p for p in params if id(p) not in learned], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in learned], "lr_scale": scale},
+        ]
+        return [g for g in groups if g["params"]]
 
     def _setup_resume(self) -> None:
         self.resumed_metrics: dict[str, float] = {}

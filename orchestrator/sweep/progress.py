@@ -180,7 +180,9 @@ class SweepProgress(Callback):
         if row.sla is None:
             sla = {f"sla.{f}": "none (full attention)" for f in self.sla_fields}
         else:  # every SLAConfig field, defaults (and no topk_schedule: None) included
-            ran = SLAConfig.from_dict(row.sla).to_dict()
+            config = SLAConfig.from_dict(row.sla)
+            # to_dict leaves router and mix out at their defaults; a param names them anyway
+            ran = {"router": config.router, "mix": config.mix, **config.to_dict()}
             sla = flat_params("sla", {**dict.fromkeys(self.sla_fields), **ran})
         params = {"trial_id": row.trial_id, "sla.enabled": row.sla is not None, **sla,
                   **self.train_params, **flat_params("train", row.train)}  # fmt: skip

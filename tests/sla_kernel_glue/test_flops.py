@@ -39,3 +39,18 @@ def test_sparse_only_has_no_linear_term():
     )
     assert both.linear > 0 and sparse_only.linear == 0
     assert sparse_only.sla == pytest.approx(both.sla - both.linear)
+
+
+def test_learned_router_and_alpha_mix_by_hand():
+    # N 4096 in blocks of 64: T_m = T_n = 64; B 1, H 2, d 64.
+    bh, t, d, n = 2, 64, 64, 4096
+    fixed = attention_flops(1, 2, n, d, SLAConfig(topk=0.1))
+    learned = attention_flops(1, 2, n, d, SLAConfig(topk=0.1, router="learned", mix="alpha"))
+    projections = 2 * bh * (t + t) * d**2
+    assert learned.router == fixed.router + projections
+    assert learned.linear == fixed.linear + 3 * bh * n * d
+    assert learned.sparse == fixed.sparse and learned.dense == fixed.dense
+    fixed_b = attention_flops(1, 2, n, d, SLAConfig(topk=0.1), backward=True)
+    learned_b = attention_flops(1, 2, n, d, SLAConfig(topk=0.1, router="learned"), backward=True)
+    assert learned_b.router == fixed_b.router + 2 * projections + 4 * bh * t * t * d
+    assert learned_b.linear == fixed_b.linear

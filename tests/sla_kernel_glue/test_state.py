@@ -38,7 +38,7 @@ def test_round_trip_is_bit_exact_and_keeps_parameter_objects(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["sla_attention.pt"]  # no temp file left
 
     data = read_sla_state(path)
-    assert data["format"] == "sla_attention" and data["version"] == 2
+    assert data["format"] == "sla_attention" and data["version"] == 3
     assert data["settings"] == SPARSE.to_dict()
     assert sorted(data["layers"]) == SELF_LAYERS
     assert data["layers"]["blocks.0.attn1"]["head_dim"] == 16

@@ -30,6 +30,8 @@ BAD = {
     "warmup_steps": (-1, "warmup_steps (-1) must be a non-negative integer"),
     "lr_schedule": ("linear", "lr_schedule ('linear') must be one of constant, cosine"),
     "weight_decay": (-0.1, "weight_decay (-0.1) must be a number >= 0"),
+    "learned_lr_scale": (0, "learned_lr_scale (0) must be a positive number"),
+    "experts": ("middle", "experts ('middle') must be one of both, high_noise, low_noise"),
     "max_grad_norm": ("x", "max_grad_norm ('x') must be a number >= 0"),
     "train_base": ("yes", "train_base ('yes') must be true or false"),
     "mixed_precision": ("fp8", "mixed_precision ('fp8') must be one of auto, no, bf16, fp16"),
