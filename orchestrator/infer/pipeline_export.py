@@ -116,7 +116,9 @@ def export_pipeline(
     return counts
 
 
-ONE_APPLY = "handle = apply_sla(pipe.transformer, sla)  # every self-attention layer, as in training\n"
+ONE_APPLY = (
+    "handle = apply_sla(pipe.transformer, sla)  # every self-attention layer, as in training\n"
+)
 PAIR_APPLY = """\
 # both experts as sla-sweep trained them: SLA's layer paths start transformer. / transformer_2.
 experts = torch.nn.ModuleDict({"transformer": pipe.transformer, "transformer_2": pipe.transformer_2})

@@ -357,7 +357,7 @@ def _cross_errors(c: TrainConfig) -> list[str]:
                 f"its VAE and text encoder); model is {c.model!r}"
             )
     errors += parallel_errors(c) + objective_errors(c)
-    if isinstance(c.model, str) and c.experts in EXPERTS:
+    if isinstance(c.model, str) and c.experts in EXPERTS and (c.experts != "both" or c.is_pipeline):
         from orchestrator.models.experts import expert_errors  # imports torch: see flow_shift
 
         errors += expert_errors(

@@ -55,7 +55,10 @@ class TimestepPlan:
             return cls(sampling, shift, seed)
         boundary = model.boundary_ratio
         below = timestep_cdf(boundary, sampling=sampling, shift=shift)
-        ranges = {"transformer": (boundary, 1.0, 1.0 - below), "transformer_2": (0.0, boundary, below)}
+        ranges = {
+            "transformer": (boundary, 1.0, 1.0 - below),
+            "transformer_2": (0.0, boundary, below),
+        }
         trained = trained_experts(choice)
         total = sum(ranges[name][2] for name in trained)
         spans = tuple(
@@ -78,7 +81,9 @@ class TimestepPlan:
         """(n,) timesteps in (0, 1) for micro-batch (step, micro), from `generator`."""
         span = self.expert(step, micro)
         if span is None:
-            return sample_timesteps(n, generator=generator, sampling=self.sampling, shift=self.shift)
+            return sample_timesteps(
+                n, generator=generator, sampling=self.sampling, shift=self.shift
+            )
         low = timestep_cdf(span.low, sampling=self.sampling, shift=self.shift)
         high = timestep_cdf(span.high, sampling=self.sampling, shift=self.shift)
         u = low + torch.rand(n, generator=generator, dtype=torch.float64) * (high - low)

@@ -125,8 +125,11 @@ def _config(model, **train):
 
 def test_the_config_checks_experts_against_the_pipeline(a14b, tmp_path_factory):
     one = tiny_pipeline(tmp_path_factory.mktemp("one"))
-    with pytest.raises(ValueError, match=r"experts \('low_noise'\) chooses between a Wan2.2 A14B"
-                       r" pipeline's two experts; model .* has one transformer: drop experts"):
+    with pytest.raises(
+        ValueError,
+        match=r"experts \('low_noise'\) chooses between a Wan2.2 A14B"
+        r" pipeline's two experts; model .* has one transformer: drop experts",
+    ):
         TrainConfig.from_dict(_config(one, experts="low_noise"))
     with pytest.raises(ValueError, match="lora on a two-expert pipeline .* is not supported yet"):
         TrainConfig.from_dict(_config(a14b, lora={"rank": 4}))

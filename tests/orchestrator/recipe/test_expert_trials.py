@@ -86,13 +86,17 @@ def test_a_two_expert_trial_infers_and_exports_with_both(a14b, tmp_path):
     assert cli_main(["infer", str(checkpoint), "--out", str(tmp_path / "from_ckpt"), *options]) == 0
     assert cli_main(["export", str(checkpoint), str(tmp_path / "export")]) == 0
     export = tmp_path / "export"
-    assert (export / "transformer_2").is_dir() and not (export / "transformer" / "sla_attention.pt").exists()
+    assert (export / "transformer_2").is_dir() and not (
+        export / "transformer" / "sla_attention.pt"
+    ).exists()
     stock = WanPipeline.from_pretrained(export, local_files_only=True)
     assert stock.transformer_2 is not None and stock.config.boundary_ratio == 0.875
     for name in ("transformer", "transformer_2"):  # the fine-tuned weights, no SLA tensors
         saved = getattr(stock, name).state_dict()
         assert not any("sla" in key for key in saved)
     assert cli_main(["infer", str(export), "--out", str(tmp_path / "from_export"), *options]) == 0
-    frames = [load_file(tmp_path / out / FRAMES_FILE)["frames"] for out in ("from_ckpt", "from_export")]
+    frames = [
+        load_file(tmp_path / out / FRAMES_FILE)["frames"] for out in ("from_ckpt", "from_export")
+    ]
     # the same weights through the same code (safetensors round trip is exact): the same frames
     assert torch.equal(frames[0], frames[1])

@@ -82,7 +82,13 @@ def test_two_experts_hold_both_and_train_what_experts_names(a14b):
                                        "data": {"frames": 9, "size": 32}, **kw})  # fmt: skip
         return estimate(train, WAN_14B, TOKENS_480, workers=8, label="x")
 
-    one = estimate(config(parallel="fsdp", gradient_checkpointing=True), WAN_14B, TOKENS_480, workers=8, label="one")
+    one = estimate(
+        config(parallel="fsdp", gradient_checkpointing=True),
+        WAN_14B,
+        TOKENS_480,
+        workers=8,
+        label="one",
+    )
     both, low = plan(), plan(experts="low_noise")
     gathered = 2 * 2 * (8 * 5120**2 + 2 * 5120 * 13824 + 21 * 5120 + 13824)  # two bf16 blocks
     assert both.weights - gathered == pytest.approx(2 * (one.weights - gathered), rel=1e-6)
