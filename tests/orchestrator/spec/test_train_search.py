@@ -63,8 +63,8 @@ def test_every_bad_training_entry_is_reported_at_once(tmp_path):
     assert "train.warmup_steps.uniform: train.warmup_steps is an integer; use {grid: [...]}" in msg
     assert (
         "train.batch_size cannot be searched; searchable training settings: train.steps, "
-        "train.lr, train.warmup_steps, train.lr_schedule, train.weight_decay, train.lora.rank, "
-        "train.lora.alpha, train.lora.dropout" in msg
+        "train.objective, train.flow_weight, train.lr, train.warmup_steps, train.lr_schedule, "
+        "train.weight_decay, train.lora.rank, train.lora.alpha, train.lora.dropout" in msg
     )
     assert "train.lr_schedule: a list needs a kind, e.g. {grid: ['constant', 'cosine']}" in msg
     assert "train.lora.dropout: 'a' is not a number" in msg
@@ -119,13 +119,13 @@ def test_searchability_is_the_fields_declaration():
     fields = {f.name: f for f in dataclasses.fields(TrainConfig) if not is_section(f)}
     fields.update({f"lora.{f.name}": f for f in dataclasses.fields(LoraConfig)})
     declared = {key for key, f in fields.items() if f.metadata["searchable"]}
-    assert declared == {"steps", "lr", "warmup_steps", "lr_schedule", "weight_decay",
-                        "lora.rank", "lora.alpha", "lora.dropout"}  # fmt: skip
+    assert declared == {"steps", "objective", "flow_weight", "lr", "warmup_steps", "lr_schedule",
+                        "weight_decay", "lora.rank", "lora.alpha", "lora.dropout"}  # fmt: skip
     for key, f in fields.items():
         errors: list[str] = []
         split_train_space(nested(key, {"grid": [f.default, "other"]}), errors)
         assert any("cannot be searched" in e for e in errors) is (key not in declared), key
-    floats = {"lr", "weight_decay", "lora.alpha", "lora.dropout"}
+    floats = {"flow_weight", "lr", "weight_decay", "lora.alpha", "lora.dropout"}
     for key in declared:
         errors = []
         split_train_space(nested(key, {"uniform": [0.1, 0.2]}), errors)
