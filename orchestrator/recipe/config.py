@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from orchestrator.models.wan_presets import PRESETS, model_source_error, text_len
 
+from .config_checks import objective_errors, parallel_errors, shape_errors
 from .config_fields import (
     BOOL,
     NON_NEGATIVE_INT,
@@ -29,7 +30,6 @@ from .config_fields import (
     section,
     sections,
 )
-from .config_checks import objective_errors, parallel_errors, shape_errors
 from .config_sections import LORA_TARGETS, SHORT_CLIPS, DataConfig, LoraConfig, ValidationConfig
 
 __all__ = [
