@@ -142,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", type=Path, default=None)
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--generate-steps", type=int, nargs="*", default=[2, 8],
-                        help="none: skip the generation part")
+    parser.add_argument(
+        "--generate-steps",
+        type=int,
+        nargs="*",
+        default=[2, 8],
+        help="none: skip the generation part",
+    )
     parser.add_argument("--trials", type=int, default=2, help="trials of the sweep (share)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--topk", type=float, default=0.25)

@@ -13,8 +13,14 @@ from orchestrator.cli import main
 
 
 def run_bad_spec(
-    tmp: Path, pipeline: Path, clips: Path, capsys, *, train: dict[str, Any] | None = None,
-    model: dict[str, str] | None = None, **data,
+    tmp: Path,
+    pipeline: Path,
+    clips: Path,
+    capsys,
+    *,
+    train: dict[str, Any] | None = None,
+    model: dict[str, str] | None = None,
+    **data,
 ) -> tuple[int, list[str]]:
     """(exit status, non-empty stderr lines) of `sla-sweep run` on a 9-frame 32x32 spec of
     `pipeline` (or `model`, e.g. {"preset": "tiny"}) and `clips` (data and train entries

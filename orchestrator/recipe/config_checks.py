@@ -4,9 +4,9 @@ training objective against the data (a prompt file needs distill and a pipeline)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from orchestrator.data.prompts import PromptFileError, is_prompt_file, read_prompts
 from orchestrator.models.wan_presets import PRESETS
 from orchestrator.values import is_positive_int
 
@@ -18,7 +18,7 @@ def objective_errors(c: Any) -> list[str]:
     its transformer generates the latents) and objective distill; flow_weight needs distill."""
     errors = []
     source = getattr(c.data, "source", None)
-    prompts = isinstance(source, str) and is_prompt_file(source)
+    prompts = isinstance(source, str) and source != "digits" and Path(source).expanduser().is_file()
     if c.flow_weight not in (0, 0.0) and c.objective == "distill" and prompts:
         errors.append(
             f"train.flow_weight ({c.flow_weight}) needs clips; data.source is a prompt file "
@@ -31,6 +31,9 @@ def objective_errors(c: Any) -> list[str]:
         )
     if not prompts:
         return errors
+    # orchestrator.data's package imports torch: only a spec with a prompt file pays for it
+    from orchestrator.data.prompts import PromptFileError, read_prompts
+
     try:
         read_prompts(c.data.source)
     except PromptFileError as exc:

@@ -56,8 +56,8 @@ class DataConfig:
         "digits",
         _source_check,
         "'digits' (moving handwritten digits, built in), a folder of the user's clips, or a prompt "
-    "file (one prompt a line, or a YAML list; a pipeline's distill study: the dense base "
-    "generates the latents)",
+        "file (one prompt a line, or a YAML list; a pipeline's distill study: the dense base "
+        "generates the latents)",
     )
     frames: int | None = knob(
         None,

@@ -80,7 +80,9 @@ def generate_prompt_latents(
     from orchestrator.models.pipeline import read_pipeline  # heavy: diffusers
 
     info = read_pipeline(train.model)
-    problems = info.size_errors(settings.frames, *settings.size, names=("data.frames",) + ("data.size",) * 2)
+    problems = info.size_errors(
+        settings.frames, *settings.size, names=("data.frames",) + ("data.size",) * 2
+    )
     if problems:
         raise EncodeError("; ".join(problems))
     source = Path(train.data.source)

@@ -166,7 +166,9 @@ def judge(groups: Sequence[ConfigGroup], spec: VerdictSpec) -> Verdict:
 def name_objective(verdict: Verdict, objective: str, *, searched: bool) -> Verdict:
     """The verdict with the training objective named: the study's, or (searched: each SLA
     config's label names its own) the control's."""
-    said = f"the control trained with objective {objective}" if searched else f"objective {objective}"
+    said = (
+        f"the control trained with objective {objective}" if searched else f"objective {objective}"
+    )
     return dataclasses.replace(verdict, text=f"{verdict.text} [{said}]")
 
 

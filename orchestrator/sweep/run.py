@@ -242,8 +242,11 @@ def _parent_params(spec: ExperimentSpec) -> dict[str, Any]:
     return {
         **flat_params("sla", space),
         **flat_params("", searched),
-        **({} if "train.objective" in searched
-           else {"train.objective": spec.train.get("objective", "flow_matching")}),
+        **(
+            {}
+            if "train.objective" in searched
+            else {"train.objective": spec.train.get("objective", "flow_matching")}
+        ),
         "control": spec.control,
         "search.algorithm": spec.search.algorithm,
         "search.num_samples": spec.search.num_samples,

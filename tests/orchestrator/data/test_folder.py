@@ -34,7 +34,9 @@ def test_missing_folder_is_one_clear_error(tmp_path):
     with pytest.raises(FolderDataError, match="does not exist"):
         FolderClips(tmp_path / "nope", channels=4)
     with pytest.raises(
-        ValueError, match=r"data.source \('.*nope'\) must be 'digits' or an existing folder"
+        ValueError,
+        match=r"data.source \('.*nope'\) must be 'digits', an existing folder of clips or an "
+        r"existing prompt file",
     ):
         TrainConfig(data=DataConfig(source=str(tmp_path / "nope")))
 

@@ -26,7 +26,11 @@ def test_a_yaml_list(tmp_path):
     [
         ("empty.txt", b"", "holds no prompts"),
         ("blank.txt", b"\n \n\t\n", "holds no prompts"),
-        ("latin1.txt", "caf\u00e9\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at offset 3)"),
+        (
+            "latin1.txt",
+            "caf\u00e9\n".encode("latin-1"),
+            "is not UTF-8 text (byte 0xe9 at offset 3)",
+        ),
         ("map.yaml", b"a: b\n", "must be a YAML list of non-empty strings"),
         ("numbers.yml", b"- 1\n- 2\n", "must be a YAML list of non-empty strings"),
         ("bad.yaml", b"- [unclosed\n", "is not valid YAML"),
