@@ -56,6 +56,9 @@ LR_SCHEDULES = typing.get_args(LrSchedule)
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
 PARALLEL = typing.get_args(Parallel)
+# A checkpoint's folder of a step's validation videos and frame grids (pipelines); here, not in
+# recipe.checkpoint (torch, accelerate, diffusers), so that the sweep's driver names it without them.
+VALIDATION_DIR = "validation"
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 

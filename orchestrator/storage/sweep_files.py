@@ -109,7 +109,7 @@ ENCODED_DIR = "_cache/encoded"  # under a bucket's results_dir: a pipeline's enc
 
 def base_store(spec: ExperimentSpec) -> str | None:
     """Where a bucket sweep keeps its pre-trained bases for every node (None: a directory)."""
-    from orchestrator.recipe.base_model import BASE_STORE_DIR  # imports diffusers: heavy
+    from orchestrator.recipe.base_model import BASE_STORE_DIR  # imports torch: heavy
 
     if not spec.storage.remote:
         return None
@@ -119,9 +119,9 @@ def base_store(spec: ExperimentSpec) -> str | None:
 def prepare_base_model(spec: ExperimentSpec) -> None:
     """Pre-train (or find cached) the full-attention base once, before any trial starts; with
     a bucket as storage, also fetched from or uploaded to it."""
-    import torch  # heavy, as is recipe.base_model (diffusers): the CLI imports this module
+    import torch  # heavy, as is recipe.base_model: the CLI imports this module
 
-    from orchestrator.recipe.base_model import load_base_model
+    from orchestrator.recipe.base_model import ensure_base_model
 
     train = build_train_config(spec.train)
     gpu = spec.resources.gpus_per_worker > 0
@@ -131,5 +131,5 @@ def prepare_base_model(spec: ExperimentSpec) -> None:
         return  # the workers' precision differs from this machine's: the first trial trains it
     mixed = resolve_mixed_precision(train.mixed_precision, cuda=gpu)
     device = torch.device("cuda" if gpu else "cpu")
-    load_base_model(train, device=device, mixed_precision=mixed, store=base_store(spec),
-                    log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
+    ensure_base_model(train, device=device, mixed_precision=mixed, store=base_store(spec),
+                      log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
