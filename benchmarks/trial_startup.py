@@ -23,6 +23,7 @@ profiling slows imports a little: compare walls of runs without it.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -36,6 +37,12 @@ from pathlib import Path
 from benchmarks.smoke_losses import read_losses, stable_name
 
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
+
+
+def imported_packages(text: str) -> set[str]:
+    """The top-level packages `python -X importtime` output shows imported (for the install:
+    which distributions a run needs)."""
+    return {m.group(4).split(".")[0] for m in map(IMPORT_LINE.match, text.splitlines()) if m}
 
 
 def parse_imports(text: str) -> tuple[float, list[tuple[float, str]]]:
@@ -73,7 +80,7 @@ def ray_processes(ray_tmp: Path) -> list[dict]:
         out_text = out_file.read_text(errors="replace") if out_file.exists() else ""
         seconds, top = parse_imports(err_text)
         out.append({"role": process_role(out_text, err_text), "pid": int(pid),
-                    "import_s": round(seconds, 2),
+                    "import_s": round(seconds, 2), "packages": imported_packages(err_text),
                     "top": [[round(s, 2), m] for s, m in top[:5]]})  # fmt: skip
     return out
 
@@ -91,6 +98,7 @@ def by_role(processes: list[dict]) -> dict[str, dict]:
                 modules[m].append(s)
         top = sorted(((sum(v) / len(ps), m) for m, v in modules.items()), reverse=True)[:5]
         out[role] = {"processes": len(ps),
+                     "packages": sorted(set().union(*(p["packages"] for p in ps))),
                      "mean_import_s": round(sum(p["import_s"] for p in ps) / len(ps), 2),
                      "top_imports": [[round(s, 2), m] for s, m in top]}  # fmt: skip
     return out
@@ -109,8 +117,6 @@ def sweep_dir(results: Path) -> Path:
 
 def final_losses(sweep: Path) -> dict[str, str]:
     """{trial index: final val/loss as written in results.csv} (the table the user reads)."""
-    import csv
-
     with open(sweep / "results.csv", newline="") as f:
         return {stable_name(row["trial_id"]): row["val/loss"] for row in csv.DictReader(f)}
 
@@ -142,6 +148,7 @@ def run_study(tree: Path, experiment: str, cache: Path, *, imports: bool) -> dic
         if imports:
             seconds, top = parse_imports(done.stderr)
             record["driver_imports"] = {"import_s": round(seconds, 2),
+                                        "packages": sorted(imported_packages(done.stderr)),
                                         "top": [[round(s, 2), m] for s, m in top[:8]]}  # fmt: skip
             record["processes"] = by_role(ray_processes(tmp_path / "r"))
         return record
