@@ -75,7 +75,10 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     on this machine's GPU when it has one; the manifest's path, or for a bucket sweep the URI of
     the entries shared through it (None: not a pipeline). Problems
     with the data or the pipeline are a SpecError: every one listed, nothing started."""
-    # torch, and the modules below that import it: heavy (the CLI imports this module)
+    train = build_train_config(spec.train)
+    if not train.is_pipeline:
+        return None  # before the imports below: a preset's sweep needs none of them
+    # torch, and the modules below that import it (diffusers): heavy (the CLI imports this module)
     import torch
 
     from orchestrator.data.encoded import EncodeError
@@ -83,9 +86,6 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     from orchestrator.models.pipeline import PipelineError
     from orchestrator.recipe.pipeline_data import prepare_encoded
 
-    train = build_train_config(spec.train)
-    if not train.is_pipeline:
-        return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
     try:
