@@ -191,7 +191,9 @@ def show(report: dict) -> str:
     for key in TIMING_KEYS:
         cells = [f"{r['timings'][key]:.1f}" if key in r["timings"] else "-" for r in runs]
         lines.append(f"{key} | " + " | ".join(cells))
-    lines.append("load before | " + " | ".join(r["load_before"].split("average:")[-1] for r in runs))
+    lines.append(
+        "load before | " + " | ".join(r["load_before"].split("average:")[-1] for r in runs)
+    )
     first = runs[0]
     for r in runs[1:]:
         same = r["losses"] == first["losses"]
@@ -201,11 +203,15 @@ def show(report: dict) -> str:
     for r in runs:
         if "processes" not in r:
             continue
-        lines.append(f"\n{r['label']}#{r['round']} driver imports {r['driver_imports']['import_s']} s: "
-                     + ", ".join(f"{m} {s}" for s, m in r["driver_imports"]["top"][:5]))
+        lines.append(
+            f"\n{r['label']}#{r['round']} driver imports {r['driver_imports']['import_s']} s: "
+            + ", ".join(f"{m} {s}" for s, m in r["driver_imports"]["top"][:5])
+        )
         for role, g in r["processes"].items():
-            lines.append(f"  {g['processes']} x {role}: imports {g['mean_import_s']} s each; "
-                         + ", ".join(f"{m} {s}" for s, m in g["top_imports"]))
+            lines.append(
+                f"  {g['processes']} x {role}: imports {g['mean_import_s']} s each; "
+                + ", ".join(f"{m} {s}" for s, m in g["top_imports"])
+            )
     return "\n".join(lines)
 
 
@@ -217,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="experiments/topk.yaml")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--imports", action="store_true")
-    p.add_argument("--cache", type=Path,
-                   default=Path(tempfile.gettempdir()) / "trial-startup-cache")
+    p.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "trial-startup-cache"
+    )
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("show")
     p.add_argument("report", type=Path)
