@@ -3,6 +3,7 @@
     python -m benchmarks.trial_startup run --tree before=/tmp/before --tree after=. \
         [--experiment experiments/topk.yaml] [--rounds 2] [--imports] --out startup.json
     python -m benchmarks.trial_startup show startup.json
+    python -m benchmarks.trial_startup pool [--actors 5]
 
 `run` runs `sla-sweep EXPERIMENT` from each tree in turn (its code on PYTHONPATH), round after
 round, so that trees compared are measured side by side on the same (shared) machine; the
@@ -18,6 +19,11 @@ Ray's processes inherit the driver's environment) and gives Ray its own temporar
 the run then lists every process Ray started (the worker log files: one pair per process, named
 by its actor or task), how long each spent importing and the modules that cost it most. Import
 profiling slows imports a little: compare walls of runs without it.
+
+`pool` asks whether Ray could hand a trial's actors warm processes: on a private 2-CPU Ray it
+creates actors one after another and says which landed on a worker Ray had prestarted and which
+on a new process (and how long each took to answer). Ray prestarts as many workers as CPUs once,
+for the first driver, and does not refill them for actors (nor with RAY_enable_worker_prestart=1).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import psutil
 
 from benchmarks.smoke_losses import read_losses, stable_name
 
@@ -177,6 +185,45 @@ def run(trees: list[tuple[str, Path]], experiment: str, rounds: int, imports: bo
     return report
 
 
+def pool(actors: int) -> list[dict]:
+    """Whether Ray gives a new actor a warm process: a private Ray of 2 CPUs, then `actors` actors
+    one after another (each killed before the next), each noted as landing on a worker Ray had
+    prestarted (idle before it) or on a new process, with its creation-to-first-call seconds."""
+    import ray  # heavy: only this subcommand starts Ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+
+        @ray.remote(num_cpus=1)
+        class Probe:
+            def pid(self) -> int:
+                return os.getpid()
+
+        time.sleep(6)  # the first driver's prestarted workers come up
+        out = []
+        for _ in range(actors):
+            idle = _idle_workers()
+            t0 = time.monotonic()
+            actor = Probe.remote()
+            pid = ray.get(actor.pid.remote())
+            out.append({"pid": pid, "prestarted": pid in idle, "idle_before": len(idle),
+                        "seconds": round(time.monotonic() - t0, 2)})  # fmt: skip
+            ray.kill(actor)
+            time.sleep(3)
+        return out
+    finally:
+        ray.shutdown()
+
+
+def _idle_workers() -> set[int]:
+    """Ray worker processes on this host waiting for work (titled ray::IDLE)."""
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if "ray::IDLE" in " ".join(p.info["cmdline"] or []):
+            found.add(p.info["pid"])
+    return found
+
+
 TIMING_KEYS = ("trial_ray_start_s", "trial_tune_actor_start_s", "trial_worker_spawn_s",
                "trial_worker_init_s", "trial_recipe_setup_s", "trial_training_s",
                "trial_ray_teardown_s", "ray_start_s", "fit_s", "total_s")  # fmt: skip
@@ -191,6 +238,11 @@ def show(report: dict) -> str:
     for key in TIMING_KEYS:
         cells = [f"{r['timings'][key]:.1f}" if key in r["timings"] else "-" for r in runs]
         lines.append(f"{key} | " + " | ".join(cells))
+    total = [
+        r["timings"].get("trial_ray_start_s", 0) + r["timings"].get("trial_recipe_setup_s", 0)
+        for r in runs
+    ]
+    lines.append("trial start until first report | " + " | ".join(f"{t:.1f}" for t in total))
     lines.append(
         "load before | " + " | ".join(r["load_before"].split("average:")[-1] for r in runs)
     )
@@ -227,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "trial-startup-cache"
     )
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("pool", help="does a new actor get a warm (prestarted) process?")
+    p.add_argument("--actors", type=int, default=5)
     p = sub.add_parser("show")
     p.add_argument("report", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "pool":
+        print(json.dumps({"load": uptime_load(), "actors": pool(args.actors)}, indent=1))
+        return 0
     if args.command == "show":
         print(show(json.loads(args.report.read_text())))
         return 0
