@@ -216,11 +216,15 @@ def pool(actors: int) -> list[dict]:
 
 
 def _idle_workers() -> set[int]:
-    """Ray worker processes on this host waiting for work (titled ray::IDLE)."""
+    """Worker processes of this process's own Ray (its descendants) waiting for work (ray::IDLE),
+    never another Ray instance's on the host."""
     found = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if "ray::IDLE" in " ".join(p.info["cmdline"] or []):
-            found.add(p.info["pid"])
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "ray::IDLE" in " ".join(p.cmdline()):
+                found.add(p.pid)
+        except psutil.Error:
+            continue  # gone meanwhile
     return found
 
 
