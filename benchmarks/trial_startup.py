@@ -33,6 +33,8 @@ import csv
 import json
 import os
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,14 +143,14 @@ def run_study(tree: Path, experiment: str, cache: Path, *, imports: bool) -> dic
         argv = [sys.executable, "-m", "orchestrator", experiment,
                 "--set", f"storage.results_dir={results}"]  # fmt: skip
         load_before = uptime_load()
-        t0 = time.monotonic()
+        cpu0, t0 = _children_cpu(), time.monotonic()
         done = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
-        wall = time.monotonic() - t0
+        wall, cpu = time.monotonic() - t0, _children_cpu() - cpu0
         if done.returncode != 0:
             sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
             raise SystemExit(f"sla-sweep failed from {tree} (exit {done.returncode})")
         sweep = sweep_dir(results)
-        record = {"tree": str(tree), "wall_s": round(wall, 1), "load_before": load_before,
+        record = {"tree": str(tree), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_before": load_before,
                   "load_after": uptime_load(),
                   "timings": json.loads((sweep / "timings.json").read_text()),
                   "final_val_loss": final_losses(sweep),
@@ -160,6 +162,42 @@ def run_study(tree: Path, experiment: str, cache: Path, *, imports: bool) -> dic
                                         "top": [[round(s, 2), m] for s, m in top[:8]]}  # fmt: skip
             record["processes"] = by_role(ray_processes(tmp_path / "r"))
         return record
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's reaped children (sla-sweep and the Ray
+    processes reaped through it): less sensitive than wall time to a shared machine's load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# What each kind of process imports before it works, as `python -c` lines: the driver's modules
+# and what a preset sweep's driver runs before Ray; the trial worker's train loop and recipe.
+IMPORT_PATHS = {
+    "driver": "import orchestrator.sweep.run, orchestrator.cli",
+    "worker": "import orchestrator.sweep.worker; from orchestrator.recipe import run_trial; "
+    "import orchestrator.recipe.train; from orchestrator.data.digits_clips import _digit_images; "
+    "_digit_images(); from orchestrator.recipe.base_model import load_base_model; "
+    "import diffusers.models.transformers.transformer_wan",
+}
+
+
+def import_paths(trees: list[tuple[str, Path]], repeat: int) -> list[dict]:
+    """Each import path from each tree, `repeat` rounds, trees in turn: wall and CPU seconds of a
+    fresh interpreter doing it."""
+    out = []
+    for r in range(repeat):
+        for label, tree in trees:
+            for name, code in IMPORT_PATHS.items():
+                env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+                cpu0, t0 = _children_cpu(), time.monotonic()
+                subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, check=True,
+                               capture_output=True)  # fmt: skip
+                out.append({"tree": label, "path": name, "round": r,
+                            "wall_s": round(time.monotonic() - t0, 2),
+                            "cpu_s": round(_children_cpu() - cpu0, 2),
+                            "load": uptime_load().split("average:")[-1].strip()})  # fmt: skip
+    return out
 
 
 def has_base_model(cache: Path) -> bool:
@@ -271,6 +309,15 @@ def show(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _medians(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{"tree path": {"wall_s": median, "cpu_s": median}}."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[f"{row['tree']} {row['path']}"].append(row)
+    return {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "cpu_s")}
+            for k, v in groups.items()}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.trial_startup")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("pool", help="does a new actor get a warm (prestarted) process?")
     p.add_argument("--actors", type=int, default=5)
+    p = sub.add_parser("imports", help="the driver's and the worker's imports, trees in turn")
+    p.add_argument("--tree", action="append", required=True, help="LABEL=DIR (repeatable)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("show")
     p.add_argument("report", type=Path)
     args = parser.parse_args(argv)
@@ -295,11 +346,16 @@ def main(argv: list[str] | None = None) -> int:
         print(show(json.loads(args.report.read_text())))
         return 0
     trees = []
-    for item in args.tree:
+    for item in args.tree:  # run and imports
         label, sep, directory = item.partition("=")
         if not sep or not Path(directory).is_dir():
             parser.error(f"--tree {item!r}: expected LABEL=DIR with DIR a source tree")
         trees.append((label, Path(directory)))
+    if args.command == "imports":
+        rows = import_paths(trees, args.repeat)
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        print(json.dumps(_medians(rows), indent=1))
+        return 0
     report = run(trees, args.experiment, args.rounds, args.imports, args.cache, args.out)
     print(show(report))
     return 0
