@@ -167,6 +167,8 @@ def triton_unsupported_reason(q: torch.Tensor, config: SLAConfig) -> str | None:
     try:
         from .triton_backend import unsupported_reason  # imports triton: optional
     except ImportError as exc:  # triton missing, or the kernel module not importable
+        if getattr(exc, "name", None) == "triton":
+            return "Triton is not installed (pip install 'sla-sweep[gpu]')"
         return f"Triton kernels unavailable ({exc})"
     return unsupported_reason(q, config)
 

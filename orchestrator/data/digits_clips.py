@@ -14,6 +14,9 @@ on, whatever the seed.
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,11 +32,30 @@ _SPLIT_IDS = {"train": 0, "val": 1}
 @functools.lru_cache(maxsize=1)
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as float32 (N, 8, 8) in [0, 1] and their labels (N,)."""
-    # heavy: scikit-learn's datasets module loads scipy; only the digits source needs it
-    from sklearn.datasets import load_digits
+    table = _digits_table()
+    images = table[:, :-1].reshape(-1, 8, 8)
+    return (images / 16.0).astype(np.float32), table[:, -1].astype(np.int64)
 
-    digits = load_digits()
-    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")  # inside the sklearn package
+
+
+def _digits_table() -> np.ndarray:
+    """The digits as scikit-learn ships them, a float64 row per scan (64 pixels, then the
+    label): its gzipped CSV read as load_digits reads it (np.loadtxt, ","), without importing
+    scikit-learn, whose datasets module loads scipy (seconds in every trial's worker, on its
+    start-up path). load_digits itself where this scikit-learn keeps the file elsewhere."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(roots[0]).joinpath(*DIGITS_FILE) if roots else None
+    if path is None or not path.is_file():
+        # heavy: scikit-learn's datasets module loads scipy; only the digits source needs it
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return np.column_stack([digits.data, digits.target])
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return np.loadtxt(f, delimiter=",")
 
 
 @functools.lru_cache(maxsize=8)

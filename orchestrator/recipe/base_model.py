@@ -14,6 +14,8 @@ pre-training again. Its config.json is uploaded last, so a base without it is in
 
 from __future__ import annotations
 
+# Imports inside functions: diffusers (seconds to import) only where a model is built or loaded,
+# so that the sweep's driver, which only makes sure the base is cached, goes without it.
 import hashlib
 import json
 import os
@@ -21,9 +23,9 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import WanTransformer3DModel
 
 from orchestrator.data import StepSampler, build_datasets, collate
 from orchestrator.models.wan_presets import PRESETS, build_preset, load_local
@@ -32,6 +34,9 @@ from orchestrator.storage.local import file_lock
 
 from .config import TrainConfig, autocast_dtype
 from .flow_matching import class_prompts, flow_loss, sample_timesteps
+
+if TYPE_CHECKING:
+    from diffusers import WanTransformer3DModel
 
 BASE_STORE_ENV = "SLA_SWEEP_BASE_STORE"  # a URI: the shared copy of pre-trained bases
 BASE_STORE_DIR = "_cache/base_models"  # under a bucket's results_dir
@@ -89,12 +94,32 @@ def load_base_model(
     `store` (default $SLA_SWEEP_BASE_STORE): a URI whose copy is fetched before pre-training and
     which is given the base when it lacks it.
     """
-    store = store or os.environ.get(BASE_STORE_ENV) or None
+    from diffusers import WanTransformer3DModel  # heavy: only to load the model
+
     base_id = base_model_id(train, mixed_precision)
     if train.model not in PRESETS:
         return load_local(train.model), base_id
     if train.base_steps == 0:
         return build_preset(train.model, seed=train.data_seed), base_id
+    final = ensure_base_model(
+        train, device=device, mixed_precision=mixed_precision, log=log, store=store
+    )
+    return WanTransformer3DModel.from_pretrained(final, local_files_only=True), base_id
+
+
+def ensure_base_model(
+    train: TrainConfig,
+    *,
+    device: torch.device,
+    mixed_precision: str,
+    log: Callable[[str], None] = print,
+    store: str | None = None,
+) -> Path:
+    """A preset's pre-trained base in the cache (pre-trained there, or fetched from `store`, when
+    missing; given to `store` when it lacks it): its directory. Loads nothing when it is there,
+    which is all the sweep's driver needs before its trials start."""
+    store = store or os.environ.get(BASE_STORE_ENV) or None
+    base_id = base_model_id(train, mixed_precision)
     cache = Path(train.base_cache_dir).expanduser() if train.base_cache_dir else default_cache_dir()
     final = cache / base_id
     cache.mkdir(parents=True, exist_ok=True)
@@ -112,7 +137,7 @@ def load_base_model(
             os.replace(tmp, final)
         if store:
             _publish(store, base_id, final, log)
-    return WanTransformer3DModel.from_pretrained(final, local_files_only=True), base_id
+    return final
 
 
 def _fetch(store: str, base_id: str, cache: Path, log: Callable[[str], None]) -> None:

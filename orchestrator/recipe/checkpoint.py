@@ -28,11 +28,11 @@ from orchestrator.models.weights import WeightsError, load_weights_only
 from sla_kernel_glue import SLAConfig, load_sla_state, save_sla_state
 
 from .checkpoint_weights import SHARDED_DIR
+from .config import VALIDATION_DIR  # noqa: F401 (the recipe's name for it)
 from .lora import LORA_FILE, check_base, load_lora, lora_state, save_lora
 from .parallel import ShardedState, full_sla_states, full_states
 
 TRIAL_FILE = "trial.json"
-VALIDATION_DIR = "validation"  # a step's validation videos and frame grids (pipelines)
 SLA_FILE = "sla_attention.pt"
 LEAN = "lean"  # trial.json's "checkpoint" of a frozen base's checkpoint
 

@@ -62,6 +62,9 @@ TIMESTEP_SAMPLING = typing.get_args(TimestepSampling)
 PARALLEL = typing.get_args(Parallel)
 EXPERTS = typing.get_args(Experts)
 OBJECTIVES = typing.get_args(Objective)
+# A checkpoint's folder of a step's validation videos and frame grids (pipelines); here, not in
+# recipe.checkpoint (torch, accelerate, diffusers), so that the sweep's driver names it without them.
+VALIDATION_DIR = "validation"
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # "no": float32, no autocast
 
 

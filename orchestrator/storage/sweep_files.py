@@ -75,7 +75,10 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     on this machine's GPU when it has one; the manifest's path, or for a bucket sweep the URI of
     the entries shared through it (None: not a pipeline). Problems
     with the data or the pipeline are a SpecError: every one listed, nothing started."""
-    # torch, and the modules below that import it: heavy (the CLI imports this module)
+    train = build_train_config(spec.train)
+    if not train.is_pipeline:
+        return None  # before the imports below: a preset's sweep needs none of them
+    # torch, and the modules below that import it (diffusers): heavy (the CLI imports this module)
     import torch
 
     from orchestrator.data.encoded import EncodeError
@@ -84,9 +87,6 @@ def prepare_encoded_data(spec: ExperimentSpec) -> str | None:
     from orchestrator.models.pipeline import PipelineError
     from orchestrator.recipe.pipeline_data import prepare_encoded
 
-    train = build_train_config(spec.train)
-    if not train.is_pipeline:
-        return None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     say = lambda msg: print(f"[sla-sweep] {msg}", flush=True)  # noqa: E731
     try:
@@ -110,7 +110,7 @@ ENCODED_DIR = "_cache/encoded"  # under a bucket's results_dir: a pipeline's enc
 
 def base_store(spec: ExperimentSpec) -> str | None:
     """Where a bucket sweep keeps its pre-trained bases for every node (None: a directory)."""
-    from orchestrator.recipe.base_model import BASE_STORE_DIR  # imports diffusers: heavy
+    from orchestrator.recipe.base_model import BASE_STORE_DIR  # imports torch: heavy
 
     if not spec.storage.remote:
         return None
@@ -120,9 +120,9 @@ def base_store(spec: ExperimentSpec) -> str | None:
 def prepare_base_model(spec: ExperimentSpec) -> None:
     """Pre-train (or find cached) the full-attention base once, before any trial starts; with
     a bucket as storage, also fetched from or uploaded to it."""
-    import torch  # heavy, as is recipe.base_model (diffusers): the CLI imports this module
+    import torch  # heavy, as is recipe.base_model: the CLI imports this module
 
-    from orchestrator.recipe.base_model import load_base_model
+    from orchestrator.recipe.base_model import ensure_base_model
 
     train = build_train_config(spec.train)
     gpu = spec.resources.gpus_per_worker > 0
@@ -132,5 +132,5 @@ def prepare_base_model(spec: ExperimentSpec) -> None:
         return  # the workers' precision differs from this machine's: the first trial trains it
     mixed = resolve_mixed_precision(train.mixed_precision, cuda=gpu)
     device = torch.device("cuda" if gpu else "cpu")
-    load_base_model(train, device=device, mixed_precision=mixed, store=base_store(spec),
-                    log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip
+    ensure_base_model(train, device=device, mixed_precision=mixed, store=base_store(spec),
+                      log=lambda msg: print(f"[sla-sweep] {msg}", flush=True))  # fmt: skip

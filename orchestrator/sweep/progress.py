@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.recipe.checkpoint import VALIDATION_DIR
+from orchestrator.recipe.config import VALIDATION_DIR
 from orchestrator.report.findings import group_tags
 from orchestrator.storage.records import (
     CHECKPOINT_KEY,

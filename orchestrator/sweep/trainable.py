@@ -5,6 +5,9 @@ the trial's CPUs/GPUs. Worker reports reach Tune through TuneReportCallback, wit
 checkpoint's path under "checkpoint_path". The Train run is named after the Tune trial id and
 stored under the sweep directory, so rerunning a trial (resume, retry) continues from its last
 checkpoint instead of starting over.
+
+Ray Train is imported inside the functions (heavy: seconds, pandas and Ray Data with it): only the
+trial's own actor builds a TorchTrainer, not the driver that imports this module for Tune.
 """
 
 from __future__ import annotations
@@ -17,13 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import ray.tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.storage import is_uri
 from orchestrator.storage.records import trial_sla, trial_train
-from orchestrator.sweep.worker import train_loop_per_worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +57,12 @@ class TrialSettings:
 
 def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """Tune function trainable: build the TorchTrainer for this trial and run it to the end."""
+    # heavy (Ray Train, torch): imported in the trial's actor, once per actor
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.sweep.worker import train_loop_per_worker
+
     trainable_start = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     if trial_id in settings.finished:
@@ -68,7 +73,7 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     if settings.gpus_per_worker:
         resources["GPU"] = settings.gpus_per_worker
     resources.update(settings.custom_per_worker)
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={
             "train": trial_train(settings.train, config["trial"]),
@@ -94,6 +99,25 @@ def sweep_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         ),
     )
     trainer.fit()
+
+
+def _trainer_class():
+    """TorchTrainer less Ray Data's DatasetsCallback when the run has no datasets (ours never
+    has: the recipe reads its own data). That callback starts a DatasetManager actor for every
+    run even without datasets, one more process per trial importing Ray Data, on the trial's
+    start-up path; without it the workers get no dataset shard provider, which only
+    ray.train.get_dataset_shard (never called here) uses."""
+    from ray.train.torch import TorchTrainer  # heavy (see the module docstring)
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class SweepTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return SweepTorchTrainer
 
 
 def _storage_path(storage: str) -> str:

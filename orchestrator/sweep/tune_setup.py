@@ -59,7 +59,7 @@ def trial_settings(
 ) -> TrialSettings:
     """What every trial gets. local: the sweep runs on this machine's own Ray instance (no
     --address), where Ray Train's preemption watcher is left off unless the user set it."""
-    from orchestrator.recipe.base_model import BASE_STORE_ENV  # imports diffusers: heavy
+    from orchestrator.recipe.base_model import BASE_STORE_ENV  # imports torch: heavy
 
     r = spec.resources
     env = {"OMP_NUM_THREADS": str(max(1, int(r.cpus_per_worker)))}

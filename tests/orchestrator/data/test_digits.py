@@ -84,3 +84,27 @@ def test_step_sampler_shards_ranks_and_covers_epochs():
         12, batch_size=2, grad_accum=2, world_size=3, seed=1
     ).indices(5, 1, 2)
     assert np.unique([sampler.indices(1, 0, r) for r in range(3)]).size == 6
+
+
+def test_digit_images_are_scikit_learns_bit_for_bit_without_importing_it():
+    """The digits are read from scikit-learn's own file, as load_digits reads it, so a trial's
+    worker skips importing scikit-learn (and scipy); the images and labels are the same bits."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from orchestrator.data.digits_clips import _digit_images
+
+    _digit_images.cache_clear()
+    images, labels = _digit_images()
+    digits = load_digits()
+    assert images.dtype == np.float32 and images.shape == (1797, 8, 8)
+    assert np.array_equal(images, (digits.images / 16.0).astype(np.float32))
+    assert np.array_equal(labels, digits.target.astype(np.int64))
+    code = (
+        "import sys; from orchestrator.data.digits_clips import _digit_images; "
+        "_digit_images(); print('sklearn' in sys.modules, 'scipy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
