@@ -51,8 +51,7 @@ def write_report(spec: ExperimentSpec, sweep_dir: Path, rows: Sequence[TrialRow]
     out = Path(sweep_dir) / REPORT_DIR
     out.mkdir(exist_ok=True)
     groups = group_rows(rows)
-    objective, searched = training_objective(spec)
-    verdict = name_objective(judge(groups, spec.verdict), objective, searched=searched)
+    verdict = study_verdict(spec, groups)
     files = [
         write_summary_csv(groups, out / "summary.csv", spec.verdict.confidence),
         _write_json(out / "verdict.json", verdict.to_json()),
@@ -141,6 +140,12 @@ def report_markdown(
         lines += ["## Samples (same prompt and noise)", "", "![samples](samples.png)", ""]
     lines += ["## Settings", "", "```yaml", _yaml(spec.source), "```", ""]
     return "\n".join(lines)
+
+
+def study_verdict(spec: ExperimentSpec, groups: list[ConfigGroup]) -> Verdict:
+    """The verdict over the config groups, naming the training objective (report and `best`)."""
+    objective, searched = training_objective(spec)
+    return name_objective(judge(groups, spec.verdict), objective, searched=searched)
 
 
 def training_objective(spec: ExperimentSpec) -> tuple[str, bool]:

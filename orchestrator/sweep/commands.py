@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.report.findings import group_rows, judge
-from orchestrator.report.study import format_summary
+from orchestrator.report.findings import group_rows
+from orchestrator.report.study import format_summary, study_verdict
 from orchestrator.report.table import best_row, format_table
 from orchestrator.spec import SpecError, load_spec
 from orchestrator.storage import is_uri
@@ -76,7 +76,7 @@ def best(args: argparse.Namespace) -> int:
     groups = group_rows(rows)
     if spec.repeats > 1:
         print(format_summary(groups, spec.verdict.confidence))
-    print(f"verdict: {judge(groups, spec.verdict).text}")
+    print(f"verdict: {study_verdict(spec, groups).text}")
     best = best_row(rows, spec.metric, spec.mode)
     if best is None:
         print(f"no finished trial reports {spec.metric}", file=sys.stderr)
